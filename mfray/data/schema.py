@@ -1,0 +1,405 @@
+"""The canonical data model: every dataset enters mfray as an *events* table and a *posts* table.
+
+An event is one real discussion (a topic and the posts that followed); it may hold many threads.
+Each post's context is its thread's source post (``method.md`` §1); its parent is kept too.
+Labels are one string per *action dimension* (e.g. ``stance``); the options of each dimension are
+declared once per dataset (its ``LabelSpace``) and stored in the Parquet schema metadata.
+
+Loaders only produce plain records (dicts); :func:`build_dataset` validates them, orders posts by
+time (ties by id), derives ``context_post_id`` and ``seconds_since_start`` and builds the tables,
+so every format gets the same checks and the same error messages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mfray.errors import DataError
+
+#: dimension -> its options, in a fixed order (the order of probability vectors everywhere).
+LabelSpace = Mapping[str, tuple[str, ...]]
+
+STANCE = "stance"
+STANCE_OPTIONS: tuple[str, ...] = ("support", "deny", "query", "comment")
+
+TIME_TYPE = pa.timestamp("ms", tz="UTC")
+
+#: Profile fields shared by all datasets; a field a dataset lacks is null (personas say "unknown").
+PROFILE_TYPE = pa.struct(
+    [
+        ("screen_name", pa.string()),
+        ("name", pa.string()),
+        ("description", pa.string()),
+        ("location", pa.string()),
+        ("gender", pa.string()),  # "m" / "f" where the platform has it (Weibo)
+        ("verified", pa.bool_()),
+        ("followers_count", pa.int64()),
+        ("friends_count", pa.int64()),
+        ("statuses_count", pa.int64()),
+        ("favourites_count", pa.int64()),
+        ("bi_followers_count", pa.int64()),
+        ("created_at", TIME_TYPE),
+    ]
+)
+PROFILE_FIELDS: tuple[str, ...] = tuple(f.name for f in PROFILE_TYPE)
+
+EVENTS_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("topic", pa.string(), nullable=False),
+        # how the topic text was obtained: "given" or the name of the derivation rule
+        pa.field("topic_origin", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # dataset family, e.g. "rumoureval"
+        pa.field("split", pa.string()),  # "train" / "dev" / "test" where the release says
+        pa.field("metadata", pa.string()),  # JSON object (e.g. thread veracity labels)
+    ]
+)
+
+_POST_FIELDS = [
+    pa.field("event_id", pa.string(), nullable=False),
+    pa.field("thread_id", pa.string(), nullable=False),
+    pa.field("post_id", pa.string(), nullable=False),
+    pa.field("parent_id", pa.string()),  # null for a thread's source post
+    pa.field("context_post_id", pa.string()),  # the thread's source post; null for the source
+    pa.field("time", TIME_TYPE, nullable=False),
+    pa.field("seconds_since_start", pa.float64(), nullable=False),  # since the event's first post
+    pa.field("user_id", pa.string()),
+    pa.field("profile", PROFILE_TYPE),
+    pa.field("text", pa.string(), nullable=False),
+]
+REQUIRED_POST_FIELDS: tuple[str, ...] = ("event_id", "thread_id", "post_id", "time", "text")
+LABEL_SPACE_KEY = b"mfray.label_space"
+
+
+def posts_schema(label_space: LabelSpace) -> pa.Schema:
+    """The posts schema of a dataset: the fixed columns plus ``labels``, a struct with one
+    nullable string per action dimension. The label space travels in the schema metadata."""
+    if not label_space:
+        raise ValueError("a dataset declares at least one action dimension")
+    labels = pa.struct([(dim, pa.string()) for dim in label_space])
+    meta = {LABEL_SPACE_KEY: json.dumps({d: list(o) for d, o in label_space.items()}).encode()}
+    return pa.schema([*_POST_FIELDS, pa.field("labels", labels)], metadata=meta)
+
+
+def label_space_of(schema: pa.Schema) -> dict[str, tuple[str, ...]]:
+    """Read the label space back from a posts table's schema metadata."""
+    raw = (schema.metadata or {}).get(LABEL_SPACE_KEY)
+    if raw is None:
+        raise DataError("posts table has no declared label space", field="labels")
+    return {d: tuple(o) for d, o in json.loads(raw).items()}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One converted dataset: its events, its posts (time-ordered within each event) and the
+    label space of its action dimensions."""
+
+    name: str
+    label_space: dict[str, tuple[str, ...]]
+    events: pa.Table
+    posts: pa.Table
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def event_ids(self) -> list[str]:
+        return self.events.column("event_id").to_pylist()
+
+    def posts_of(self, event_id: str) -> pa.Table:
+        """The posts of one event, in time order."""
+        import pyarrow.compute as pc
+
+        return self.posts.filter(pc.equal(self.posts["event_id"], event_id))
+
+
+# --------------------------------------------------------------------------------------------
+# building and validating
+
+
+def _id_key(post_id: str) -> tuple[int, int, str]:
+    """Order ids numerically where they are numbers (tweet ids), else as text."""
+    return (0, int(post_id), "") if post_id.isdigit() else (1, 0, post_id)
+
+
+def to_utc(value: Any, *, file: str | None, record: str | None, field_name: str) -> datetime:
+    """Parse a timestamp (datetime, Unix seconds, ISO 8601 or Twitter's ``created_at``) to UTC."""
+    try:
+        if isinstance(value, datetime):
+            out = value
+        elif isinstance(value, bool):
+            raise TypeError("a boolean is not a time")
+        elif isinstance(value, int | float):
+            if not math.isfinite(value):
+                raise ValueError("not a finite number")
+            out = datetime.fromtimestamp(float(value), tz=UTC)
+        elif isinstance(value, str):
+            text = value.strip()
+            try:
+                out = datetime.strptime(text, "%a %b %d %H:%M:%S %z %Y")  # Twitter API v1.1
+            except ValueError:
+                out = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        else:
+            raise TypeError(f"expected a time, got {type(value).__name__}")
+    except (ValueError, TypeError, OverflowError, OSError) as exc:
+        raise DataError(f"unreadable time {value!r} ({exc})", file=file, record=record,
+                        field=field_name) from None
+    if out.tzinfo is None:
+        out = out.replace(tzinfo=UTC)
+    return out.astimezone(UTC)
+
+
+def _where(rec: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    return rec.get("_file"), rec.get("_record") or rec.get("post_id")
+
+
+def build_dataset(
+    name: str,
+    label_space: LabelSpace,
+    events: Iterable[Mapping[str, Any]],
+    posts: Iterable[Mapping[str, Any]],
+    notes: Mapping[str, Any] | None = None,
+) -> Dataset:
+    """Validate loader records and build the canonical tables.
+
+    Post records carry the schema's columns except the derived ``context_post_id`` and
+    ``seconds_since_start``; ``time`` may be anything :func:`to_utc` reads; ``labels`` is a dict
+    dimension -> label or None. Optional ``_file`` / ``_record`` keys locate a record for error
+    messages. Raises :class:`DataError` naming file, record and field on the first problem.
+    """
+    space = {d: tuple(o) for d, o in label_space.items()}
+    event_rows = [dict(e) for e in events]
+    event_index = {}
+    for e in event_rows:
+        for key in ("event_id", "topic", "topic_origin", "source"):
+            if not isinstance(e.get(key), str) or not e.get(key):
+                raise DataError("missing or not a non-empty string", file=e.get("_file"),
+                                record=str(e.get("event_id")), field=key)
+        if e["event_id"] in event_index:
+            raise DataError("duplicate event id", file=e.get("_file"), record=e["event_id"],
+                            field="event_id")
+        event_index[e["event_id"]] = e
+
+    by_event: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in posts:
+        rec = dict(rec)
+        file, record = _where(rec)
+        for key in REQUIRED_POST_FIELDS:
+            value = rec.get(key)
+            if value is None or (key != "text" and value == ""):
+                raise DataError("required field is missing", file=file, record=record, field=key)
+        for key in ("event_id", "thread_id", "post_id", "text"):
+            if not isinstance(rec[key], str):
+                raise DataError(f"expected a string, got {type(rec[key]).__name__}", file=file,
+                                record=record, field=key)
+        for key in ("parent_id", "user_id"):
+            if rec.get(key) is not None and not isinstance(rec[key], str):
+                raise DataError(f"expected a string, got {type(rec[key]).__name__}", file=file,
+                                record=record, field=key)
+        rec["time"] = to_utc(rec["time"], file=file, record=record, field_name="time")
+        labels = rec.get("labels") or {}
+        if not isinstance(labels, Mapping):
+            raise DataError("expected an object of labels", file=file, record=record,
+                            field="labels")
+        for dim, value in labels.items():
+            if dim not in space:
+                raise DataError(f"unknown action dimension (declared: {sorted(space)})",
+                                file=file, record=record, field=f"labels.{dim}")
+            if value is not None and value not in space[dim]:
+                raise DataError(f"unknown label {value!r} (expected one of {list(space[dim])})",
+                                file=file, record=record, field=f"labels.{dim}")
+        rec["labels"] = {dim: labels.get(dim) for dim in space}
+        rec["profile"] = _clean_profile(rec.get("profile"), file, record)
+        if rec["event_id"] not in event_index:
+            raise DataError("post refers to an event that was not declared", file=file,
+                            record=record, field="event_id")
+        by_event[rec["event_id"]].append(rec)
+
+    rows: list[dict[str, Any]] = []
+    for event_id, e in event_index.items():
+        group = by_event.get(event_id, [])
+        if not group:
+            raise DataError("event has no posts", file=e.get("_file"), record=event_id,
+                            field="posts")
+        rows.extend(_order_event(group))
+
+    schema = posts_schema(space)
+    names = [f.name for f in schema]
+    posts_table = pa.Table.from_pylist([{k: r.get(k) for k in names} for r in rows],
+                                       schema=schema)
+    events_table = pa.Table.from_pylist(
+        [{k: e.get(k) for k in EVENTS_SCHEMA.names} for e in event_rows], schema=EVENTS_SCHEMA
+    )
+    return Dataset(name=name, label_space=space, events=events_table, posts=posts_table,
+                   notes=dict(notes or {}))
+
+
+def _clean_profile(profile: Any, file: str | None, record: str | None) -> dict[str, Any] | None:
+    if profile is None:
+        return None
+    if not isinstance(profile, Mapping):
+        raise DataError("expected an object", file=file, record=record, field="profile")
+    out: dict[str, Any] = {}
+    for f in PROFILE_TYPE:
+        value = profile.get(f.name)
+        where = {"file": file, "record": record, "field": f"profile.{f.name}"}
+        if value is None:
+            out[f.name] = None
+        elif pa.types.is_integer(f.type):
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise DataError(f"expected a whole number, got {value!r}", **where)
+            try:
+                number = float(value)
+            except ValueError:
+                raise DataError(f"expected a whole number, got {value!r}", **where) from None
+            if not math.isfinite(number) or number != int(number) or number < 0:
+                raise DataError(f"expected a non-negative whole number, got {value!r}", **where)
+            out[f.name] = int(number)
+        elif pa.types.is_boolean(f.type):
+            if isinstance(value, bool):
+                out[f.name] = value
+            elif value in (0, 1, "true", "false", "True", "False"):
+                out[f.name] = value in (1, "true", "True")
+            else:
+                raise DataError(f"expected true or false, got {value!r}", **where)
+        elif pa.types.is_timestamp(f.type):
+            out[f.name] = to_utc(value, file=file, record=record, field_name=f"profile.{f.name}")
+        else:
+            out[f.name] = value if isinstance(value, str) else str(value)
+    return out
+
+
+def _order_event(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sort one event's posts by (time, id), derive context and event-relative time, and check
+    that ids are unique and that no reply is older than the post it replies to."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for rec in group:
+        if rec["post_id"] in by_id:
+            file, record = _where(rec)
+            raise DataError("duplicate post id in event", file=file, record=record,
+                            field="post_id")
+        by_id[rec["post_id"]] = rec
+    sources: dict[str, str] = {}
+    for rec in group:
+        if rec.get("parent_id") is None:
+            if rec["thread_id"] in sources:
+                file, record = _where(rec)
+                raise DataError(
+                    f"thread {rec['thread_id']} has two source posts "
+                    f"({sources[rec['thread_id']]} and {rec['post_id']})",
+                    file=file, record=record, field="parent_id")
+            sources[rec["thread_id"]] = rec["post_id"]
+    for rec in group:
+        parent = by_id.get(rec.get("parent_id") or "")
+        if parent is not None and rec["time"] < parent["time"]:
+            file, record = _where(rec)
+            raise DataError(
+                f"reply time {rec['time'].isoformat()} is earlier than its parent "
+                f"{parent['post_id']} ({parent['time'].isoformat()})",
+                file=file, record=record, field="time")
+        # a reply's context is its thread's source post (method.md §1); the source has none
+        rec["context_post_id"] = (None if rec.get("parent_id") is None
+                                  else sources.get(rec["thread_id"]))
+    group = sorted(group, key=lambda r: (r["time"], _id_key(r["post_id"])))
+    start = group[0]["time"]
+    for rec in group:
+        rec["seconds_since_start"] = (rec["time"] - start).total_seconds()
+    return group
+
+
+# --------------------------------------------------------------------------------------------
+# storage
+
+
+def write_dataset(ds: Dataset, out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``events.parquet``, ``posts.parquet`` and ``dataset.json`` into ``out_dir``.
+
+    All files are written into a temporary sibling directory that is renamed into place, so an
+    interrupted conversion leaves nothing partial. An existing non-empty ``out_dir`` is replaced
+    only if it holds a converted dataset (``dataset.json``); anything else is an error.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not (out / "dataset.json").exists():
+        raise DataError("output directory exists, is not empty and is not an mfray dataset",
+                        file=str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        pq.write_table(ds.events, tmp / "events.parquet")
+        pq.write_table(ds.posts, tmp / "posts.parquet")
+        manifest = {
+            "name": ds.name,
+            "label_space": {d: list(o) for d, o in ds.label_space.items()},
+            "events": ds.events.num_rows,
+            "posts": ds.posts.num_rows,
+            "notes": ds.notes,
+        }
+        (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_dataset(path: str | os.PathLike[str]) -> Dataset:
+    """Read a dataset written by :func:`write_dataset`."""
+    root = Path(path)
+    manifest_path = root / "dataset.json"
+    if not manifest_path.exists():
+        raise DataError("not an mfray dataset (no dataset.json); convert it first with "
+                        "'mfray data convert'", file=str(root))
+    manifest = json.loads(manifest_path.read_text())
+    posts = pq.read_table(root / "posts.parquet")
+    events = pq.read_table(root / "events.parquet")
+    return Dataset(name=manifest["name"], label_space=label_space_of(posts.schema),
+                   events=events, posts=posts, notes=manifest.get("notes", {}))
+
+
+# --------------------------------------------------------------------------------------------
+# summaries
+
+
+def dataset_info(ds: Dataset) -> dict[str, Any]:
+    """Counts and label distributions: events, threads, posts, replies per event, and for each
+    action dimension the count of each label (null labels counted as ``unlabelled``)."""
+    posts = ds.posts.to_pydict()
+    threads = {(e, t) for e, t in zip(posts["event_id"], posts["thread_id"], strict=True)}
+    replies: Counter[str] = Counter(
+        e for e, p in zip(posts["event_id"], posts["parent_id"], strict=True) if p is not None)
+    per_event_posts = Counter(posts["event_id"])
+    labels: dict[str, dict[str, int]] = {}
+    for dim, options in ds.label_space.items():
+        counts = Counter(lab[dim] for lab in posts["labels"])
+        labels[dim] = {o: counts.get(o, 0) for o in options}
+        labels[dim]["unlabelled"] = counts.get(None, 0)
+    ev = ds.events.to_pydict()
+    return {
+        "name": ds.name,
+        "events": ds.events.num_rows,
+        "threads": len(threads),
+        "posts": ds.posts.num_rows,
+        "replies": sum(replies.values()),
+        "labels": labels,
+        "per_event": [
+            {"event_id": e, "split": s, "threads": sum(1 for x, _ in threads if x == e),
+             "posts": per_event_posts[e], "replies": replies[e]}
+            for e, s in zip(ev["event_id"], ev["split"], strict=True)
+        ],
+    }

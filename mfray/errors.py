@@ -1,0 +1,37 @@
+"""Errors that mfray reports to its user: a clear message and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+
+class MfrayError(Exception):
+    """Base class of every error the CLI turns into one message and exit code 2."""
+
+
+class DataError(MfrayError):
+    """Malformed input data. Names the file, the record and the field at fault."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        record: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.file, self.record, self.field, self.detail = file, record, field, message
+        where = []
+        if file is not None:
+            where.append(f"{file}")
+        if record is not None:
+            where.append(f"record {record}")
+        if field is not None:
+            where.append(f"field '{field}'")
+        super().__init__(": ".join(where + [message]) if where else message)
+
+
+class ConfigError(MfrayError):
+    """A configuration value that is unknown, of the wrong type or contradicts another."""
+
+
+class StoreError(MfrayError):
+    """A run directory that cannot be written or read back as complete rounds."""
