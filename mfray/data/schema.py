@@ -148,7 +148,7 @@ def to_utc(value: Any, *, file: str | None, record: str | None, field_name: str)
             try:
                 out = datetime.strptime(text, "%a %b %d %H:%M:%S %z %Y")  # Twitter API v1.1
             except ValueError:
-                out = datetime.fromisoformat(text.replace("Z", "+00:00"))
+                out = datetime.fromisoformat(text)
         else:
             raise TypeError(f"expected a time, got {type(value).__name__}")
     except (ValueError, TypeError, OverflowError, OSError) as exc:

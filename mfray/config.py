@@ -1,0 +1,196 @@
+"""Frozen dataclass configs: *what* to simulate apart from *where* it runs.
+
+Configs load from TOML or YAML files plus ``section.key=value`` overrides; an unknown key, a
+value of the wrong type or a contradiction is a :class:`ConfigError` that names the key and the
+fix. The resolved config (``asdict``) is stored with every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from mfray.errors import ConfigError
+
+#: Policy variants (method.md §3). The LLM variants arrive with the engine; the statistical
+#: references and the synthetic world's built-in policies run without a model.
+LLM_VARIANTS = ("state", "recent", "popular", "mf", "mf-text", "mf-hybrid")
+REFERENCE_VARIANTS = ("base-rate", "persistence")
+SURROGATE_VARIANTS = ("oracle", "surrogate-mf", "surrogate-state")
+VARIANTS = LLM_VARIANTS + REFERENCE_VARIANTS + SURROGATE_VARIANTS
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """What one run simulates: which events, variants and seeds, and the MF-LLM schedule."""
+
+    data: str = ""  # a dataset directory written by `mfray data convert` (or the synthetic world)
+    variants: tuple[str, ...] = ("surrogate-mf",)
+    seeds: tuple[int, ...] = (0,)
+    events: tuple[str, ...] = ()  # empty: every event with at least `min_replies` replies
+    train_events: tuple[str, ...] = ()  # events the references fit on; empty: all others
+    unit: Literal["event", "thread"] = "event"
+    round_size: int = 16  # B: agents per round
+    warmup: int = 50  # W: the first W agents act with their real actions
+    min_replies: int = 0  # protocol on RumourEval: 80
+    recent_k: int = 5
+    popular_k: int = 5
+    popular_window: int = 30
+
+    def __post_init__(self) -> None:
+        if self.round_size < 1:
+            raise ConfigError(f"sim.round_size must be >= 1, got {self.round_size}")
+        if self.warmup < 0:
+            raise ConfigError(f"sim.warmup must be >= 0, got {self.warmup}")
+        if not self.variants:
+            raise ConfigError("sim.variants is empty: name at least one of " + ", ".join(VARIANTS))
+        for v in self.variants:
+            if v not in VARIANTS:
+                raise ConfigError(f"sim.variants: unknown variant {v!r}; choose from "
+                                  + ", ".join(VARIANTS))
+        if len(set(self.variants)) != len(self.variants):
+            raise ConfigError("sim.variants lists a variant twice")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError("sim.seeds must be a non-empty list of distinct integers")
+        overlap = set(self.events) & set(self.train_events)
+        if overlap:
+            raise ConfigError(f"sim.events and sim.train_events overlap on {sorted(overlap)}: "
+                              "evaluate on events the references were not fitted on")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How runs are compared with reality (method.md §5)."""
+
+    source: Literal["labels", "probs"] = "probs"  # simulated distribution from labels or probs
+    n_bootstrap: int = 2000
+    level: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.level < 1:
+            raise ConfigError(f"eval.level must be in [0.5, 1), got {self.level}")
+        if self.n_bootstrap < 100:
+            raise ConfigError(f"eval.n_bootstrap must be >= 100, got {self.n_bootstrap}")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Where a run executes. Changing it never changes results."""
+
+    address: str | None = None  # Ray cluster address; None starts a local instance
+    num_shards: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_shards < 1:
+            raise ConfigError(f"resources.num_shards must be >= 1, got {self.num_shards}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs."""
+
+    sim: SimConfig = field(default_factory=SimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
+    """Build a (nested) config dataclass from plain data, rejecting unknown keys and wrong types."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a table of keys, got "
+                          f"{type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {where}{unknown[0]!s}; known keys here: "
+                          + ", ".join(sorted(names)))
+    kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(typing.get_args(tp)[0], v, f"{key}[{i}]")
+                     for i, v in enumerate(value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``sim.round_size=8`` -> (["sim", "round_size"], 8). Values are read as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: unreadable value ({exc})") from None
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a TOML or YAML config file (optional) and apply ``section.key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read config ({exc.strerror})") from None
+        try:
+            loaded = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+        except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: "
+                              f"{exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a table of sections")
+        data = loaded
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k} is not a section")
+        node[keys[-1]] = value
+    return from_dict(RunConfig, data)
