@@ -1,0 +1,1 @@
+"""Evaluation: labellers and metrics that compare simulated populations with real ones."""
