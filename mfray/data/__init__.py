@@ -1,0 +1,1 @@
+"""Datasets: the canonical schema, loaders for real formats and the synthetic world."""
