@@ -1,0 +1,180 @@
+"""The ``mfray`` command line: parse, load config, call the library. No logic lives here.
+
+Every error mfray anticipates (bad data, bad config, a run directory in the wrong state) ends in
+one line ``mfray: error: …`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from mfray.errors import MfrayError
+
+FORMATS = ("rumoureval", "rumdect", "jsonl")
+
+
+def _load(src: str, fmt: str):  # noqa: ANN202 - returns mfray.data.schema.Dataset
+    if not Path(src).exists():
+        raise MfrayError(f"{src}: no such file or directory")
+    if fmt == "rumoureval":
+        from mfray.data.rumoureval import load_rumoureval as load
+    elif fmt == "rumdect":
+        from mfray.data.rumdect import load_rumdect as load
+    else:
+        from mfray.data.jsonl import load_jsonl as load
+    return load(src)
+
+
+def cmd_data_convert(args: argparse.Namespace) -> None:
+    from mfray.data.schema import write_dataset
+
+    t0 = time.perf_counter()
+    ds = _load(args.src, args.format)
+    out = write_dataset(ds, args.out)
+    print(f"converted {ds.events.num_rows} events, {ds.posts.num_rows} posts into {out} "
+          f"in {time.perf_counter() - t0:.1f} s")
+
+
+def format_info(info: dict) -> str:
+    """``mfray data info`` as text: counts, label distributions, replies per event."""
+    lines = [f"dataset {info['name']}: {info['events']} events, {info['threads']} threads, "
+             f"{info['posts']} posts ({info['replies']} replies)"]
+    for dim, counts in info["labels"].items():
+        total = sum(counts.values()) or 1
+        parts = ", ".join(f"{k} {v} ({v / total:.1%})" for k, v in counts.items())
+        lines.append(f"labels {dim}: {parts}")
+    lines.append(f"{'event':<24} {'split':<6} {'threads':>7} {'posts':>6} {'replies':>7}")
+    for e in info["per_event"]:
+        lines.append(f"{e['event_id']:<24} {e['split'] or '-':<6} {e['threads']:>7} "
+                     f"{e['posts']:>6} {e['replies']:>7}")
+    return "\n".join(lines)
+
+
+def cmd_data_info(args: argparse.Namespace) -> None:
+    from mfray.data.schema import dataset_info, read_dataset
+
+    info = dataset_info(read_dataset(args.dir))
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from mfray.data.schema import write_dataset
+    from mfray.data.synthetic import WorldParams, generate
+
+    _, ds = generate(WorldParams(n_events=args.events, herding=args.herding,
+                                 event_spread=args.spread, seed=args.seed))
+    out = write_dataset(ds, args.out)
+    print(f"synthetic world: {ds.events.num_rows} events, {ds.posts.num_rows} posts in {out}")
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from mfray.config import from_dict, load_config, RunConfig
+    from mfray.data.schema import read_dataset
+    from mfray.local import run_local
+    from mfray.store import RunStore
+
+    if args.resume:
+        cfg = from_dict(RunConfig, RunStore.open(args.resume).config())
+        run_dir = args.resume
+    else:
+        if not args.out:
+            raise MfrayError("simulate needs --out RUN_DIR (or --resume RUN_DIR)")
+        overrides = list(args.set or [])
+        if args.data:
+            overrides.append(f"sim.data={args.data}")
+        if args.variants:
+            overrides.append(f"sim.variants=[{args.variants}]")
+        cfg = load_config(args.config, overrides)
+        run_dir = args.out
+    if not cfg.sim.data:
+        raise MfrayError("no data: pass --data DIR (a converted dataset) or set sim.data")
+    store = run_local(cfg, read_dataset(cfg.sim.data), run_dir, resume=bool(args.resume))
+    print(f"run {store.run_info()['run_id']} complete: {len(store.completed_rounds())} rounds "
+          f"in {run_dir}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from mfray.config import EvalConfig
+    from mfray.evaluate.report import evaluate, markdown_table, write_report
+
+    ev = evaluate(args.run_dir, EvalConfig(source=args.source))
+    paths = write_report(ev, args.out or Path(args.run_dir) / "eval")
+    for dim in ev.label_space:
+        print(f"\n{dim} — mean over events [95% bootstrap interval], rollout agents only "
+              f"(simulated distribution from {args.source})\n")
+        print(markdown_table(ev.summary, dim))
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from mfray.demo import run_demo
+
+    run_demo(Path(args.out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mfray", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="convert and inspect datasets").add_subparsers(
+        dest="data_command", required=True)
+    c = data.add_parser("convert", help="convert a dataset in a known format to Parquet")
+    c.add_argument("src")
+    c.add_argument("--format", required=True, choices=FORMATS)
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=cmd_data_convert)
+    i = data.add_parser("info", help="counts and label distributions of a converted dataset")
+    i.add_argument("dir")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_data_info)
+    s = data.add_parser("synth", help="generate a synthetic world with known dynamics")
+    s.add_argument("--out", required=True)
+    s.add_argument("--events", type=int, default=12)
+    s.add_argument("--herding", type=float, default=2.0)
+    s.add_argument("--spread", type=float, default=0.8)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_data_synth)
+
+    sim = sub.add_parser("simulate", help="run simulations (model-free variants for now)")
+    sim.add_argument("--data", help="a converted dataset directory")
+    sim.add_argument("--out", help="the run directory to create")
+    sim.add_argument("--config", help="a TOML or YAML config file")
+    sim.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                     help="override one config value (repeatable)")
+    sim.add_argument("--variants", help="comma-separated variants, e.g. base-rate,persistence")
+    sim.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    sim.set_defaults(func=cmd_simulate)
+
+    ev = sub.add_parser("evaluate", help="compare a run with reality: tables and a plot")
+    ev.add_argument("run_dir")
+    ev.add_argument("--from", dest="source", choices=("probs", "labels"), default="probs",
+                    help="simulated distribution from action probabilities or sampled labels")
+    ev.add_argument("--out", help="report directory (default RUN_DIR/eval)")
+    ev.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="synthetic world -> simulations -> store -> evaluation")
+    d.add_argument("--out", default="runs/demo")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MfrayError as exc:
+        print(f"mfray: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mfray: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

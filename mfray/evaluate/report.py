@@ -1,0 +1,234 @@
+"""Evaluate a run against reality: metrics per simulation, per event, per variant; tables; plots.
+
+Only rollout agents count (warm-up agents act with their real actions). Per simulation and
+action dimension: KL(real‖sim), JS, TV between the label distributions, DTW between the
+per-round share curves, micro/macro F1 of the agents' sampled labels, NLL of the real labels, and
+KL per horizon (short/mid/long thirds of the rollout rounds). Seeds of one event are averaged
+first, then each variant gets the mean over events with a bootstrap interval (method.md §5).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mfray.config import EvalConfig
+from mfray.errors import DataError
+from mfray.evaluate import metrics as M
+from mfray.store import RunStore
+
+METRICS = ("kl", "js", "tv", "dtw", "f1_micro", "f1_macro", "nll")
+HORIZONS = ("short", "mid", "long")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per-simulation rows, the per-variant summary and the pooled share curves for plots."""
+
+    label_space: dict[str, tuple[str, ...]]
+    per_sim: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    curves: dict[tuple[str, str], dict[str, np.ndarray]]  # (variant, dim) -> real/sim T×K
+    warmup_rounds: float
+
+
+def _indices(labels: Sequence[dict[str, str | None]], dim: str, options: Sequence[str]
+             ) -> np.ndarray:
+    return np.array([options.index(lab[dim]) if lab and lab[dim] is not None else M.MISSING
+                     for lab in labels], dtype=int)
+
+
+def sim_metrics(rows: dict[str, list[Any]], dim: str, options: Sequence[str],
+                source: str) -> dict[str, float]:
+    """Metrics of one simulation's rollout rows (columnar dict) for one dimension."""
+    k = len(options)
+    real = _indices(rows["real"], dim, options)
+    sampled = _indices(rows["action"], dim, options)
+    probs = [p[dim] if p else None for p in rows["probs"]]
+    has_probs = all(p is not None for p in probs)
+    if source == "probs" and not has_probs:
+        raise DataError(f"dimension {dim!r}: some decisions carry no probabilities; "
+                        "evaluate with --from labels")
+    prob_mat = np.array(probs, dtype=float) if has_probs else None
+    rounds = np.asarray(rows["round"])
+    labelled = real >= 0
+    out: dict[str, float] = {m: math.nan for m in (*METRICS, *(f"kl_{h}" for h in HORIZONS))}
+    out["n_agents"] = float(len(real))
+    if not labelled.any():
+        return out
+
+    def sim_dist(mask: np.ndarray) -> np.ndarray:
+        if source == "probs":
+            return M.distribution_from_probs(prob_mat[mask])
+        return M.smooth(M.counts(sampled[mask], k))
+
+    real_dist = M.counts(real[labelled], k)
+    sim_all = sim_dist(labelled)
+    out |= {"kl": M.kl(real_dist, sim_all), "js": M.js(real_dist, sim_all),
+            "tv": M.tv(real_dist, sim_all)}
+    out["f1_micro"], out["f1_macro"] = M.f1_scores(real, sampled, k)
+    if prob_mat is not None:
+        out["nll"] = M.nll(prob_mat, real)
+    real_rounds, real_curve = M.shares_per_round(real, rounds, k)
+    sim_curve = np.array([sim_dist(labelled & (rounds == r)) for r in real_rounds])
+    out["dtw"] = M.dtw(real_curve, sim_curve)
+    for name, sl in M.horizon_slices(len(real_rounds)).items():
+        mask = labelled & np.isin(rounds, real_rounds[sl])
+        out[f"kl_{name}"] = (M.kl(M.counts(real[mask], k), sim_dist(mask)) if mask.any()
+                             else math.nan)
+    return out
+
+
+def evaluate(run_dir: str | Path, cfg: EvalConfig = EvalConfig()) -> Evaluation:
+    """Compute every metric of a run read from the store."""
+    store = RunStore.open(run_dir)
+    info = store.run_info()
+    space = {d: tuple(o) for d, o in json.loads(info["label_space_json"]).items()}
+    table = store.read_decisions(columns=["sim_id", "event_id", "variant", "seed", "round",
+                                          "is_warmup", "ok", "action", "probs", "real"])
+    if table.num_rows == 0:
+        raise DataError("the run has no complete round yet", file=str(run_dir))
+    data = table.to_pydict()
+    by_sim: dict[int, list[int]] = {}
+    for i, sim in enumerate(data["sim_id"]):
+        by_sim.setdefault(sim, []).append(i)
+    per_sim = []
+    for sim, idx in sorted(by_sim.items()):
+        keep = [i for i in idx if not data["is_warmup"][i] and data["ok"][i]]
+        head = {k: data[k][idx[0]] for k in ("sim_id", "event_id", "variant", "seed")}
+        if not keep:
+            continue
+        rows = {k: [data[k][i] for i in keep] for k in ("round", "action", "probs", "real")}
+        for dim, options in space.items():
+            per_sim.append(head | {"dimension": dim}
+                           | sim_metrics(rows, dim, options, cfg.source))
+    if not per_sim:
+        raise DataError("no rollout decision to evaluate (is the warm-up longer than every "
+                        "simulation?)", file=str(run_dir))
+    cfg_sim = store.config().get("sim", {})
+    warm_rounds = cfg_sim.get("warmup", 0) / max(cfg_sim.get("round_size", 1), 1)
+    return Evaluation(space, per_sim, summarise(per_sim, cfg), _curves(data, space, cfg.source),
+                      warm_rounds)
+
+
+def summarise(per_sim: list[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, Any]]:
+    """Average seeds within each event, then mean and bootstrap interval over events."""
+    cols = list(METRICS) + [f"kl_{h}" for h in HORIZONS]
+    groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
+    for row in per_sim:
+        groups.setdefault((row["variant"], row["dimension"]), {}).setdefault(
+            row["event_id"], []).append(row)
+    out = []
+    for (variant, dim), events in groups.items():
+        entry: dict[str, Any] = {"variant": variant, "dimension": dim, "n_events": len(events)}
+        for c in cols:
+            per_event = [float(np.nanmean([r.get(c, math.nan) for r in rs]))
+                         if any(not math.isnan(r.get(c, math.nan)) for r in rs) else math.nan
+                         for rs in events.values()]
+            mean, lo, hi = M.bootstrap_ci(per_event, level=cfg.level,
+                                          n_resamples=cfg.n_bootstrap, seed=cfg.seed)
+            entry[c], entry[f"{c}_lo"], entry[f"{c}_hi"] = mean, lo, hi
+        out.append(entry)
+    return sorted(out, key=lambda e: (e["dimension"], e["kl"] if not math.isnan(e["kl"])
+                                      else math.inf))
+
+
+def _curves(data: dict[str, list[Any]], space: dict[str, tuple[str, ...]], source: str
+            ) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """Real and simulated shares per round, pooled over the simulations of each variant."""
+    n_rounds = max(data["round"]) + 1
+    out = {}
+    for variant in sorted(set(data["variant"])):
+        for dim, options in space.items():
+            k = len(options)
+            real = np.zeros((n_rounds, k))
+            sim = np.zeros((n_rounds, k))
+            for i, v in enumerate(data["variant"]):
+                if v != variant or not data["ok"][i]:
+                    continue
+                r = data["round"][i]
+                lab = data["real"][i][dim]
+                if lab is not None:
+                    real[r, options.index(lab)] += 1
+                p = data["probs"][i]
+                if source == "probs" and p is not None and p[dim] is not None:
+                    sim[r] += np.asarray(p[dim]) / np.sum(p[dim])
+                elif data["action"][i][dim] is not None:
+                    sim[r, options.index(data["action"][i][dim])] += 1
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[(variant, dim)] = {"real": real / real.sum(axis=1, keepdims=True),
+                                       "sim": sim / sim.sum(axis=1, keepdims=True)}
+    return out
+
+
+def markdown_table(summary: list[dict[str, Any]], dim: str) -> str:
+    """The summary of one dimension as a Markdown table, mean [95% interval] per metric."""
+    def cell(e: dict[str, Any], c: str) -> str:
+        if math.isnan(e[c]):
+            return "–"
+        return f"{e[c]:.3f} [{e[c + '_lo']:.3f}, {e[c + '_hi']:.3f}]"
+
+    cols = list(METRICS) + [f"kl_{h}" for h in HORIZONS]
+    lines = ["| variant | events | " + " | ".join(cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+    for e in summary:
+        if e["dimension"] == dim:
+            lines.append(f"| {e['variant']} | {e['n_events']} | "
+                         + " | ".join(cell(e, c) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def plot_shares(ev: Evaluation, path: str | Path) -> Path:
+    """PNG: real (solid) vs simulated (dashed) shares per round, one row per variant and
+    dimension, pooled over events; the grey band is the warm-up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted(ev.curves)
+    fig, axes = plt.subplots(len(keys), 1, figsize=(9, 2.6 * len(keys)), squeeze=False,
+                             sharex=True)
+    for ax, key in zip(axes[:, 0], keys, strict=True):
+        variant, dim = key
+        c = ev.curves[key]
+        x = np.arange(len(c["real"]))
+        for j, option in enumerate(ev.label_space[dim]):
+            line, = ax.plot(x, c["real"][:, j], lw=1.8, label=f"{option} (real)")
+            ax.plot(x, c["sim"][:, j], lw=1.4, ls="--", color=line.get_color(),
+                    label=f"{option} (sim)")
+        ax.axvspan(-0.5, ev.warmup_rounds - 0.5, color="0.9", zorder=0)
+        ax.set_title(f"{variant} — {dim}", fontsize=10)
+        ax.set_ylabel("share")
+        ax.set_ylim(0, 1)
+    axes[-1, 0].set_xlabel("round")
+    axes[0, 0].legend(ncol=4, fontsize=7, loc="upper right")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
+    """Write per-simulation and summary CSVs, the Markdown summary and the PNG."""
+    import pyarrow.csv as pacsv
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"per_sim": out / "per_simulation.csv", "summary": out / "summary.csv",
+             "markdown": out / "summary.md", "plot": out / "shares.png"}
+    pacsv.write_csv(pa.Table.from_pylist(ev.per_sim), paths["per_sim"])
+    pacsv.write_csv(pa.Table.from_pylist(ev.summary), paths["summary"])
+    text = "\n\n".join(f"## {dim}\n\n" + markdown_table(ev.summary, dim)
+                       for dim in ev.label_space)
+    paths["markdown"].write_text(text + "\n")
+    plot_shares(ev, paths["plot"])
+    return paths

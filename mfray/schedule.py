@@ -1,0 +1,109 @@
+"""The MF-LLM schedule (method.md §1–2): simulation units, rounds of ``B`` agents, warm-up.
+
+Pure functions over the canonical tables; the engine and the local loop share them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mfray.config import SimConfig
+from mfray.data.schema import Dataset
+from mfray.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What one simulation covers: an event (all its replies in time order) or one thread.
+
+    ``agents`` are the replies in arrival order, one agent each (the paper's setting); the
+    thread source posts are their contexts, not agents.
+    """
+
+    event_id: str
+    thread_id: str | None
+    topic: str
+    source: str
+    agents: pa.Table
+    contexts: dict[str, str]  # context post id -> its text
+
+    @property
+    def n_agents(self) -> int:
+        return self.agents.num_rows
+
+    def key(self) -> str:
+        return self.event_id if self.thread_id is None else f"{self.event_id}/{self.thread_id}"
+
+
+def n_rounds(n_agents: int, round_size: int) -> int:
+    return math.ceil(n_agents / round_size)
+
+
+def round_slice(round_index: int, round_size: int, n_agents: int) -> range:
+    """Agent indices of one round (the last round may be short)."""
+    start = round_index * round_size
+    return range(start, min(start + round_size, n_agents))
+
+
+def is_warmup(agent_index: int, warmup: int) -> bool:
+    """Warm-up is counted in agents, not rounds: a round may straddle the boundary."""
+    return agent_index < warmup
+
+
+def stable_hash(text: str) -> int:
+    """A process-independent 63-bit hash (Python's ``hash`` is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def agent_uniform(seed: int, unit_key: str, agent_index: int) -> float:
+    """The uniform draw that decides one agent's action.
+
+    Seeded by (seed, unit, agent) only, not by variant, shard or round layout: twin simulations
+    (variants, interventions) share their random numbers, and results do not depend on sharding.
+    """
+    rng = np.random.default_rng([seed, stable_hash(unit_key), agent_index])
+    return float(rng.random())
+
+
+def sample_index(probs: np.ndarray, u: float) -> int:
+    """Inverse-CDF draw of an option index from one probability vector."""
+    cdf = np.cumsum(probs) / np.sum(probs)
+    return int(min(np.searchsorted(cdf, u, side="right"), len(cdf) - 1))
+
+
+def build_units(ds: Dataset, cfg: SimConfig) -> list[Unit]:
+    """The simulation units of a dataset under a config, in a stable order."""
+    known = ds.event_ids()
+    missing = [e for e in cfg.events if e not in known]
+    if missing:
+        raise ConfigError(f"sim.events: unknown event(s) {missing}; the dataset has {known}")
+    events = ds.events.to_pylist()
+    units: list[Unit] = []
+    for event in events:
+        if cfg.events and event["event_id"] not in cfg.events:
+            continue
+        posts = ds.posts_of(event["event_id"])
+        is_reply = pc.is_valid(posts["parent_id"])
+        replies = posts.filter(is_reply)
+        if replies.num_rows < max(cfg.min_replies, 1):
+            continue
+        contexts = dict(zip(posts["post_id"].to_pylist(), posts["text"].to_pylist(),
+                            strict=True))
+        if cfg.unit == "event":
+            units.append(Unit(event["event_id"], None, event["topic"], event["source"],
+                              replies, contexts))
+            continue
+        for thread_id in dict.fromkeys(replies["thread_id"].to_pylist()):
+            agents = replies.filter(pc.equal(replies["thread_id"], thread_id))
+            units.append(Unit(event["event_id"], thread_id, event["topic"], event["source"],
+                              agents, contexts))
+    if not units:
+        raise ConfigError(f"no simulation unit: no selected event has at least "
+                          f"{max(cfg.min_replies, 1)} replies (sim.min_replies)")
+    return units
