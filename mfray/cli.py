@@ -12,13 +12,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mfray.errors import MfrayError
+
+if TYPE_CHECKING:
+    from mfray.data.schema import Dataset
 
 FORMATS = ("rumoureval", "rumdect", "jsonl")
 
 
-def _load(src: str, fmt: str):  # noqa: ANN202 - returns mfray.data.schema.Dataset
+def _load(src: str, fmt: str) -> Dataset:
     if not Path(src).exists():
         raise MfrayError(f"{src}: no such file or directory")
     if fmt == "rumoureval":
@@ -42,8 +46,8 @@ def cmd_data_convert(args: argparse.Namespace) -> None:
 
 def format_info(info: dict) -> str:
     """``mfray data info`` as text: counts, label distributions, replies per event."""
-    lines = [f"dataset {info['name']}: {info['events']} events, {info['threads']} threads, "
-             f"{info['posts']} posts ({info['replies']} replies)"]
+    lines = [(f"dataset {info['name']}: {info['events']} events, {info['threads']} threads, "
+              f"{info['posts']} posts ({info['replies']} replies)")]
     for dim, counts in info["labels"].items():
         total = sum(counts.values()) or 1
         parts = ", ".join(f"{k} {v} ({v / total:.1%})" for k, v in counts.items())
@@ -73,7 +77,7 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from mfray.config import from_dict, load_config, RunConfig
+    from mfray.config import RunConfig, from_dict, load_config
     from mfray.data.schema import read_dataset
     from mfray.local import run_local
     from mfray.store import RunStore

@@ -22,9 +22,10 @@ from mfray.local import run_local
 DEMO_VARIANTS = ("oracle", "surrogate-mf", "surrogate-state", "persistence", "base-rate")
 
 
-def run_demo(out: Path, params: WorldParams = WorldParams(), seeds: tuple[int, ...] = (0, 1),
+def run_demo(out: Path, params: WorldParams | None = None, seeds: tuple[int, ...] = (0, 1),
              progress: bool = True) -> dict:
     """Run the demo into ``out`` (replaced if it exists) and print what it finds."""
+    params = params or WorldParams()
     if out.exists():
         shutil.rmtree(out)
     _, ds = generate(params)

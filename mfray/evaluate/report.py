@@ -86,8 +86,9 @@ def sim_metrics(rows: dict[str, list[Any]], dim: str, options: Sequence[str],
     return out
 
 
-def evaluate(run_dir: str | Path, cfg: EvalConfig = EvalConfig()) -> Evaluation:
+def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> Evaluation:
     """Compute every metric of a run read from the store."""
+    cfg = cfg or EvalConfig()
     store = RunStore.open(run_dir)
     info = store.run_info()
     space = {d: tuple(o) for d, o in json.loads(info["label_space_json"]).items()}
