@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,24 @@ def test_persona_for_chooses_by_source() -> None:
     assert P.persona_for("synthetic", tw) == P.generic_persona(tw)
     assert P.persona_for("jsonl", tw) == P.generic_persona(tw)
     assert P.persona_for("something-else", tw) == P.generic_persona(tw)
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "rumoureval2017-dev"
+
+
+@pytest.mark.real_data
+def test_real_profiles_give_short_complete_personas() -> None:
+    if not REAL.is_dir():
+        pytest.skip(f"real data not found at {REAL}")
+    from mfray.data.rumoureval import load_rumoureval
+
+    ds = load_rumoureval(REAL)
+    source = dict(zip(ds.events["event_id"].to_pylist(), ds.events["source"].to_pylist(),
+                      strict=True))
+    rows = ds.posts.select(["event_id", "profile"]).to_pylist()
+    texts = [P.persona_for(source[r["event_id"]], r["profile"]) for r in rows]
+    keys = ", ".join(P.TWITTER_KEYS)
+    longest = len(keys) + 6 * len(P.TWITTER_KEYS) + P.DESCRIPTION_MAX_CHARS + 150
+    assert all(len(t) <= longest for t in texts)
+    assert not any(": None" in t or "\n" in t for t in texts)
+    assert all(t.startswith("location: ") for t in texts)  # Twitter threads only here
