@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from mfray.config import LLM_VARIANTS, SURROGATE_VARIANTS, RunConfig
+from mfray.config import LLM_VARIANTS, SURROGATE_VARIANTS, RunConfig, from_dict
 from mfray.data.schema import Dataset
 from mfray.data.synthetic import SyntheticWorld
 from mfray.errors import ConfigError, StoreError
@@ -131,7 +131,7 @@ def run_local(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool 
     mfs = {s.sim_id: NumericMeanField.empty(ds.label_space) for s in specs}
     if resume:
         store = RunStore.open(run_dir)
-        if store.config() != cfg.to_dict():
+        if from_dict(RunConfig, store.config()) != cfg:
             raise StoreError(f"{run_dir}: the stored config differs from this one; resume "
                              "with the same config (see config.json in the run directory)")
         store.discard_incomplete()

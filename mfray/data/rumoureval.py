@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
-from mfray.data.schema import STANCE, STANCE_OPTIONS, Dataset, _id_key, build_dataset, to_utc
+from mfray.data.schema import STANCE, STANCE_OPTIONS, Dataset, build_dataset, id_key, to_utc
 from mfray.errors import DataError
 
 NAME = "rumoureval"
@@ -381,7 +381,7 @@ def _reddit_record(obj: Any, path: Path, *, is_source: bool) -> dict[str, Any]:
 def _event_row(event_id: str, threads: list[_Thread], stance: Mapping[str, _Label],
                veracity: Mapping[str, _Label], event_dir: Path) -> dict[str, Any]:
     """The event record: derived topic, split and metadata (veracity labels, layout)."""
-    sources = sorted((t.source for t in threads), key=lambda s: (s["time"], _id_key(s["post_id"])))
+    sources = sorted((t.source for t in threads), key=lambda s: (s["time"], id_key(s["post_id"])))
     topic = next((t for t in (" ".join(_URL.sub(" ", s["text"]).split()) for s in sources) if t),
                  event_id)
     # the labels of a thread's posts say which split and which release it comes from
@@ -404,7 +404,7 @@ def _event_row(event_id: str, threads: list[_Thread], stance: Mapping[str, _Labe
     meta: dict[str, Any] = {
         "layout": layout, "platform": "+".join(platforms),
         "veracity": {t: (veracity[t].value if t in veracity else None)
-                     for t in sorted(thread_labels, key=_id_key)},
+                     for t in sorted(thread_labels, key=id_key)},
     }
     if len(splits) > 1:
         meta["thread_splits"] = thread_splits

@@ -127,7 +127,7 @@ class Dataset:
 # building and validating
 
 
-def _id_key(post_id: str) -> tuple[int, int, str]:
+def id_key(post_id: str) -> tuple[int, int, str]:
     """Order ids numerically where they are numbers (tweet ids), else as text."""
     return (0, int(post_id), "") if post_id.isdigit() else (1, 0, post_id)
 
@@ -184,10 +184,10 @@ def build_dataset(
         for key in ("event_id", "topic", "topic_origin", "source"):
             if not isinstance(e.get(key), str) or not e.get(key):
                 raise DataError("missing or not a non-empty string", file=e.get("_file"),
-                                record=str(e.get("event_id")), field=key)
+                                record=e.get("_record") or str(e.get("event_id")), field=key)
         if e["event_id"] in event_index:
-            raise DataError("duplicate event id", file=e.get("_file"), record=e["event_id"],
-                            field="event_id")
+            raise DataError("duplicate event id", file=e.get("_file"),
+                            record=e.get("_record") or e["event_id"], field="event_id")
         event_index[e["event_id"]] = e
 
     by_event: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -229,8 +229,8 @@ def build_dataset(
     for event_id, e in event_index.items():
         group = by_event.get(event_id, [])
         if not group:
-            raise DataError("event has no posts", file=e.get("_file"), record=event_id,
-                            field="posts")
+            raise DataError("event has no posts", file=e.get("_file"),
+                            record=e.get("_record") or event_id, field="posts")
         rows.extend(_order_event(group))
 
     schema = posts_schema(space)
@@ -310,7 +310,7 @@ def _order_event(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # a reply's context is its thread's source post (method.md §1); the source has none
         rec["context_post_id"] = (None if rec.get("parent_id") is None
                                   else sources.get(rec["thread_id"]))
-    group = sorted(group, key=lambda r: (r["time"], _id_key(r["post_id"])))
+    group = sorted(group, key=lambda r: (r["time"], id_key(r["post_id"])))
     start = group[0]["time"]
     for rec in group:
         rec["seconds_since_start"] = (rec["time"] - start).total_seconds()
