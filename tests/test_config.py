@@ -1,0 +1,253 @@
+"""Tests of the config dataclasses: loading TOML/YAML, overrides, type checks, contradictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mfray.config import (
+    VARIANTS,
+    EvalConfig,
+    ResourcesConfig,
+    RunConfig,
+    SimConfig,
+    from_dict,
+    load_config,
+    parse_override,
+)
+from mfray.errors import ConfigError
+
+TOML = """
+[sim]
+data = "world"
+variants = ["mf", "base-rate"]
+seeds = [1, 2]
+unit = "thread"
+round_size = 8
+
+[eval]
+level = 0.9
+
+[resources]
+num_shards = 3
+"""
+
+YAML = """
+sim:
+  data: world
+  variants: [mf, base-rate]
+  seeds: [1, 2]
+  unit: thread
+  round_size: 8
+eval:
+  level: 0.9
+resources:
+  num_shards: 3
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def expected() -> RunConfig:
+    return RunConfig(
+        sim=SimConfig(data="world", variants=("mf", "base-rate"), seeds=(1, 2), unit="thread",
+                      round_size=8),
+        eval=EvalConfig(level=0.9),
+        resources=ResourcesConfig(num_shards=3),
+    )
+
+
+def test_defaults_are_valid() -> None:
+    cfg = load_config()
+    assert cfg == RunConfig()
+    assert cfg.sim.round_size == 16 and cfg.sim.warmup == 50
+    assert cfg.sim.variants == ("surrogate-mf",)
+
+
+@pytest.mark.parametrize(("name", "text"), [("c.toml", TOML), ("c.yaml", YAML), ("c.yml", YAML)])
+def test_load_toml_and_yaml(tmp_path: Path, name: str, text: str) -> None:
+    assert load_config(write(tmp_path, name, text)) == expected()
+
+
+def test_lists_become_tuples(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "c.toml", TOML))
+    assert isinstance(cfg.sim.variants, tuple) and isinstance(cfg.sim.seeds, tuple)
+    cfg = from_dict(SimConfig, {"events": ["a", "b"], "train_events": ("c",)})
+    assert cfg.events == ("a", "b") and cfg.train_events == ("c",)
+
+
+def test_overrides_apply_after_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.toml", TOML)
+    cfg = load_config(path, ["sim.round_size=4", "sim.seeds=[5, 6, 7]", "eval.source=labels",
+                             "resources.address=ray://head:10001", "sim.events=[e1]"])
+    assert cfg.sim.round_size == 4
+    assert cfg.sim.seeds == (5, 6, 7)
+    assert cfg.eval.source == "labels"
+    assert cfg.resources.address == "ray://head:10001"
+    assert cfg.sim.events == ("e1",)
+    assert cfg.sim.data == "world"  # untouched keys keep the file's value
+
+
+def test_override_without_file_creates_sections() -> None:
+    cfg = load_config(None, ["sim.warmup=0", "eval.n_bootstrap=500"])
+    assert cfg.sim.warmup == 0 and cfg.eval.n_bootstrap == 500
+
+
+def test_parse_override() -> None:
+    assert parse_override("sim.round_size=8") == (["sim", "round_size"], 8)
+    assert parse_override("sim.variants=[mf, state]") == (["sim", "variants"], ["mf", "state"])
+    assert parse_override("resources.address=a=b") == (["resources", "address"], "a=b")
+    assert parse_override("sim.data=") == (["sim", "data"], "")
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("sim.round_size")
+    with pytest.raises(ConfigError, match="unreadable value"):
+        parse_override("sim.variants=[mf")
+
+
+@pytest.mark.xfail(strict=True, reason="overrides are parsed as YAML, so a str-typed key given "
+                   "a numeric-looking value (e.g. `mfray simulate --data 2017`, which the CLI "
+                   "turns into sim.data=2017) is rejected as 'expected str, got 2017'")
+def test_override_of_a_string_key_keeps_numeric_looking_text() -> None:
+    assert load_config(None, ["sim.data=2017"]).sim.data == "2017"
+
+
+def test_override_into_a_non_section_is_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.yaml", "sim: 3\n")
+    with pytest.raises(ConfigError, match="sim is not a section"):
+        load_config(path, ["sim.round_size=4"])
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"simm": {}}, "simm"),
+        ({"sim": {"round_sise": 4}}, "sim.round_sise"),
+        ({"eval": {"levels": 0.9}}, "eval.levels"),
+    ],
+)
+def test_unknown_keys_are_named(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"unknown key {key}\b") as exc:
+        from_dict(RunConfig, data)
+    assert "known keys here" in str(exc.value)
+
+
+def test_unknown_key_in_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key sim.rounds"):
+        load_config(write(tmp_path, "c.toml", "[sim]\nrounds = 3\n"))
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        ({"sim": {"round_size": "8"}}, "sim.round_size: expected int"),
+        ({"sim": {"round_size": 8.0}}, "sim.round_size: expected int"),
+        ({"sim": {"round_size": True}}, "sim.round_size: expected int"),
+        ({"sim": {"seeds": [1, "2"]}}, r"sim.seeds\[1\]: expected int"),
+        ({"sim": {"seeds": [True]}}, r"sim.seeds\[0\]: expected int"),
+        ({"sim": {"variants": "mf"}}, "sim.variants: expected a list"),
+        ({"sim": {"variants": 3}}, "sim.variants: expected a list"),
+        ({"sim": {"data": 3}}, "sim.data: expected str"),
+        ({"eval": {"level": "high"}}, "eval.level: expected float"),
+        ({"eval": {"level": True}}, "eval.level: expected float"),
+        ({"resources": {"address": 5}}, "resources.address: expected str"),
+        ({"sim": 3}, "sim.: expected a table"),
+    ],
+)
+def test_wrong_types_are_rejected(data: dict, where: str) -> None:
+    with pytest.raises(ConfigError, match=where):
+        from_dict(RunConfig, data)
+
+
+def test_int_is_accepted_for_float_and_none_for_optional() -> None:
+    cfg = from_dict(RunConfig, {"eval": {"level": 0.5}, "resources": {"address": None}})
+    assert cfg.eval.level == 0.5 and cfg.resources.address is None
+    ev = from_dict(EvalConfig, {"n_bootstrap": 100, "level": 0.99})
+    assert isinstance(ev.level, float)
+    # ints are widened (a config file may write `level = 0` style whole numbers)
+    with pytest.raises(ConfigError, match="eval.level must be in"):
+        from_dict(RunConfig, {"eval": {"level": 1}})
+
+
+@pytest.mark.parametrize(("data", "where"), [
+    ({"sim": {"unit": "post"}}, "sim.unit: 'post' is not one of"),
+    ({"eval": {"source": "logits"}}, "eval.source: 'logits' is not one of"),
+])
+def test_literal_values_are_checked(data: dict, where: str) -> None:
+    with pytest.raises(ConfigError, match=where):
+        from_dict(RunConfig, data)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"variants": ("mf", "gpt")}, "unknown variant 'gpt'"),
+        ({"variants": ()}, "sim.variants is empty"),
+        ({"variants": ("mf", "mf")}, "lists a variant twice"),
+        ({"seeds": (1, 1)}, "distinct integers"),
+        ({"seeds": ()}, "non-empty"),
+        ({"events": ("a", "b"), "train_events": ("b", "c")}, r"overlap on \['b'\]"),
+        ({"round_size": 0}, "sim.round_size must be >= 1"),
+        ({"warmup": -1}, "sim.warmup must be >= 0"),
+    ],
+)
+def test_sim_contradictions(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        SimConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "match"),
+    [
+        (EvalConfig, {"level": 0.4}, "eval.level"),
+        (EvalConfig, {"level": 1.0}, "eval.level"),
+        (EvalConfig, {"n_bootstrap": 99}, "eval.n_bootstrap"),
+        (ResourcesConfig, {"num_shards": 0}, "resources.num_shards"),
+    ],
+)
+def test_eval_and_resources_bounds(cls: type, kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        cls(**kwargs)
+
+
+def test_every_variant_is_accepted() -> None:
+    assert SimConfig(variants=VARIANTS).variants == VARIANTS
+
+
+def test_contradiction_from_a_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.yaml", "sim:\n  events: [e1]\n  train_events: [e1]\n")
+    with pytest.raises(ConfigError, match="overlap"):
+        load_config(path)
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "bad.toml", "[sim\n"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "bad.yaml", "sim: [a\n"))
+    with pytest.raises(ConfigError, match="top level must be a table"):
+        load_config(write(tmp_path, "list.yaml", "- a\n- b\n"))
+    assert load_config(write(tmp_path, "empty.yaml", "")) == RunConfig()
+
+
+def test_to_dict_round_trip() -> None:
+    cfg = expected()
+    assert from_dict(RunConfig, cfg.to_dict()) == cfg
+    # through JSON (tuples become lists), as the resolved config is stored with a run
+    again = from_dict(RunConfig, json.loads(cfg.to_json()))
+    assert again == cfg
+    assert isinstance(again.sim.seeds, tuple)
+    assert json.loads(cfg.to_json())["sim"]["variants"] == ["mf", "base-rate"]
+
+
+def test_configs_are_frozen() -> None:
+    cfg = RunConfig()
+    with pytest.raises(AttributeError):
+        cfg.sim.round_size = 3  # type: ignore[misc]
