@@ -1,0 +1,75 @@
+"""Tests of the numeric mean field: counts, shares, the prompt rendering, immutability."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from mfray.meanfield import NO_REACTIONS, NumericMeanField
+
+SPACE = {"stance": ("support", "deny", "query", "comment"), "emotion": ("pos", "neg")}
+
+
+def test_empty() -> None:
+    mf = NumericMeanField.empty(SPACE)
+    assert mf.counts == {"stance": (0, 0, 0, 0), "emotion": (0, 0)}
+    assert mf.n("stance") == 0 and mf.n("emotion") == 0
+
+
+def test_uniform_shares_when_empty() -> None:
+    mf = NumericMeanField.empty(SPACE)
+    np.testing.assert_array_equal(mf.shares("stance"), [0.25] * 4)
+    np.testing.assert_array_equal(mf.shares("emotion"), [0.5, 0.5])
+
+
+def test_update_counts_and_accumulates() -> None:
+    mf = NumericMeanField.empty(SPACE)
+    mf = mf.update(SPACE, {"stance": ["comment", "deny", "comment"], "emotion": ["neg"]})
+    assert mf.counts == {"stance": (0, 1, 0, 2), "emotion": (0, 1)}
+    mf = mf.update(SPACE, {"stance": ["support"]})  # a dimension absent from a round: unchanged
+    assert mf.counts == {"stance": (1, 1, 0, 2), "emotion": (0, 1)}
+    assert mf.n("stance") == 4
+    np.testing.assert_allclose(mf.shares("stance"), [0.25, 0.25, 0.0, 0.5])
+    assert all(isinstance(c, int) for c in mf.counts["stance"])
+
+
+def test_none_labels_are_not_counted() -> None:
+    mf = NumericMeanField.empty(SPACE).update(
+        SPACE, {"stance": [None, "query", None], "emotion": [None, None]})
+    assert mf.counts == {"stance": (0, 0, 1, 0), "emotion": (0, 0)}
+    assert mf.n("emotion") == 0
+    np.testing.assert_array_equal(mf.shares("emotion"), [0.5, 0.5])  # still uniform
+
+
+def test_render_exact() -> None:
+    mf = NumericMeanField.empty(SPACE).update(
+        SPACE, {"stance": ["support", "support", "comment", None], "emotion": ["pos"]})
+    assert mf.render(SPACE) == ("stance: support 67%, deny 0%, query 0%, comment 33% (n=3)\n"
+                                "emotion: pos 100%, neg 0% (n=1)")
+
+
+def test_render_empty_and_partly_empty() -> None:
+    mf = NumericMeanField.empty(SPACE)
+    assert mf.render(SPACE) == f"stance: {NO_REACTIONS}\nemotion: {NO_REACTIONS}"
+    mf = mf.update(SPACE, {"emotion": ["neg", "neg", "pos", "neg"]})
+    assert mf.render(SPACE) == f"stance: {NO_REACTIONS}\nemotion: pos 25%, neg 75% (n=4)"
+
+
+def test_immutability() -> None:
+    empty = NumericMeanField.empty(SPACE)
+    after = empty.update(SPACE, {"stance": ["deny"]})
+    assert after is not empty
+    assert empty.counts["stance"] == (0, 0, 0, 0)  # the previous state is untouched
+    assert after.counts["stance"] == (0, 1, 0, 0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        after.counts = {}  # type: ignore[misc]
+    assert isinstance(after.counts["stance"], tuple)
+
+
+def test_equal_states_compare_equal() -> None:
+    a = NumericMeanField.empty(SPACE).update(SPACE, {"stance": ["deny", "query"]})
+    b = NumericMeanField.empty(SPACE).update(SPACE, {"stance": ["query"]}).update(
+        SPACE, {"stance": ["deny"]})
+    assert a == b  # order of decisions does not matter to the numeric mean field
