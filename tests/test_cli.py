@@ -1,0 +1,149 @@
+"""The command line as a user meets it: exit codes, messages, outputs, and the real data."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mfray.cli import main
+from tests.conftest import FIXTURES, require_real_data
+
+RUMOUREVAL_FIXTURE = FIXTURES / "rumoureval" / "traindev2017"
+JSONL_FIXTURE = FIXTURES / "jsonl" / "small.jsonl"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mfray.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_convert_and_info(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "ds"
+    assert main(["data", "convert", str(RUMOUREVAL_FIXTURE), "--format", "rumoureval",
+                 "--out", str(out)]) == 0
+    assert (out / "posts.parquet").exists() and (out / "dataset.json").exists()
+    capsys.readouterr()
+    assert main(["data", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == "rumoureval" and info["events"] >= 1
+    assert main(["data", "info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("dataset rumoureval:") and "labels stance:" in text
+
+
+def test_jsonl_convert(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["data", "convert", str(JSONL_FIXTURE), "--format", "jsonl",
+                 "--out", str(tmp_path / "ds")]) == 0
+    main(["data", "info", str(tmp_path / "ds"), "--json"])
+    info = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert set(info["labels"]) == {"stance", "belief"}
+
+
+BAD_CASES = {
+    "broken JSON": ("{\"type\": \"event\", \"event_id\": \"e\", ", "line 2"),
+    "missing field": ('{"type": "post", "event_id": "e", "thread_id": "t", "time": '
+                      '"2016-01-01T00:00:00Z", "text": "x"}', "post_id"),
+    "wrong type": ('{"type": "post", "event_id": "e", "thread_id": "t", "post_id": "p", '
+                   '"time": "2016-01-01T00:00:00Z", "text": 5}', "text"),
+    "unknown label": ('{"type": "post", "event_id": "e", "thread_id": "t", "post_id": "p", '
+                      '"time": "2016-01-01T00:00:00Z", "text": "x", '
+                      '"labels": {"stance": "maybe"}}', "labels.stance"),
+}
+HEADER = '{"type": "dataset", "name": "bad", "label_space": {"stance": ["support", "deny"]}}'
+EVENT = '{"type": "event", "event_id": "e", "topic": "t"}'
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input_is_one_clear_error_and_no_output(case: str, tmp_path: Path) -> None:
+    line, field = BAD_CASES[case]
+    src = tmp_path / "bad.jsonl"
+    body = [HEADER, line] if case == "broken JSON" else [HEADER, EVENT, line]
+    src.write_text("\n".join(body) + "\n")
+    out = tmp_path / "out"
+    proc = run_cli("data", "convert", str(src), "--format", "jsonl", "--out", str(out))
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert err.startswith("mfray: error: ") and "Traceback" not in proc.stderr
+    assert str(src) in err and field in err, err
+    assert len(err.splitlines()) == 1
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_time_backwards_and_empty_event(tmp_path: Path) -> None:
+    src = tmp_path / "bad.jsonl"
+    post = ('{{"type": "post", "event_id": "e", "thread_id": "t", "post_id": "{p}", '
+            '"parent_id": {parent}, "time": "{t}", "text": "x"}}')
+    src.write_text("\n".join([HEADER, EVENT,
+                              post.format(p="a", parent="null", t="2016-01-01T10:00:00Z"),
+                              post.format(p="b", parent='"a"', t="2016-01-01T09:00:00Z")]))
+    proc = run_cli("data", "convert", str(src), "--format", "jsonl", "--out",
+                   str(tmp_path / "o"))
+    assert proc.returncode == 2 and "earlier than its parent" in proc.stderr
+    assert "'time'" in proc.stderr and str(src) in proc.stderr
+    src.write_text("\n".join([HEADER, EVENT]) + "\n")
+    proc = run_cli("data", "convert", str(src), "--format", "jsonl", "--out",
+                   str(tmp_path / "o"))
+    assert proc.returncode == 2 and "no posts" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_source_and_llm_variant_errors(tmp_path: Path) -> None:
+    proc = run_cli("data", "convert", str(tmp_path / "nothing"), "--format", "rumoureval",
+                   "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+    proc = run_cli("data", "info", str(tmp_path))
+    assert proc.returncode == 2 and "not an mfray dataset" in proc.stderr
+
+
+def test_simulate_evaluate_round_trip(small_world_dir: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert main(["simulate", "--data", str(small_world_dir), "--out", str(run),
+                 "--variants", "persistence,base-rate", "--set", "sim.warmup=32"]) == 0
+    assert main(["evaluate", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "| persistence | 4 |" in out and "| base-rate | 4 |" in out
+    assert (run / "eval" / "shares.png").exists()
+    assert main(["simulate", "--data", str(small_world_dir), "--out", str(tmp_path / "r2"),
+                 "--variants", "mf"]) == 2
+    assert "needs the LLM engine" in capsys.readouterr().err
+    assert main(["simulate", "--data", str(small_world_dir), "--out", str(tmp_path / "r3"),
+                 "--set", "sim.bogus=1"]) == 2
+    assert "unknown key sim.bogus" in capsys.readouterr().err
+
+
+@pytest.mark.real_data
+def test_real_rumoureval_dev_counts(tmp_path: Path) -> None:
+    """The acceptance numbers of the foundation issue, through the command line."""
+    src = require_real_data()
+    out = tmp_path / "X"
+    t0 = time.perf_counter()
+    proc = run_cli("data", "convert", str(src), "--format", "rumoureval", "--out", str(out))
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert elapsed < 20, f"conversion took {elapsed:.1f} s"
+    proc = run_cli("data", "info", str(out))
+    text = proc.stdout
+    assert "8 events, 317 threads, 5026 posts" in text
+    for label, n in {"support": 960, "deny": 358, "query": 430, "comment": 3278}.items():
+        assert re.search(rf"\b{label} {n}\b", text), label
+    replies = {"charliehebdo": 1086, "ebola-essien": 32, "ferguson": 1136,
+               "germanwings-crash": 354, "ottawashooting": 837, "prince-toronto": 91,
+               "putinmissing": 53, "sydneysiege": 1120}
+    for event, n in replies.items():
+        assert re.search(rf"^{event}\s.*\s{n}$", text, re.M), event
+    assert re.search(r"^germanwings-crash\s+dev\s", text, re.M)
+
+
+def test_console_script_is_installed() -> None:
+    exe = shutil.which("mfray") or str(Path(sys.executable).with_name("mfray"))
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "simulate" in proc.stdout

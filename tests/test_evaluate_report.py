@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mfray.config import EvalConfig, RunConfig, SimConfig
+from mfray.data.schema import read_dataset
+from mfray.evaluate.report import evaluate, markdown_table, sim_metrics, write_report
+from mfray.local import run_local
+
+OPTIONS = ("support", "deny", "query", "comment")
+
+
+def _rows(real, sampled, probs, rounds):
+    lab = lambda x: {"stance": x}  # noqa: E731
+    return {"real": [lab(x) for x in real], "action": [lab(x) for x in sampled],
+            "probs": [{"stance": p} for p in probs], "round": rounds}
+
+
+def test_sim_metrics_by_hand() -> None:
+    real = ["support", "support", "deny", "comment"]
+    sampled = ["support", "deny", "deny", "comment"]
+    probs = [[0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]]
+    m = sim_metrics(_rows(real, sampled, probs, [3, 3, 4, 4]), "stance", OPTIONS, "probs")
+    # real = (2, 1, 0, 1)/4 ; sim from probs = (1, 2, 0, 1)/4
+    assert m["tv"] == pytest.approx(0.25)
+    p, q = np.array([0.5, 0.25, 1e-6, 0.25]), np.array([0.25, 0.5, 1e-6, 0.25])
+    p, q = (p + 0) / p.sum(), q / q.sum()
+    assert m["kl"] == pytest.approx(float(np.sum(p * np.log(p / q))), rel=1e-4)
+    # NLL: -[ln .5 + ln .5 + ln 1 + ln 1]/4
+    assert m["nll"] == pytest.approx(-2 * math.log(0.5) / 4)
+    assert m["f1_micro"] == pytest.approx(0.75)
+    # horizons over 2 rollout rounds: short = round 3, mid = round 4, long empty
+    assert not math.isnan(m["kl_short"]) and math.isnan(m["kl_long"])
+
+
+def test_labels_and_probs_sources_differ() -> None:
+    rows = _rows(["support", "deny"], ["support", "support"],
+                 [[0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0]], [0, 0])
+    by_probs = sim_metrics(rows, "stance", OPTIONS, "probs")
+    by_labels = sim_metrics(rows, "stance", OPTIONS, "labels")
+    assert by_probs["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert by_labels["kl"] > 1.0
+
+
+@pytest.fixture(scope="module")
+def demo_run(small_world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = RunConfig(sim=SimConfig(data=str(small_world_dir), seeds=(0, 1), warmup=32,
+                                  variants=("oracle", "surrogate-state", "base-rate")))
+    out = tmp_path_factory.mktemp("run") / "run"
+    run_local(cfg, read_dataset(small_world_dir), out, progress=False)
+    return out
+
+
+def test_evaluate_orders_variants_as_the_world_says(demo_run: Path) -> None:
+    ev = evaluate(demo_run, EvalConfig(n_bootstrap=200))
+    kl = {e["variant"]: e for e in ev.summary}
+    assert set(kl) == {"oracle", "surrogate-state", "base-rate"}
+    assert all(e["n_events"] == 4 for e in kl.values())
+    # the synthetic world's known effect: knowing the event and the crowd beats not knowing
+    assert kl["oracle"]["kl"] < kl["surrogate-state"]["kl"]
+    for e in kl.values():
+        assert e["kl_lo"] <= e["kl"] <= e["kl_hi"]
+    # per simulation: 4 events x 2 seeds x 3 variants x 1 dimension
+    assert len(ev.per_sim) == 24
+
+
+def test_report_files_and_plot(demo_run: Path, tmp_path: Path) -> None:
+    ev = evaluate(demo_run, EvalConfig(source="labels", n_bootstrap=200))
+    paths = write_report(ev, tmp_path / "eval")
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["plot"].stat().st_size > 10_000
+    md = paths["markdown"].read_text()
+    assert "| oracle | 4 |" in md
+    assert paths["summary"].read_text().startswith('"variant"')
+    assert markdown_table(ev.summary, "stance").count("\n") == 2 + 3 - 1
+
+
+def test_evaluate_an_empty_or_missing_run(tmp_path: Path) -> None:
+    from mfray.errors import MfrayError
+
+    with pytest.raises(MfrayError):
+        evaluate(tmp_path / "nope")
