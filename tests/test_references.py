@@ -1,0 +1,105 @@
+"""Tests of the statistical references: base rate, persistence, the fitted blend weight."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mfray.references import (
+    SMOOTH,
+    WEIGHT_GRID,
+    base_rate,
+    fit_persistence_weight,
+    label_counts,
+    persistence,
+)
+
+K = 4
+
+
+def test_label_counts_ignore_missing() -> None:
+    np.testing.assert_array_equal(label_counts(np.array([0, -1, 3, 3, -1]), K), [1, 0, 0, 2])
+    np.testing.assert_array_equal(label_counts(np.array([], dtype=int), K), [0, 0, 0, 0])
+
+
+def test_base_rate_pools_counts() -> None:
+    # pooled counts [3, 1, 0, 1] over 5 labelled replies (the -1 is ignored)
+    got = base_rate([np.array([0, 0, 1]), np.array([3, -1, 0])], K)
+    want = (np.array([3, 1, 0, 1]) + SMOOTH) / (5 + K * SMOOTH)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert got.sum() == pytest.approx(1.0)
+    assert got[2] > 0  # smoothed: never an exact zero (KL stays finite)
+
+
+def test_base_rate_pools_replies_not_events() -> None:
+    # a big event weighs more than a small one: [0]*9 + [1] pooled is 90% option 0
+    got = base_rate([np.zeros(9, dtype=int), np.array([1])], K)
+    np.testing.assert_allclose(got, [0.9, 0.1, 0.0, 0.0], atol=1e-5)
+
+
+def test_persistence_blend() -> None:
+    base = np.array([0.4, 0.3, 0.2, 0.1])
+    warm = np.array([1, 1, 2, -1])  # labelled mix [0, 2/3, 1/3, 0]
+    got = persistence(warm, base, 0.5)
+    np.testing.assert_allclose(got, [0.2, 0.3 / 2 + 1 / 3, 0.1 + 1 / 6, 0.05], atol=1e-6)
+    assert got.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(persistence(warm, base, 0.0), base)
+    np.testing.assert_allclose(persistence(warm, base, 1.0), [0, 2 / 3, 1 / 3, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("warm", [np.array([], dtype=int), np.array([-1, -1])])
+def test_empty_warmup_gives_the_base_rate(warm: np.ndarray) -> None:
+    base = np.array([0.4, 0.3, 0.2, 0.1])
+    np.testing.assert_array_equal(persistence(warm, base, 0.8), base)
+
+
+def test_weight_is_one_when_rollouts_repeat_their_warmup() -> None:
+    # every event has its own mix, and its rollout has exactly its warm-up mix
+    w = 8
+    events = []
+    for i in range(K):
+        warm = np.array([i] * 5 + [(i + 1) % K] * 3)
+        events.append(np.concatenate([warm, np.tile(warm, 6)]))
+    assert fit_persistence_weight(events, w, K) == 1.0
+
+
+def test_weight_is_zero_when_warmups_are_noise() -> None:
+    # every rollout follows one shared base rate; each warm-up is one arbitrary label
+    w = 4
+    rollout = np.repeat(np.arange(K), [50, 20, 15, 15])
+    events = [np.concatenate([np.full(w, i % K), rollout]) for i in range(8)]
+    assert fit_persistence_weight(events, w, K) == 0.0
+
+
+def test_weight_in_between_for_a_mixture() -> None:
+    # rollouts are half warm-up mix, half shared base: neither extreme is best
+    w = 10
+    shared = np.repeat(np.arange(K), [10, 10, 10, 10])
+    events = []
+    for i in range(K):
+        warm = np.full(w, i)
+        events.append(np.concatenate([warm, np.full(40, i), shared]))
+    weight = fit_persistence_weight(events, w, K)
+    assert 0.0 < weight < 1.0
+    assert weight in WEIGHT_GRID
+
+
+def test_missing_labels_are_ignored_in_the_fit() -> None:
+    w = 4
+    rollout = np.repeat(np.arange(K), [50, 20, 15, 15])
+    events = [np.concatenate([np.full(w, i % K), rollout]) for i in range(8)]
+    # missing labels inside the rollouts change nothing
+    noisy = [np.concatenate([e[:w], np.full(7, -1), e[w:], np.full(3, -1)]) for e in events]
+    assert fit_persistence_weight(noisy, w, K) == fit_persistence_weight(events, w, K)
+    # a warm-up of missing labels only: persistence falls back to the base rate for every w,
+    # all weights tie and the first grid point wins
+    blind = [np.concatenate([np.full(w, -1), e[w:]]) for e in events]
+    assert fit_persistence_weight(blind, w, K) == 0.0
+
+
+def test_no_rollout_anywhere_gives_half() -> None:
+    assert fit_persistence_weight([np.array([0, 1]), np.array([2])], 5, K) == 0.5
+    # an event with no rollout is skipped, the others decide
+    w = 8
+    events = [np.concatenate([np.array([i] * 8), np.full(40, i)]) for i in range(K)]
+    assert fit_persistence_weight([*events, np.array([0, 1])], w, K) == 1.0
