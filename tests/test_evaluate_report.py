@@ -73,6 +73,7 @@ def test_report_files_and_plot(demo_run: Path, tmp_path: Path) -> None:
     paths = write_report(ev, tmp_path / "eval")
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["plot"].stat().st_size > 10_000
+    assert paths["plot_events"].read_bytes()[:4] == b"\x89PNG"
     md = paths["markdown"].read_text()
     assert "| oracle | 4 |" in md
     assert paths["summary"].read_text().startswith('"variant"')

@@ -218,6 +218,39 @@ def plot_shares(ev: Evaluation, path: str | Path) -> Path:
     return out
 
 
+def plot_kl_by_event(ev: Evaluation, path: str | Path) -> Path:
+    """PNG: KL(real‖sim) per event (seeds averaged), one bar per variant, one panel per
+    dimension — where the pooled share curves hide which events a variant gets wrong."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dims = list(ev.label_space)
+    variants = [e["variant"] for e in ev.summary if e["dimension"] == dims[0]]
+    events = sorted({r["event_id"] for r in ev.per_sim})
+    fig, axes = plt.subplots(len(dims), 1, figsize=(max(6, 0.9 * len(events) + 2),
+                                                     3.2 * len(dims)), squeeze=False)
+    width = 0.8 / max(len(variants), 1)
+    for ax, dim in zip(axes[:, 0], dims, strict=True):
+        for j, variant in enumerate(variants):
+            values = []
+            for event in events:
+                kls = [r["kl"] for r in ev.per_sim if r["event_id"] == event
+                       and r["variant"] == variant and r["dimension"] == dim]
+                values.append(float(np.nanmean(kls)) if kls else np.nan)
+            ax.bar(np.arange(len(events)) + (j - (len(variants) - 1) / 2) * width, values,
+                   width, label=variant)
+        ax.set_xticks(np.arange(len(events)), events, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(f"KL(real‖sim), {dim}")
+    axes[0, 0].legend(fontsize=8, ncol=min(len(variants), 3))
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
     """Write per-simulation and summary CSVs, the Markdown summary and the PNG."""
     import pyarrow.csv as pacsv
@@ -225,11 +258,13 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"per_sim": out / "per_simulation.csv", "summary": out / "summary.csv",
-             "markdown": out / "summary.md", "plot": out / "shares.png"}
+             "markdown": out / "summary.md", "plot": out / "shares.png",
+             "plot_events": out / "kl_by_event.png"}
     pacsv.write_csv(pa.Table.from_pylist(ev.per_sim), paths["per_sim"])
     pacsv.write_csv(pa.Table.from_pylist(ev.summary), paths["summary"])
     text = "\n\n".join(f"## {dim}\n\n" + markdown_table(ev.summary, dim)
                        for dim in ev.label_space)
     paths["markdown"].write_text(text + "\n")
     plot_shares(ev, paths["plot"])
+    plot_kl_by_event(ev, paths["plot_events"])
     return paths
