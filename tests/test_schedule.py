@@ -65,7 +65,7 @@ def test_n_rounds(n: int, b: int, rounds: int) -> None:
 def test_round_slices_partition_the_agents_and_the_last_is_short() -> None:
     n, b = 35, 16
     slices = [round_slice(r, b, n) for r in range(n_rounds(n, b))]
-    assert slices[0] == range(0, 16)
+    assert slices[0] == range(16)
     assert slices[-1] == range(32, 35)
     assert list(itertools.chain.from_iterable(slices)) == list(range(n))
     assert len(round_slice(n_rounds(n, b), b, n)) == 0  # past the end: empty
@@ -113,8 +113,8 @@ def test_sample_index_edges() -> None:
     assert sample_index(p, 0.1999) == 1 and sample_index(p, 0.2) == 3
     assert sample_index(np.array([1.0]), 0.7) == 0
     # unnormalised weights are normalised
-    assert sample_index(np.array([2.0, 6.0]), 0.26) == 1 and sample_index(np.array([2.0, 6.0]),
-                                                                          0.24) == 0
+    weights = np.array([2.0, 6.0])
+    assert sample_index(weights, 0.24) == 0 and sample_index(weights, 0.26) == 1
 
 
 def test_sample_index_never_draws_zero_probability_options() -> None:
