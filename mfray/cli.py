@@ -70,8 +70,12 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     from mfray.data.schema import write_dataset
     from mfray.data.synthetic import WorldParams, generate
 
-    _, ds = generate(WorldParams(n_events=args.events, herding=args.herding,
-                                 event_spread=args.spread, seed=args.seed))
+    try:
+        params = WorldParams(n_events=args.events, herding=args.herding,
+                             event_spread=args.spread, seed=args.seed)
+    except ValueError as exc:
+        raise MfrayError(f"synthetic world: {exc}") from None
+    _, ds = generate(params)
     out = write_dataset(ds, args.out)
     print(f"synthetic world: {ds.events.num_rows} events, {ds.posts.num_rows} posts in {out}")
 

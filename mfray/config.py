@@ -113,6 +113,11 @@ class RunConfig:
 T = TypeVar("T")
 
 
+class RawOverride(str):
+    """The text of a ``--set`` value: read as YAML unless the key is a string, so that
+    ``sim.data=2017`` stays the text "2017"."""
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     """Build a (nested) config dataclass from plain data, rejecting unknown keys and wrong types."""
     if not isinstance(data, Mapping):
@@ -129,6 +134,14 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if isinstance(value, RawOverride):
+        if tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType)
+                         and str in typing.get_args(tp) and value.strip() not in ("null", "~")):
+            return str(value)
+        try:
+            value = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{key}: unreadable value {str(value)!r} ({exc})") from None
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key + ".")
@@ -154,16 +167,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``sim.round_size=8`` -> (["sim", "round_size"], 8). Values are read as YAML scalars/lists."""
+def parse_override(text: str) -> tuple[list[str], RawOverride]:
+    """``sim.round_size=8`` -> (["sim", "round_size"], "8"). The value is read as YAML (``8``,
+    ``[0, 1]``) when the config is built, unless the key holds text."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
     key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: unreadable value ({exc})") from None
-    return key.strip().split("."), value
+    return key.strip().split("."), RawOverride(raw)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:

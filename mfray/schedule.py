@@ -73,7 +73,8 @@ def agent_uniform(seed: int, unit_key: str, agent_index: int) -> float:
 
 def sample_index(probs: np.ndarray, u: float) -> int:
     """Inverse-CDF draw of an option index from one probability vector."""
-    cdf = np.cumsum(probs) / np.sum(probs)
+    c = np.cumsum(probs)
+    cdf = c / c[-1]  # not / sum(): the two round differently and could revive a zero option
     return int(min(np.searchsorted(cdf, u, side="right"), len(cdf) - 1))
 
 

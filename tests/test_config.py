@@ -100,19 +100,24 @@ def test_override_without_file_creates_sections() -> None:
 
 
 def test_parse_override() -> None:
-    assert parse_override("sim.round_size=8") == (["sim", "round_size"], 8)
-    assert parse_override("sim.variants=[mf, state]") == (["sim", "variants"], ["mf", "state"])
+    assert parse_override("sim.round_size=8") == (["sim", "round_size"], "8")
     assert parse_override("resources.address=a=b") == (["resources", "address"], "a=b")
     assert parse_override("sim.data=") == (["sim", "data"], "")
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_override("sim.round_size")
+
+
+def test_override_values_are_read_as_yaml_for_typed_keys() -> None:
+    cfg = load_config(None, ["sim.round_size=8", "sim.variants=[base-rate, persistence]",
+                             "sim.seeds=[0, 1]", "resources.address=null"])
+    assert cfg.sim.round_size == 8 and cfg.sim.seeds == (0, 1)
+    assert cfg.sim.variants == ("base-rate", "persistence") and cfg.resources.address is None
     with pytest.raises(ConfigError, match="unreadable value"):
-        parse_override("sim.variants=[mf")
+        load_config(None, ["sim.variants=[mf"])
+    with pytest.raises(ConfigError, match="expected int"):
+        load_config(None, ["sim.round_size=eight"])
 
 
-@pytest.mark.xfail(strict=True, reason="overrides are parsed as YAML, so a str-typed key given "
-                   "a numeric-looking value (e.g. `mfray simulate --data 2017`, which the CLI "
-                   "turns into sim.data=2017) is rejected as 'expected str, got 2017'")
 def test_override_of_a_string_key_keeps_numeric_looking_text() -> None:
     assert load_config(None, ["sim.data=2017"]).sim.data == "2017"
 

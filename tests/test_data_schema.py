@@ -187,10 +187,6 @@ def test_duplicate_event_id() -> None:
     assert_located(exc.value, "e1", "event_id", file="events.json")
 
 
-@pytest.mark.xfail(strict=True, reason="event 'split'/'metadata' are not validated: a dict "
-                   "metadata (or an int split) reaches pa.Table.from_pylist and raises "
-                   "pyarrow.ArrowTypeError ('Expected bytes, got a dict object') instead of "
-                   "a DataError naming the file, record and field")
 @pytest.mark.parametrize(("key", "value"), [("metadata", {"veracity": "true"}), ("split", 3)])
 def test_event_optional_field_of_wrong_type(key: str, value: Any) -> None:
     with pytest.raises(DataError) as exc:

@@ -15,7 +15,7 @@ OPTIONS = ("support", "deny", "query", "comment")
 
 
 def _rows(real, sampled, probs, rounds):
-    lab = lambda x: {"stance": x}  # noqa: E731
+    lab = lambda x: {"stance": x}
     return {"real": [lab(x) for x in real], "action": [lab(x) for x in sampled],
             "probs": [{"stance": p} for p in probs], "round": rounds}
 

@@ -18,7 +18,7 @@ VOLATILE = ("run_id", "latency_s")
 
 
 def _cfg(data: Path, **kw) -> RunConfig:
-    sim = dict(data=str(data), variants=VARIANTS, seeds=(0, 1), round_size=16, warmup=20)
+    sim = {"data": str(data), "variants": VARIANTS, "seeds": (0, 1), "round_size": 16, "warmup": 20}
     sim.update(kw)
     return RunConfig(sim=SimConfig(**sim))
 

@@ -131,10 +131,6 @@ def test_sample_index_never_draws_zero_probability_options() -> None:
         np.testing.assert_allclose(freq, p / p.sum(), atol=2 / len(us))
 
 
-@pytest.mark.xfail(strict=True, reason="cdf = cumsum(p)/sum(p): np.sum and np.cumsum round "
-                   "differently, so cdf[-2] can be 1-2^-52 when p[-1]=0; u=1-2^-53 then lands "
-                   "past it and the clamp min(idx, len-1) returns the zero-probability last "
-                   "option. Fix: c = np.cumsum(probs); cdf = c / c[-1]")
 def test_sample_index_last_zero_option_despite_rounding() -> None:
     p = np.array([0.7214883401940817, 0.5253543224757259, 0.31024187555895566,
                   0.4858353588317891, 0.8894878343490003, 0.9340435159562497,

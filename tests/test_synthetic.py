@@ -142,9 +142,6 @@ def test_no_herding_means_the_mean_field_is_ignored() -> None:
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-@pytest.mark.xfail(strict=True, reason="WorldParams accepts min_agents <= warmup, but generate() "
-                   "then crashes in _effect (np.vstack of an empty list: 'need at least one "
-                   "array to concatenate', after 'Mean of empty slice' warnings)")
 def test_world_with_no_rollout_is_rejected_or_generated() -> None:
     try:
         params = WorldParams(n_events=1, min_agents=5, max_agents=5)  # warmup is 50

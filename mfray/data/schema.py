@@ -129,7 +129,7 @@ class Dataset:
 
 def id_key(post_id: str) -> tuple[int, int, str]:
     """Order ids numerically where they are numbers (tweet ids), else as text."""
-    return (0, int(post_id), "") if post_id.isdigit() else (1, 0, post_id)
+    return (0, int(post_id), "") if post_id.isascii() and post_id.isdigit() else (1, 0, post_id)
 
 
 def to_utc(value: Any, *, file: str | None, record: str | None, field_name: str) -> datetime:
@@ -185,6 +185,11 @@ def build_dataset(
             if not isinstance(e.get(key), str) or not e.get(key):
                 raise DataError("missing or not a non-empty string", file=e.get("_file"),
                                 record=e.get("_record") or str(e.get("event_id")), field=key)
+        for key in ("split", "metadata"):
+            if e.get(key) is not None and not isinstance(e[key], str):
+                raise DataError(f"expected a string or null, got {type(e[key]).__name__}",
+                                file=e.get("_file"), record=e.get("_record") or e["event_id"],
+                                field=key)
         if e["event_id"] in event_index:
             raise DataError("duplicate event id", file=e.get("_file"),
                             record=e.get("_record") or e["event_id"], field="event_id")
@@ -329,6 +334,8 @@ def write_dataset(ds: Dataset, out_dir: str | os.PathLike[str]) -> Path:
     only if it holds a converted dataset (``dataset.json``); anything else is an error.
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError("output path exists and is not a directory", file=str(out))
     if out.exists() and any(out.iterdir()) and not (out / "dataset.json").exists():
         raise DataError("output directory exists, is not empty and is not an mfray dataset",
                         file=str(out))

@@ -88,6 +88,9 @@ class WorldParams:
     def __post_init__(self) -> None:
         if not 1 <= self.min_agents <= self.max_agents:
             raise ValueError("need 1 <= min_agents <= max_agents")
+        if self.min_agents <= self.warmup:
+            raise ValueError(f"min_agents ({self.min_agents}) must exceed warmup "
+                             f"({self.warmup}): the known effect is measured on the rollout")
         if self.n_events < 1 or self.threads_per_event < 1 or self.round_size < 1:
             raise ValueError("n_events, threads_per_event and round_size must be >= 1")
 
