@@ -5,7 +5,8 @@ normalised over the options. Options are the *exact* continuation text (pass ``"
 prompt ending in ``"Answer:"``; don't end prompts with a space, BPE tokenisers split it badly).
 The prompt is tokenised with the tokenizer's special tokens (no second BOS when the prompt text
 already starts with it), each option on its own without special tokens, and the two id lists
-are concatenated. Rule for the transformers backend:
+are concatenated. After a chat prompt (ending in the assistant header and a newline) pass the
+options without the leading space. Rule for the transformers backend:
 
 - every option's first token distinct -> ONE forward pass per prompt; the next-token logits at
   the prompt's last position, restricted to the options' first tokens and log-softmaxed. This is
@@ -261,7 +262,8 @@ class HFModel:
         self.first_token_scoring = first_token_scoring
         tok_pad = tokenizer.pad_token_id
         self.pad_id = tok_pad if tok_pad is not None else (tokenizer.eos_token_id or 0)
-        eos = model.generation_config.eos_token_id if model.generation_config else None
+        gen_config = getattr(model, "generation_config", None)
+        eos = gen_config.eos_token_id if gen_config is not None else None
         eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         if tokenizer.eos_token_id is not None:
             eos.append(tokenizer.eos_token_id)
@@ -292,9 +294,10 @@ class HFModel:
         return ids
 
     def _check_length(self, lengths: Sequence[int]) -> None:
+        """Refuse prompts (by index) whose tokens won't fit the model's positions."""
         too_long = [i for i, n in enumerate(lengths) if self.max_len and n > self.max_len]
         if too_long:
-            raise ModelError(f"{len(too_long)} sequences exceed the model's {self.max_len} "
+            raise ModelError(f"{len(too_long)} prompts exceed the model's {self.max_len} "
                              f"positions", indices=too_long)
 
     def _run(self, what: str, fn: Callable[[], Any]) -> Any:
@@ -333,9 +336,9 @@ class HFModel:
         return out
 
     def _score_full(self, p_ids: list[list[int]], o_ids: list[list[int]]) -> np.ndarray:
+        self._check_length([len(p) + max(len(o) for o in o_ids) for p in p_ids])
         pairs = [(i, j) for i in range(len(p_ids)) for j in range(len(o_ids))]
         seqs = [p_ids[i] + o_ids[j] for i, j in pairs]
-        self._check_length([len(s) for s in seqs])
         ll = np.empty(len(pairs))
         for rows in batches([len(s) for s in seqs], self.batch_size, self.max_batch_tokens):
             ll[rows] = continuation_logprobs(self.model, [seqs[r] for r in rows],
@@ -349,7 +352,8 @@ class HFModel:
                  repetition_penalty: float = 1.0,
                  seeds: Sequence[int] | None = None) -> list[str]:
         """Sample one continuation per prompt, each from its own seeded stream (numpy uniforms
-        drawn per row), so a prompt's text does not depend on its batch; greedy when
+        drawn per row), so a prompt's text does not depend on its batch (up to float rounding
+        of the logits, which may flip a near-tie); greedy when
         temperature == 0. Stops at an EOS token; special tokens are left out of the text."""
         seeds = check_sampling(len(prompts), max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p, top_k=top_k,
@@ -402,8 +406,9 @@ class HFModel:
                                  dtype=cum.dtype) * cum[:, -1:]
                 nxt = torch.searchsorted(cum, u, right=True).squeeze(-1).clamp_(
                     max=scores.shape[-1] - 1)
-            for r in (~done).nonzero().flatten().tolist():
-                out[r].append(int(nxt[r]))
+            for r, (t, d) in enumerate(zip(nxt.tolist(), done.tolist(), strict=True)):
+                if not d:
+                    out[r].append(t)
             done |= torch.isin(nxt, eos)
             if step == max_new - 1 or bool(done.all()):
                 break
@@ -461,6 +466,24 @@ def _from_pretrained(path: Path, dtype: Any, **kw: Any) -> tuple[Any, Any]:
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **common), tok
 
 
+def _plain_copy(model: Any) -> Any:
+    """The de-quantised weights in a model built from the bare config. transformers >= 5.24
+    keeps a GGUF quantizer on the model that refuses ``save_pretrained``; the strict state-dict
+    load also proves that every weight was unpacked to a dense tensor."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    plain.generation_config = model.generation_config
+    return plain.eval()
+
+
 def _load_gguf(gguf: Path, dtype: Any) -> tuple[Any, Any]:
     """Load a GGUF file through its safetensors conversion, converting (~15 s) on first use."""
     cached = gguf_cache_dir(gguf)
@@ -472,6 +495,9 @@ def _load_gguf(gguf: Path, dtype: Any) -> tuple[Any, Any]:
         model, tok = _from_pretrained(gguf.parent, torch.float32, gguf_file=gguf.name)
     except ImportError as e:
         raise ModelError(f"loading {gguf.name} needs the gguf package: pip install gguf") from e
+    except (OSError, ValueError) as e:  # e.g. an architecture transformers can't read from GGUF
+        raise ModelError(f"cannot load {gguf}: {e}") from e
+    model = _plain_copy(model)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cached.parent))
     try:  # write aside, then rename: a half-written cache is never picked up

@@ -60,6 +60,17 @@ def tiny() -> tuple:
 
 
 @pytest.fixture(scope="module")
+def tiny_gpt2(tiny) -> tuple:
+    """Absolute position embeddings: left padding is right only with mask-derived position ids."""
+    tok = tiny[1]
+    cfg = transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4,
+                                  n_positions=128, initializer_range=0.5, pad_token_id=0,
+                                  eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(1)
+    return transformers.GPT2LMHeadModel(cfg).eval(), tok
+
+
+@pytest.fixture(scope="module")
 def hf(tiny) -> HFModel:
     return HFModel(*tiny, model_id="tiny", device="cpu", batch_size=3)
 
@@ -155,9 +166,11 @@ def test_score_shape_and_normalisation(hf):
     assert isinstance(hf, LanguageModel)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("first", [True, False])
-def test_score_does_not_depend_on_the_batch(tiny, first):
-    m = HFModel(*tiny, model_id="tiny", device="cpu", batch_size=4, first_token_scoring=first)
+def test_score_does_not_depend_on_the_batch(tiny, tiny_gpt2, arch, first):
+    pair = tiny if arch == "llama" else tiny_gpt2
+    m = HFModel(*pair, model_id="tiny", device="cpu", batch_size=4, first_token_scoring=first)
     options = [" support", " deny", " query"]
     batch = m.score(PROMPTS, options)
     for i, p in enumerate(PROMPTS):
@@ -199,7 +212,7 @@ def test_colliding_first_tokens_use_the_full_likelihood(tiny, hf):
 
 
 def test_generate_is_seeded_per_prompt_and_batch_free(hf):
-    kw = dict(max_new_tokens=8, temperature=1.0, top_k=50, top_p=0.95)
+    kw = {"max_new_tokens": 8, "temperature": 1.0, "top_k": 50, "top_p": 0.95}
     batch = hf.generate(PROMPTS, seeds=[1, 2, 3, 4], **kw)
     assert batch == hf.generate(PROMPTS, seeds=[1, 2, 3, 4], **kw)
     assert hf.generate(PROMPTS[1:2], seeds=[2], **kw) == [batch[1]]
@@ -207,15 +220,18 @@ def test_generate_is_seeded_per_prompt_and_batch_free(hf):
     assert all(t for t in batch)
 
 
-def test_greedy_generation_matches_transformers(tiny, hf):
+@pytest.mark.parametrize("penalty", [1.0, 5.0])
+def test_greedy_generation_matches_transformers(tiny, hf, penalty):
     model, tok = tiny
-    ours = hf.generate(PROMPTS, temperature=0, max_new_tokens=6)
+    ours = hf.generate(PROMPTS, temperature=0, max_new_tokens=16, repetition_penalty=penalty)
     for p, text in zip(PROMPTS, ours, strict=True):
         ids = tok(p, return_tensors="pt")
-        ref = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        ref = model.generate(**ids, max_new_tokens=16, do_sample=False, pad_token_id=0,
+                             repetition_penalty=penalty)
         assert text == tok.decode(ref[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-    penalised = hf.generate(PROMPTS, temperature=0, max_new_tokens=6, repetition_penalty=5.0)
-    assert penalised == hf.generate(PROMPTS[::-1], temperature=0, max_new_tokens=6,
+    assert len(set(ours)) > 1
+    penalised = hf.generate(PROMPTS, temperature=0, max_new_tokens=16, repetition_penalty=5.0)
+    assert penalised == hf.generate(PROMPTS[::-1], temperature=0, max_new_tokens=16,
                                     repetition_penalty=5.0)[::-1]
 
 
