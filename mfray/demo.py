@@ -1,9 +1,9 @@
-"""The demo behind ``make demo``: data → store → evaluate on the synthetic world.
+"""The demo behind ``make demo``: synthetic world → dataset → simulations on Ray → evaluation.
 
-It generates a synthetic world with known dynamics, writes it as a dataset, simulates every
-event with the model-free variants through the round loop and the trajectory store, and
-evaluates the run against the world's real actions. The LLM policy replaces the built-in ones
-once the engine lands; the pipeline around it stays.
+It generates a small synthetic world with known dynamics, writes it as a dataset, simulates
+every event with the four LLM variants (``state``, ``recent``, ``popular``, ``mf``; SmolLM2 by
+default) next to the world's own rule (``oracle``) and the statistical references, and evaluates
+the run against the world's real actions.
 """
 
 from __future__ import annotations
@@ -13,19 +13,21 @@ import shutil
 from pathlib import Path
 
 from mfray.cli import format_info
-from mfray.config import EvalConfig, RunConfig, SimConfig
+from mfray.config import EvalConfig, PolicyConfig, RunConfig, SimConfig
 from mfray.data.schema import dataset_info, read_dataset, write_dataset
 from mfray.data.synthetic import WorldParams, generate
+from mfray.engine import simulate
 from mfray.evaluate.report import evaluate, markdown_table, write_report
-from mfray.local import run_local
 
-DEMO_VARIANTS = ("oracle", "surrogate-mf", "surrogate-state", "persistence", "base-rate")
+DEMO_VARIANTS = ("state", "recent", "popular", "mf", "oracle", "persistence", "base-rate")
+#: small enough for a 2-core CPU with SmolLM2 (about 500 model decisions)
+DEMO_WORLD = WorldParams(n_events=3, min_agents=64, max_agents=80, warmup=32, seed=0)
 
 
-def run_demo(out: Path, params: WorldParams | None = None, seeds: tuple[int, ...] = (0, 1),
-             progress: bool = True) -> dict:
+def run_demo(out: Path, params: WorldParams | None = None, seeds: tuple[int, ...] = (0,),
+             model: str | None = None, progress: bool = True) -> dict:
     """Run the demo into ``out`` (replaced if it exists) and print what it finds."""
-    params = params or WorldParams()
+    params = params or DEMO_WORLD
     if out.exists():
         shutil.rmtree(out)
     _, ds = generate(params)
@@ -37,13 +39,15 @@ def run_demo(out: Path, params: WorldParams | None = None, seeds: tuple[int, ...
           f"{effect['mean_kl_truth']:.3f}, KL(real ‖ other events' base rate) = "
           f"{effect['mean_kl_other_events_base_rate']:.3f}\n")
     cfg = RunConfig(sim=SimConfig(data=str(data_dir), variants=DEMO_VARIANTS, seeds=seeds,
-                                  round_size=params.round_size, warmup=params.warmup))
-    store = run_local(cfg, read_dataset(data_dir), out / "run", progress=progress)
+                                  round_size=params.round_size, warmup=params.warmup),
+                    policy=PolicyConfig(model=model))
+    store = simulate(cfg, read_dataset(data_dir), out / "run", progress=progress)
     ev = evaluate(store.run_dir, EvalConfig())
     paths = write_report(ev, out / "run" / "eval")
+    print(f"\nmodel: {store.run_info()['model_id']}")
     print("stance — mean over events [95% bootstrap interval], rollout agents only\n")
     print(markdown_table(ev.summary, "stance"))
-    print(f"\nreport: {paths['markdown']}\nplot:   {paths['plot']}")
+    print(f"\nreport: {paths['markdown']}\nplots:  {paths['plot']}, {paths['plot_events']}")
     summary = {e["variant"]: round(e["kl"], 4) for e in ev.summary}
     (out / "demo.json").write_text(json.dumps({"kl": summary, "effect": {
         k: v for k, v in effect.items() if k != "per_event"}}, indent=2) + "\n")

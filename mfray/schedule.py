@@ -61,14 +61,16 @@ def stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
 
 
-def agent_uniform(seed: int, unit_key: str, agent_index: int) -> float:
-    """The uniform draw that decides one agent's action.
+def agent_uniform(seed: int, unit_key: str, agent_index: int, stream: int = 0) -> float:
+    """The uniform draw that decides one agent's action (``stream``: one per action dimension).
 
-    Seeded by (seed, unit, agent) only, not by variant, shard or round layout: twin simulations
-    (variants, interventions) share their random numbers, and results do not depend on sharding.
+    A hash of (seed, unit, agent, stream) only, not of variant, shard or round layout: twin
+    simulations (variants, interventions) share their random numbers, and results do not depend
+    on sharding. A 53-bit hash fraction costs about a microsecond.
     """
-    rng = np.random.default_rng([seed, stable_hash(unit_key), agent_index])
-    return float(rng.random())
+    digest = hashlib.blake2b(f"{seed}|{unit_key}|{agent_index}|{stream}".encode(),
+                             digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> 11) / float(1 << 53)
 
 
 def sample_index(probs: np.ndarray, u: float) -> int:

@@ -29,3 +29,32 @@ def small_world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-event synthetic world written as a dataset directory."""
     _, ds = generate(SMALL_WORLD)
     return write_dataset(ds, tmp_path_factory.mktemp("world") / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf():
+    """A random-weight 2-layer Llama with a byte-level BPE tokenizer trained here (no download),
+    wrapped as an HFModel; long enough positions for real policy prompts."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from mfray.llm import HFModel
+    from mfray.prompts import template
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<eos>", "<bos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator([template("policy")] * 5 + ["support deny query comment"] * 5,
+                           trainer)
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>",
+                                               pad_token="<pad>", bos_token="<bos>")
+    cfg = transformers.LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        initializer_range=0.5, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    return HFModel(model, tok, model_id="tiny-llama", device="cpu", batch_size=8)

@@ -113,8 +113,9 @@ def test_simulate_evaluate_round_trip(small_world_dir: Path, tmp_path: Path,
     assert "| persistence | 4 |" in out and "| base-rate | 4 |" in out
     assert (run / "eval" / "shares.png").exists()
     assert main(["simulate", "--data", str(small_world_dir), "--out", str(tmp_path / "r2"),
-                 "--variants", "mf"]) == 2
-    assert "needs the LLM engine" in capsys.readouterr().err
+                 "--variants", "mf", "--model", str(tmp_path / "no-model")]) == 2
+    assert "no model at" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
     assert main(["simulate", "--data", str(small_world_dir), "--out", str(tmp_path / "r3"),
                  "--set", "sim.bogus=1"]) == 2
     assert "unknown key sim.bogus" in capsys.readouterr().err

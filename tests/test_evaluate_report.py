@@ -8,8 +8,8 @@ import pytest
 
 from mfray.config import EvalConfig, RunConfig, SimConfig
 from mfray.data.schema import read_dataset
+from mfray.engine import simulate
 from mfray.evaluate.report import evaluate, markdown_table, sim_metrics, write_report
-from mfray.local import run_local
 
 OPTIONS = ("support", "deny", "query", "comment")
 
@@ -51,7 +51,7 @@ def demo_run(small_world_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     cfg = RunConfig(sim=SimConfig(data=str(small_world_dir), seeds=(0, 1), warmup=32,
                                   variants=("oracle", "surrogate-state", "base-rate")))
     out = tmp_path_factory.mktemp("run") / "run"
-    run_local(cfg, read_dataset(small_world_dir), out, progress=False)
+    simulate(cfg, read_dataset(small_world_dir), out, progress=False)
     return out
 
 

@@ -34,9 +34,16 @@ def template(role: str) -> str:
 
 
 @functools.cache
+def system_prompt() -> str:
+    """The system message that chat models get before every rendered prompt."""
+    return (TEMPLATE_DIR / "system.txt").read_text(encoding="utf-8").strip()
+
+
+@functools.cache
 def template_hash(role: str) -> str:
-    """A short stable hash of the template text, stored with every decision."""
-    return hashlib.sha256(template(role).encode()).hexdigest()[:16]
+    """A short stable hash of the template and the system message, stored with every
+    decision."""
+    return hashlib.sha256((system_prompt() + "\0" + template(role)).encode()).hexdigest()[:16]
 
 
 def _placeholders(text: str) -> frozenset[str]:

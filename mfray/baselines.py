@@ -1,0 +1,123 @@
+"""Policies that need no language model, as vectorised functions the shards call.
+
+- ``base-rate`` / ``persistence`` (method.md §3): one fixed distribution per simulation and
+  dimension, fitted by :func:`reference_distribution` on the training events only.
+- ``oracle`` / ``surrogate-mf`` / ``surrogate-state``: the synthetic world's own rule, given the
+  simulated mean field (oracle), a persona model reweighted to the mean field, or the persona
+  model alone. They exist only on a synthetic-world dataset.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from mfray.config import SURROGATE_VARIANTS, SimConfig
+from mfray.data.schema import Dataset
+from mfray.data.synthetic import BASE_SHARES, SCEPTIC_DESCRIPTION, SyntheticWorld
+from mfray.errors import ConfigError
+from mfray.llm import ScriptedModel
+from mfray.persona import FOLLOWER_BUCKETS
+from mfray.references import base_rate, fit_persistence_weight, persistence
+
+SURROGATE_SMOOTH = 0.02
+
+
+def label_indices(labels: Sequence[Mapping[str, str | None]], dim: str,
+                  options: Sequence[str]) -> np.ndarray:
+    """Real label indices of agents in arrival order (-1 where unlabelled)."""
+    return np.array([options.index(lab[dim]) if lab and lab[dim] is not None else -1
+                     for lab in labels], dtype=int)
+
+
+def reference_distribution(variant: str, event_id: str, unit_labels: Sequence[Mapping],
+                           labels_by_event: Mapping[str, Sequence[Mapping]],
+                           label_space: Mapping[str, Sequence[str]], cfg: SimConfig
+                           ) -> dict[str, np.ndarray]:
+    """The fixed distribution per dimension of ``base-rate`` or ``persistence`` for one unit.
+
+    Training events: ``cfg.train_events``, or else every other event of the dataset (leave one
+    event out). ``persistence`` reads the unit's own warm-up agents only.
+    """
+    train = cfg.train_events or tuple(e for e in labels_by_event if e != event_id)
+    out = {}
+    for dim, options in label_space.items():
+        train_labels = [label_indices(labels_by_event[e], dim, options) for e in train]
+        base = base_rate(train_labels, len(options))
+        if variant == "base-rate":
+            out[dim] = base
+        else:
+            weight = fit_persistence_weight(train_labels, cfg.warmup, len(options))
+            warm = label_indices(unit_labels, dim, options)[: cfg.warmup]
+            out[dim] = persistence(warm, base, weight)
+    return out
+
+
+def load_world(variant: str, ds: Dataset) -> SyntheticWorld:
+    """The synthetic world behind a dataset, or a clear error for a surrogate elsewhere."""
+    try:
+        return SyntheticWorld.from_dataset(ds)
+    except ValueError:
+        raise ConfigError(f"variant {variant!r} exists only on a synthetic-world dataset "
+                          f"(this one is {ds.name!r})") from None
+
+
+def surrogate_probs(variant: str, world: SyntheticWorld, event_id: str, x: np.ndarray,
+                    shares: np.ndarray, n_seen: int) -> np.ndarray:
+    """Stance probabilities of agents with features ``x`` given the mean field's shares."""
+    if variant not in SURROGATE_VARIANTS:
+        raise ConfigError(f"{variant!r} is not a surrogate variant")
+    if variant == "oracle":  # the world's truth, given the simulated mean field
+        return world.probs(event_id, x, shares)
+    q = world.persona_probs(x)
+    if variant == "surrogate-state" or n_seen == 0:
+        return q
+    return reweight(q, shares)
+
+
+def reweight(q: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Shift persona probabilities towards the mean field: ``q · (m + a) / (base + a)``.
+
+    Per agent (never a mean over the round's agents, which would depend on the sharding), with
+    the world's population base rates as the reference point."""
+    p = np.atleast_2d(q) * (shares + SURROGATE_SMOOTH) / (BASE_SHARES + SURROGATE_SMOOTH)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+_SHARES = re.compile(r"stance: support (\d+)%, deny (\d+)%, query (\d+)%, comment (\d+)%")
+#: a representative follower count for each persona bucket (geometric middle)
+_FOLLOWERS = {label: (10.0 if bound == 100 else math.sqrt(bound * bound / 10))
+              for bound, label in FOLLOWER_BUCKETS if math.isfinite(bound)}
+_FOLLOWERS["millions"] = 3e6
+
+
+def world_rule_model(world: SyntheticWorld) -> ScriptedModel:
+    """A scripted policy that follows a synthetic world's own rule, reading only the prompt.
+
+    From the persona it reads verified, the sceptic bio and the followers bucket; from the
+    population block, the mean field's shares when the prompt shows them. Without shares
+    (``state``, ``recent``, ``popular``) it answers with the persona rule alone; with them it
+    reweights the persona rule towards the shares, as ``surrogate-mf`` does.
+    """
+
+    def fn(prompt: str, options: Sequence[str]) -> np.ndarray:
+        x = np.array([[
+            float("verified: yes" in prompt),
+            float(SCEPTIC_DESCRIPTION in prompt),
+            (np.log10(_followers(prompt) + 1.0) - 2.5) / 1.5,
+        ]])
+        q = world.persona_probs(x)[0]
+        m = _SHARES.search(prompt)
+        if m is None:
+            return q
+        return reweight(q, np.array([float(v) for v in m.groups()]) / 100.0)[0]
+
+    return ScriptedModel(fn=fn, model_id="scripted-world")
+
+
+def _followers(prompt: str) -> float:
+    m = re.search(r"followers: ([a-z ]+?)[;\n]", prompt)
+    return _FOLLOWERS.get(m.group(1), 300.0) if m else 300.0

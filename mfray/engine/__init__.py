@@ -1,0 +1,226 @@
+"""The MF-LLM round loop on Ray: the driver, and the actors it starts.
+
+Topology (architecture.md): ``AgentShard`` actors hold the agents of every simulation and build
+their prompts; one ``Population`` actor (the mean field) keeps every simulation's population
+state and publishes it once per round; one ``InferenceServer`` actor holds the model and scores
+the prompts of all shards in a canonical order; the driver runs the loop and writes each round
+to the store. All simulations of a run (units × seeds × variants) advance round by round
+together, so that one round's model requests form one large batch.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from mfray.baselines import load_world, reference_distribution
+from mfray.config import LLM_VARIANTS, REFERENCE_VARIANTS, SURROGATE_VARIANTS, RunConfig, from_dict
+from mfray.data.schema import Dataset
+from mfray.data.synthetic import SyntheticWorld
+from mfray.engine.population import Population, SimMeta
+from mfray.engine.ray_env import ensure_ray
+from mfray.engine.shard import AgentShard, ShardSim
+from mfray.errors import MfrayError, StoreError
+from mfray.llm import LanguageModel
+from mfray.persona import persona_for
+from mfray.schedule import Unit, build_units, n_rounds
+from mfray.store import RunStore
+
+#: agent columns a shard keeps: ShardSim field name -> column of the unit's agents
+_SHARD_COLUMNS = ("post_id", "user_id", "thread_id", "context_post_id", "context_text",
+                  "real_text", "real", "persona")
+
+
+@dataclass(frozen=True)
+class SimSpec:
+    """One simulation of a run."""
+
+    sim_id: int
+    unit: Unit
+    variant: str
+    seed: int
+
+
+def plan(cfg: RunConfig, ds: Dataset) -> list[SimSpec]:
+    """Simulations of a run: units × seeds × variants, in a stable order."""
+    specs = []
+    for unit in build_units(ds, cfg.sim):
+        for seed in cfg.sim.seeds:
+            for variant in cfg.sim.variants:
+                specs.append(SimSpec(len(specs), unit, variant, seed))
+    return specs
+
+
+def _shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
+                ) -> tuple[list[list[ShardSim]], list[SimMeta], SyntheticWorld | None]:
+    """Split every simulation's agents over the shards (agent i goes to shard i mod S)."""
+    every_event = replace(cfg.sim, unit="event", events=(), min_replies=0, train_events=())
+    labels_by_event = {u.event_id: u.agents["labels"].to_pylist()
+                       for u in build_units(ds, every_event)}
+    needs_world = any(s.variant in SURROGATE_VARIANTS for s in specs)
+    world = load_world(next(s.variant for s in specs if s.variant in SURROGATE_VARIANTS),
+                       ds) if needs_world else None
+    columns: dict[str, dict[str, list[Any]]] = {}
+    shards: list[list[ShardSim]] = [[] for _ in range(n_shards)]
+    metas = []
+    for spec in specs:
+        unit = spec.unit
+        if unit.key() not in columns:
+            col = unit.agents.to_pydict()
+            col["persona"] = [persona_for(unit.source, p) for p in col["profile"]]
+            col["context_text"] = [unit.contexts.get(c or "", "") for c in col["context_post_id"]]
+            col["real_text"], col["real"] = col["text"], col["labels"]
+            columns[unit.key()] = col
+        col = columns[unit.key()]
+        followers = tuple((p or {}).get("followers_count") for p in col["profile"])
+        metas.append(SimMeta(spec.sim_id, unit.event_id, spec.variant, spec.seed, followers))
+        fixed = (reference_distribution(spec.variant, unit.event_id, col["labels"],
+                                        labels_by_event, ds.label_space, cfg.sim)
+                 if spec.variant in REFERENCE_VARIANTS else None)
+        feats = (np.stack([world.features(p) for p in col["profile"]])
+                 if spec.variant in SURROGATE_VARIANTS else None)
+        for k in range(n_shards):
+            idx = list(range(k, unit.n_agents, n_shards))
+            if not idx:
+                continue
+            part = {name: tuple(col[name][i] for i in idx) for name in _SHARD_COLUMNS}
+            shards[k].append(ShardSim(
+                spec.sim_id, unit.event_id, unit.key(), spec.variant, spec.seed, unit.topic,
+                tuple(idx), **part, features=None if feats is None else feats[idx],
+                fixed=fixed))
+    return shards, metas, world
+
+
+def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool = False,
+             progress: bool = True, max_rounds: int | None = None,
+             model: LanguageModel | None = None) -> RunStore:
+    """Run (or resume) every simulation of ``cfg`` on Ray and write each round to the store.
+
+    ``max_rounds`` stops after that many rounds of this call, leaving the run resumable (an
+    injected stop). ``model`` replaces the model named in ``cfg.policy`` (tests).
+    """
+    import ray
+
+    specs = plan(cfg, ds)
+    llm = any(s.variant in LLM_VARIANTS for s in specs)
+    if llm and cfg.policy.mode != "choice":
+        raise MfrayError(f"policy.mode {cfg.policy.mode!r} is not available yet")
+    from mfray.engine.inference import InferenceServer, check_model
+
+    if llm and model is None:
+        check_model(cfg.policy)
+    n_shards = cfg.resources.num_shards
+    shard_sims, metas, world = _shard_sims(specs, ds, cfg, n_shards)
+    ensure_ray(cfg.resources)
+    inference = None
+    if llm:
+        inference = ray.remote(InferenceServer).remote(cfg.policy, ds.label_space, cfg.sim.data,
+                                                       model)
+    model_id = _get(inference.model_id.remote()) if inference else "none"
+    store = _open_store(cfg, ds, run_dir, resume, model_id, len(specs))
+    run_id = store.run_info()["run_id"]
+    population = ray.remote(Population).remote(metas, ds.label_space, cfg.sim)
+    shards = [ray.remote(AgentShard).remote(sims, ds.label_space, cfg.sim, run_id, world)
+              for sims in shard_sims]
+    start = 0
+    if resume:
+        store.discard_incomplete()
+        done = store.completed_rounds()
+        table = store.read_decisions()
+        _get(population.replay.remote(
+            [(r, table.filter(pc.equal(table["round"], r))) for r in done]))
+        start = max(done) + 1 if done else 0
+    total = max(n_rounds(s.unit.n_agents, cfg.sim.round_size) for s in specs)
+    stop = total if max_rounds is None else min(total, start + max_rounds)
+    try:
+        _round_loop(cfg, store, population, shards, inference, range(start, stop), total,
+                    progress)
+    finally:
+        for actor in [population, *shards, *([inference] if inference else [])]:
+            ray.kill(actor)
+    if stop == total:
+        store.mark("complete")
+    return store
+
+
+def _open_store(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool,
+                model_id: str, n_simulations: int) -> RunStore:
+    if not resume:
+        return RunStore.create(run_dir, run_id=uuid.uuid4().hex[:12], config=cfg.to_dict(),
+                               label_space=ds.label_space, model_id=model_id,
+                               n_simulations=n_simulations)
+    store = RunStore.open(run_dir)
+    if from_dict(RunConfig, store.config()) != cfg:
+        raise StoreError(f"{run_dir}: the stored config differs from this one; resume with the "
+                         "same config (see config.json in the run directory)")
+    store.mark("running")
+    return store
+
+
+def _round_loop(cfg: RunConfig, store: RunStore, population: Any, shards: list[Any],
+                inference: Any, rounds: range, total: int, progress: bool) -> None:
+    """broadcast → decide → aggregate → record → stop check, once per round."""
+    bar = tqdm(rounds, desc="rounds", total=total, initial=rounds.start, disable=not progress)
+    made = 0
+    t_start = time.perf_counter()
+    for r in bar:
+        t0 = time.perf_counter()
+        # broadcast: every simulation's population state, stored once, read by every shard
+        views = population.publish.remote()
+        # decide: shards build prompts; the inference actor scores all of them in one order
+        requests = [s.requests.remote(r, views) for s in shards]
+        scored: list[Any] = [None] * len(shards)
+        if inference is not None:
+            scored = ([inference.score_one.remote(requests[0])] if len(shards) == 1 else
+                      inference.score_round.options(num_returns=len(shards)).remote(*requests))
+        parts = _get([s.decide.remote(r, views, q, sc)
+                      for s, q, sc in zip(shards, requests, scored, strict=True)])
+        t_policy = time.perf_counter() - t0
+        decisions = pa.concat_tables(parts).sort_by([("sim_id", "ascending"),
+                                                     ("agent_index", "ascending")])
+        # aggregate: the mean field sees the round sorted by agent, whatever the sharding
+        t1 = time.perf_counter()
+        rows = _get(population.update.remote(r, decisions))
+        t_mf = time.perf_counter() - t1
+        # record: one atomic commit per round (decisions first, the rounds file last)
+        timing = {"t_policy_s": t_policy, "t_meanfield_s": t_mf,
+                  "t_total_s": time.perf_counter() - t0}
+        run_id = store.run_id
+        store.write_round(r, decisions, [row | timing | {"run_id": run_id} for row in rows])
+        made += decisions.num_rows
+        bar.set_postfix(decisions_per_s=f"{made / (time.perf_counter() - t_start):.0f}")
+        # stop check: too many failed model calls end the run with a clear message
+        _check_failures(cfg, store, r, decisions)
+
+
+def _get(refs: Any) -> Any:
+    """``ray.get``, with mfray's own errors raised in an actor re-raised as themselves."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, MfrayError):
+            raise exc.cause from None
+        raise
+    except ray.exceptions.ActorDiedError as exc:
+        raise MfrayError(f"a Ray actor of the run died: {str(exc).splitlines()[0]}") from exc
+
+
+def _check_failures(cfg: RunConfig, store: RunStore, r: int, decisions: pa.Table) -> None:
+    asked = pc.sum(pc.is_valid(decisions["template_hash"])).as_py() or 0
+    failed = decisions.filter(pc.invert(decisions["ok"]))
+    if asked and failed.num_rows / asked > cfg.sim.max_failure_rate:
+        message = (f"round {r}: {failed.num_rows} of {asked} model decisions failed "
+                   f"({failed.num_rows / asked:.0%} > sim.max_failure_rate "
+                   f"{cfg.sim.max_failure_rate:.0%}); first error: {failed['error'][0].as_py()}")
+        store.mark("failed", message)
+        raise MfrayError(message + f". The run stopped; completed rounds are in {store.run_dir}")

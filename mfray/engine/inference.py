@@ -1,0 +1,123 @@
+"""The inference actor's class: one long-lived model serving every shard.
+
+Each round it receives the prompts of all shards, orders them canonically (by simulation,
+agent, dimension) and scores them in chunks of ``policy.chunk`` prompts. The order and the
+chunks therefore depend only on the run, never on how many shards produced the prompts, which
+is what makes a 1-shard and a 4-shard run bit-identical. A failed model call fails only the
+decisions of its chunk (or only the prompts it names) and is reported, never hidden.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mfray.config import PolicyConfig
+from mfray.engine.shard import Key, Scored
+from mfray.llm import LanguageModel, ModelError, ScriptedModel, default_gguf, load_model
+from mfray.prompts import system_prompt
+
+SCRIPTED = ("scripted", "scripted-world")
+
+
+def check_model(cfg: PolicyConfig) -> None:
+    """Fail early, in the driver, with a clear message when the named model cannot exist."""
+    if cfg.model in SCRIPTED:
+        return
+    path = default_gguf() if cfg.model is None else Path(cfg.model).expanduser()
+    if not ((path.is_file() and path.suffix == ".gguf") or (path / "config.json").is_file()):
+        raise ModelError(f"no model at {path}: give a transformers directory (with "
+                         "config.json), a .gguf file, 'scripted' or 'scripted-world'")
+
+
+def build_model(cfg: PolicyConfig, data_dir: str | None = None) -> LanguageModel:
+    """The policy model named by ``policy.model``."""
+    if cfg.model == "scripted":
+        return ScriptedModel()
+    if cfg.model == "scripted-world":
+        from mfray.baselines import load_world, world_rule_model
+        from mfray.data.schema import read_dataset
+
+        return world_rule_model(load_world(cfg.model, read_dataset(data_dir or "")))
+    return load_model(cfg.model, device=cfg.device, batch_size=cfg.batch_size,
+                      max_batch_tokens=cfg.max_batch_tokens)
+
+
+class InferenceServer:
+    """Holds the model; scores every shard's requests of a round in one canonical order."""
+
+    def __init__(self, cfg: PolicyConfig, label_space: Mapping[str, Sequence[str]],
+                 data_dir: str | None = None, model: LanguageModel | None = None) -> None:
+        self.cfg = cfg
+        self.model = model if model is not None else build_model(cfg, data_dir)
+        self.options = [tuple(o) for o in label_space.values()]
+        tok = getattr(self.model, "tokenizer", None)
+        self.chat = bool(getattr(tok, "chat_template", None))
+        self.system = system_prompt()
+
+    def model_id(self) -> str:
+        return self.model.model_id
+
+    def format(self, prompt: str) -> str:
+        """The rendered template as the model reads it (the chat template where it has one)."""
+        return self.model.chat_prompt(self.system, prompt) if self.chat else prompt
+
+    def score_one(self, requests: tuple[list[Key], list[str]]) -> Scored:
+        """:meth:`score_round` for a run with one shard."""
+        return self.score_round(requests)[0]
+
+    def score_round(self, *shard_requests: tuple[list[Key], list[str]]) -> list[Scored]:
+        """Score the requests of all shards; one :class:`Scored` per shard, aligned."""
+        flat = [(key, s, j) for s, (keys, _) in enumerate(shard_requests)
+                for j, key in enumerate(keys)]
+        flat.sort(key=lambda t: t[0])
+        out = [Scored([None] * len(k), [None] * len(k), [0.0] * len(k), [None] * len(k))
+               for k, _ in shard_requests]
+        for d, options in enumerate(self.options):
+            todo = [(s, j) for key, s, j in flat if key[2] == d]
+            for c in range(0, len(todo), self.cfg.chunk):
+                chunk = todo[c:c + self.cfg.chunk]
+                prompts = [self.format(shard_requests[s][1][j]) for s, j in chunk]
+                self._score_chunk(chunk, prompts, options, out)
+        return out
+
+    def _score_chunk(self, chunk: list[tuple[int, int]], prompts: list[str],
+                     options: Sequence[str], out: list[Scored]) -> None:
+        t0 = time.perf_counter()
+        try:
+            scores: Any = self.model.score(prompts, options)
+            failed: dict[int, str] = {}
+        except ModelError as exc:
+            scores, failed = self._retry_others(exc, prompts, options)
+        per = (time.perf_counter() - t0) / len(chunk)
+        tokens = self._token_counts(prompts)
+        for n, (s, j) in enumerate(chunk):
+            out[s].latency_s[j] = per
+            out[s].tokens_in[j] = tokens[n] if tokens else None
+            if n in failed:
+                out[s].errors[j] = failed[n]
+            else:
+                out[s].log_scores[j] = np.asarray(scores[n], dtype=float)
+
+    def _retry_others(self, exc: ModelError, prompts: list[str], options: Sequence[str]
+                      ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+        """One bounded retry: when the model names the prompts at fault, score the others."""
+        message = f"model error: {exc}"
+        if not exc.indices:
+            return {}, dict.fromkeys(range(len(prompts)), message)
+        bad = set(exc.indices)
+        rest = [n for n in range(len(prompts)) if n not in bad]
+        try:
+            scores = self.model.score([prompts[n] for n in rest], options) if rest else []
+        except ModelError as again:
+            return {}, dict.fromkeys(range(len(prompts)), f"model error: {again}")
+        return ({n: scores[k] for k, n in enumerate(rest)},
+                dict.fromkeys(bad, message))
+
+    def _token_counts(self, prompts: list[str]) -> list[int] | None:
+        encode = getattr(self.model, "encode", None)
+        return [len(ids) for ids in encode(prompts)] if encode else None

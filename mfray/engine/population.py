@@ -1,0 +1,121 @@
+"""The MeanField actor's class: every simulation's population state, updated once per round.
+
+Per simulation it keeps the numeric mean field and a window of recent actions, and publishes
+what the agents of the next round see: the mean field's shares and, for LLM variants, the
+population block of the shared prompt part. Decisions are applied sorted by agent index, so the
+state never depends on which shard produced them. Plain class; the engine wraps it with
+``ray.remote``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mfray.config import LLM_VARIANTS, SimConfig
+from mfray.meanfield import NumericMeanField
+from mfray.policy import PastAction, population_text
+
+
+@dataclass(frozen=True)
+class SimMeta:
+    """What the population state needs to know of one simulation."""
+
+    sim_id: int
+    event_id: str
+    variant: str
+    seed: int
+    followers: tuple[int | None, ...]  # per agent index, for the `popular` variant
+
+
+@dataclass(frozen=True)
+class SimView:
+    """What every agent of one simulation sees in a round."""
+
+    meanfield_id: str
+    shares: dict[str, np.ndarray]
+    n_seen: dict[str, int]
+    population: str | None  # the shared prompt's population block (LLM variants only)
+
+
+class Population:
+    """Population state of all simulations of a run (the MeanField actor)."""
+
+    def __init__(self, sims: Sequence[SimMeta], label_space: Mapping[str, Sequence[str]],
+                 cfg: SimConfig) -> None:
+        self.space = {d: tuple(o) for d, o in label_space.items()}
+        self.cfg = cfg
+        self.sims = {s.sim_id: s for s in sims}
+        window = max(cfg.recent_k, cfg.popular_window)
+        self.mf = {s.sim_id: NumericMeanField.empty(self.space) for s in sims}
+        self.history: dict[int, deque[PastAction]] = {s.sim_id: deque(maxlen=window)
+                                                      for s in sims}
+        self.meanfield_id = {s.sim_id: f"{s.sim_id}:init" for s in sims}
+
+    def publish(self) -> dict[int, SimView]:
+        """Every simulation's view for the next round (the engine's one put per round)."""
+        out = {}
+        for sim_id, meta in self.sims.items():
+            mf = self.mf[sim_id]
+            text = None
+            if meta.variant in LLM_VARIANTS:
+                text = population_text(
+                    meta.variant, meanfield=mf, history=list(self.history[sim_id]),
+                    label_space=self.space, recent_k=self.cfg.recent_k,
+                    popular_k=self.cfg.popular_k, popular_window=self.cfg.popular_window)
+            out[sim_id] = SimView(self.meanfield_id[sim_id],
+                                  {d: mf.shares(d) for d in self.space},
+                                  {d: mf.n(d) for d in self.space}, text)
+        return out
+
+    def update(self, round_index: int, decisions: pa.Table) -> list[dict[str, Any]]:
+        """Apply one round's decisions (sorted by sim, agent) and return the rounds-table rows
+        (without run id and timings, which the driver adds)."""
+        cols = decisions.select(["sim_id", "agent_index", "action", "action_text",
+                                 "ok", "is_warmup"]).to_pydict()
+        rows: list[dict[str, Any]] = []
+        start = 0
+        n = len(cols["sim_id"])
+        while start < n:
+            sim_id = cols["sim_id"][start]
+            end = start
+            while end < n and cols["sim_id"][end] == sim_id:
+                end += 1
+            rows.append(self._apply(round_index, sim_id, cols, range(start, end)))
+            start = end
+        return rows
+
+    def _apply(self, round_index: int, sim_id: int, cols: dict[str, list[Any]],
+               idx: range) -> dict[str, Any]:
+        meta = self.sims[sim_id]
+        order = sorted(idx, key=lambda i: cols["agent_index"][i])
+        actions = [cols["action"][i] if cols["ok"][i] else None for i in order]
+        labels = {d: [a[d] if a else None for a in actions] for d in self.space}
+        self.mf[sim_id] = self.mf[sim_id].update(self.space, labels)
+        for i, action in zip(order, actions, strict=True):
+            if action is not None:
+                self.history[sim_id].append(PastAction(
+                    action, cols["action_text"][i], meta.followers[cols["agent_index"][i]]))
+        self.meanfield_id[sim_id] = f"{sim_id}:{round_index}"
+        counts = NumericMeanField.empty(self.space).update(self.space, labels)
+        mf = self.mf[sim_id]
+        return {
+            "sim_id": sim_id, "event_id": meta.event_id, "variant": meta.variant,
+            "seed": meta.seed, "round": round_index, "meanfield_id": self.meanfield_id[sim_id],
+            "meanfield_text": mf.render(self.space),
+            "meanfield_shares": {d: mf.shares(d).tolist() for d in self.space},
+            "counts": {d: list(counts.counts[d]) for d in self.space},
+            "n_agents": len(order),
+            "n_warmup": sum(1 for i in order if cols["is_warmup"][i]),
+            "n_failed": sum(1 for i in order if not cols["ok"][i]),
+        }
+
+    def replay(self, rounds: Sequence[tuple[int, pa.Table]]) -> None:
+        """Rebuild the state from stored rounds (resume, or a restarted actor)."""
+        for round_index, table in rounds:
+            self.update(round_index, table)

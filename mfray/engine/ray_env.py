@@ -1,0 +1,41 @@
+"""Starting or joining Ray with token authentication kept on.
+
+Ray ≥ 2.59 enables token authentication on local clusters. A local instance started by
+``ray.init()`` makes and uses its own token; a client of an existing cluster needs
+``RAY_AUTH_MODE=token`` and the token (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+``~/.ray/auth_token``). mfray sets the mode when the caller has not, and never switches it off.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from mfray.config import ResourcesConfig
+from mfray.errors import MfrayError
+
+
+def ensure_ray(resources: ResourcesConfig) -> None:
+    """Connect to ``resources.address`` or start a local instance (dashboard off, loopback)."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode not in (None, "token"):
+        raise MfrayError(f"RAY_AUTH_MODE={mode!r}: mfray runs Ray with token authentication "
+                         "only; unset it or set RAY_AUTH_MODE=token")
+    if mode is None and "ray" not in sys.modules:
+        # Ray reads the mode when it is imported; a local instance enables tokens by itself
+        os.environ["RAY_AUTH_MODE"] = "token"
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict = {"log_to_driver": False, "configure_logging": False}
+    if resources.address:
+        kwargs["address"] = resources.address
+    else:
+        kwargs.update(include_dashboard=False, num_cpus=resources.num_cpus,
+                      _node_ip_address="127.0.0.1")
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = resources.address or "a local instance"
+        raise MfrayError(f"cannot start or join Ray ({where}): {exc}") from None
