@@ -72,7 +72,8 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
     try:
         params = WorldParams(n_events=args.events, herding=args.herding,
-                             event_spread=args.spread, seed=args.seed)
+                             event_spread=args.spread, seed=args.seed,
+                             min_agents=args.min_agents, max_agents=args.max_agents)
     except ValueError as exc:
         raise MfrayError(f"synthetic world: {exc}") from None
     _, ds = generate(params)
@@ -123,6 +124,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from mfray.bench import bench_model, bench_scripted
+
+    if args.workload == "scripted":
+        result = bench_scripted(args.simulations or 1000, args.agents or 160,
+                                shards=args.shards)
+    else:
+        result = bench_model(args.model, args.simulations or 8, args.agents or 48,
+                             batch_size=args.batch_size)
+    print(json.dumps(result, indent=2))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from mfray.demo import run_demo
 
@@ -150,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--herding", type=float, default=2.0)
     s.add_argument("--spread", type=float, default=0.8)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--min-agents", type=int, default=120)
+    s.add_argument("--max-agents", type=int, default=240)
     s.set_defaults(func=cmd_data_synth)
 
     sim = sub.add_parser("simulate", help="run simulations on Ray (LLM and model-free variants)")
@@ -172,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="simulated distribution from action probabilities or sampled labels")
     ev.add_argument("--out", help="report directory (default RUN_DIR/eval)")
     ev.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("bench", help="measure end-to-end throughput (see mfray/bench.py)")
+    b.add_argument("workload", choices=("scripted", "model"))
+    b.add_argument("--simulations", type=int)
+    b.add_argument("--agents", type=int, help="agents per simulation")
+    b.add_argument("--shards", type=int, default=1)
+    b.add_argument("--model", help="for 'model': the policy model (default SmolLM2)")
+    b.add_argument("--batch-size", type=int, default=16)
+    b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="synthetic world -> simulations -> store -> evaluation")
     d.add_argument("--out", default="runs/demo")

@@ -83,6 +83,8 @@ class PolicyConfig:
     max_batch_tokens: int = 16384
     chunk: int = 256  # prompts per model call; a failed call fails at most this many decisions
     device: str | None = None
+    num_threads: int | None = None  # CPU threads of the model (Ray gives actors 1); None: all
+    log_prompts: bool = False  # write every scored prompt to RUN_DIR/prompts.jsonl
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.chunk < 1 or self.max_batch_tokens < 1:

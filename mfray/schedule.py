@@ -73,11 +73,17 @@ def agent_uniform(seed: int, unit_key: str, agent_index: int, stream: int = 0) -
     return (int.from_bytes(digest, "big") >> 11) / float(1 << 53)
 
 
+def sample_indices(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draws of option indices, one per row of ``probs`` with uniform ``u``."""
+    c = np.cumsum(np.atleast_2d(probs), axis=1)
+    cdf = c / c[:, -1:]  # not / sum(): the two round differently and could revive a zero option
+    idx = (cdf <= np.asarray(u, dtype=float).reshape(-1, 1)).sum(axis=1)
+    return np.minimum(idx, c.shape[1] - 1)
+
+
 def sample_index(probs: np.ndarray, u: float) -> int:
     """Inverse-CDF draw of an option index from one probability vector."""
-    c = np.cumsum(probs)
-    cdf = c / c[-1]  # not / sum(): the two round differently and could revive a zero option
-    return int(min(np.searchsorted(cdf, u, side="right"), len(cdf) - 1))
+    return int(sample_indices(np.asarray(probs)[None, :], np.array([u]))[0])
 
 
 def build_units(ds: Dataset, cfg: SimConfig) -> list[Unit]:

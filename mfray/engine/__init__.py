@@ -122,8 +122,9 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     ensure_ray(cfg.resources)
     inference = None
     if llm:
+        log = str(Path(run_dir) / "prompts.jsonl") if cfg.policy.log_prompts else None
         inference = ray.remote(InferenceServer).remote(cfg.policy, ds.label_space, cfg.sim.data,
-                                                       model)
+                                                       model, log)
     model_id = _get(inference.model_id.remote()) if inference else "none"
     store = _open_store(cfg, ds, run_dir, resume, model_id, len(specs))
     run_id = store.run_info()["run_id"]

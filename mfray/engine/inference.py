@@ -9,6 +9,8 @@ decisions of its chunk (or only the prompts it names) and is reported, never hid
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,6 +45,10 @@ def build_model(cfg: PolicyConfig, data_dir: str | None = None) -> LanguageModel
         from mfray.data.schema import read_dataset
 
         return world_rule_model(load_world(cfg.model, read_dataset(data_dir or "")))
+    import torch
+
+    # Ray starts actors with OMP_NUM_THREADS=1; a CPU model wants every core of its node
+    torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
     return load_model(cfg.model, device=cfg.device, batch_size=cfg.batch_size,
                       max_batch_tokens=cfg.max_batch_tokens)
 
@@ -51,8 +57,10 @@ class InferenceServer:
     """Holds the model; scores every shard's requests of a round in one canonical order."""
 
     def __init__(self, cfg: PolicyConfig, label_space: Mapping[str, Sequence[str]],
-                 data_dir: str | None = None, model: LanguageModel | None = None) -> None:
+                 data_dir: str | None = None, model: LanguageModel | None = None,
+                 prompt_log: str | None = None) -> None:
         self.cfg = cfg
+        self.prompt_log = prompt_log
         self.model = model if model is not None else build_model(cfg, data_dir)
         self.options = [tuple(o) for o in label_space.values()]
         tok = getattr(self.model, "tokenizer", None)
@@ -83,6 +91,8 @@ class InferenceServer:
                 chunk = todo[c:c + self.cfg.chunk]
                 prompts = [self.format(shard_requests[s][1][j]) for s, j in chunk]
                 self._score_chunk(chunk, prompts, options, out)
+                if self.prompt_log:
+                    self._log([shard_requests[s][0][j] for s, j in chunk], prompts)
         return out
 
     def _score_chunk(self, chunk: list[tuple[int, int]], prompts: list[str],
@@ -117,6 +127,10 @@ class InferenceServer:
             return {}, dict.fromkeys(range(len(prompts)), f"model error: {again}")
         return ({n: scores[k] for k, n in enumerate(rest)},
                 dict.fromkeys(bad, message))
+
+    def _log(self, keys: list[Key], prompts: list[str]) -> None:
+        with open(self.prompt_log, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps({"key": list(key), "prompt": prompt}) + "\n" for key, prompt in zip(keys, prompts, strict=True))
 
     def _token_counts(self, prompts: list[str]) -> list[int] | None:
         encode = getattr(self.model, "encode", None)

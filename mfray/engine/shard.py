@@ -9,7 +9,6 @@ agent's own hash-seeded uniform, so decisions never depend on the number of shar
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from mfray.data.synthetic import SyntheticWorld
 from mfray.engine.population import SimView
 from mfray.policy import choice_distribution, prompt_parts
 from mfray.prompts import template_hash
-from mfray.schedule import agent_uniform, is_warmup, sample_index
+from mfray.schedule import agent_uniform, is_warmup, sample_indices
 from mfray.store import decisions_schema
 
 Key = tuple[int, int, int]  # (sim_id, agent_index, dimension index)
@@ -111,19 +110,16 @@ class AgentShard:
         cols: dict[str, list[Any]] = {f.name: [] for f in self.schema}
         for sim in self.sims:
             positions = self._round_agents(sim, round_index)
-            if not positions:
-                continue
-            view = views[sim.sim_id]
-            free = self._model_free(sim, positions, view)
-            for n, pos in enumerate(positions):
-                row = self._decision(sim, pos, view, answer, scored,
-                                     None if free is None else {d: p[n] for d, p in free.items()})
-                for name, value in row.items():
-                    cols[name].append(value)
-                cols["round"].append(round_index)
-        if not cols["sim_id"]:
+            if positions:
+                part = self._sim_decisions(sim, positions, views[sim.sim_id], answer, scored)
+                for name, values in part.items():
+                    cols[name].extend(values)
+        n = len(cols["sim_id"])
+        if not n:
             return self.schema.empty_table()
-        elapsed = (time.perf_counter() - t0) / len(cols["sim_id"])
+        cols["round"] = [round_index] * n
+        cols["run_id"] = [self.run_id] * n
+        elapsed = (time.perf_counter() - t0) / n
         cols["latency_s"] = [lat if lat is not None else elapsed for lat in cols["latency_s"]]
         return pa.Table.from_pydict(cols, schema=self.schema)
 
@@ -137,46 +133,88 @@ class AgentShard:
             return {d: np.tile(p, (len(positions), 1)) for d, p in sim.fixed.items()}
         return None
 
-    def _decision(self, sim: ShardSim, pos: int, view: SimView, answer: Mapping[Key, int],
-                  scored: Scored | None, free: Mapping[str, np.ndarray] | None
-                  ) -> dict[str, Any]:
-        i = sim.agent_index[pos]
-        real = dict(sim.real[pos])
-        warm = is_warmup(i, self.cfg.warmup)
-        llm = sim.variant in LLM_VARIANTS and not warm
-        row: dict[str, Any] = {
-            "run_id": self.run_id, "sim_id": sim.sim_id, "event_id": sim.event_id,
-            "variant": sim.variant, "seed": sim.seed, "agent_index": i,
-            "post_id": sim.post_id[pos], "user_id": sim.user_id[pos],
-            "thread_id": sim.thread_id[pos], "context_post_id": sim.context_post_id[pos],
-            "persona": sim.persona[pos], "is_warmup": warm, "meanfield_id": view.meanfield_id,
-            "template_hash": self.policy_hash if llm else None, "action_text": None,
-            "action": None, "probs": None, "real_text": sim.real_text[pos], "real": real,
-            "nll": None, "ok": True, "error": None, "latency_s": None, "tokens_in": None,
-            "tokens_out": None,
-        }
-        if warm:  # warm-up agents act with their real actions
-            row["action"], row["action_text"] = real, sim.real_text[pos]
-            return row
-        probs: dict[str, np.ndarray] = {}
-        if llm:
-            js = [answer[(sim.sim_id, i, d)] for d in range(len(self.dims))]
-            errors = [scored.errors[j] for j in js if scored.errors[j]]
-            row["latency_s"] = sum(scored.latency_s[j] for j in js)
+    def _llm_probs(self, sim: ShardSim, agents: list[int], rollout: np.ndarray,
+                   answer: Mapping[Key, int], scored: Scored, cols: dict[str, list[Any]]
+                   ) -> dict[str, np.ndarray]:
+        """Probabilities of the rollout agents from the model's scores; failed calls mark
+        their decisions ``ok = false`` with the error, never a placeholder action."""
+        probs = {dim: np.full((len(agents), len(o)), np.nan) for dim, o in self.space.items()}
+        for n in np.flatnonzero(rollout):
+            js = [answer[(sim.sim_id, agents[n], d)] for d in range(len(self.dims))]
+            cols["latency_s"][n] = sum(scored.latency_s[j] for j in js)
             tokens = [scored.tokens_in[j] for j in js]
-            row["tokens_in"] = sum(tokens) if all(t is not None for t in tokens) else None
-            if errors:  # a failed model call is a failed decision, never a placeholder
-                row["ok"], row["error"] = False, errors[0]
-                return row
-            probs = {dim: choice_distribution(scored.log_scores[j][None, :])[0]
-                     for dim, j in zip(self.dims, js, strict=True)}
-        else:
-            probs = dict(free)
-        row["probs"] = {d: p.tolist() for d, p in probs.items()}
-        row["action"] = {dim: self.space[dim][sample_index(
-            probs[dim], agent_uniform(sim.seed, sim.unit_key, i, stream=d))]
-            for d, dim in enumerate(self.dims)}
-        known = [-math.log(max(probs[d][self.space[d].index(real[d])], 1e-12))
-                 for d in self.dims if real.get(d) is not None]
-        row["nll"] = float(sum(known)) if known else None
-        return row
+            cols["tokens_in"][n] = sum(tokens) if None not in tokens else None
+            errors = [scored.errors[j] for j in js if scored.errors[j]]
+            if errors:
+                cols["ok"][n], cols["error"][n] = False, errors[0]
+                continue
+            for dim, j in zip(self.dims, js, strict=True):
+                probs[dim][n] = scored.log_scores[j]
+        for dim in self.dims:
+            ok = ~np.isnan(probs[dim][:, 0])
+            probs[dim][ok] = choice_distribution(probs[dim][ok]) if ok.any() else probs[dim][ok]
+        return probs
+
+    def _sim_decisions(self, sim: ShardSim, positions: range, view: SimView,
+                       answer: Mapping[Key, int], scored: Scored | None
+                       ) -> dict[str, list[Any]]:
+        """Columns of one simulation's decisions in this round (vectorised over its agents)."""
+        sl = slice(positions.start, positions.stop)
+        agents = list(sim.agent_index[sl])
+        n = len(agents)
+        warm = np.array([is_warmup(i, self.cfg.warmup) for i in agents])
+        llm = sim.variant in LLM_VARIANTS
+        real = list(sim.real[sl])
+        cols: dict[str, list[Any]] = {
+            "sim_id": [sim.sim_id] * n, "event_id": [sim.event_id] * n,
+            "variant": [sim.variant] * n, "seed": [sim.seed] * n, "agent_index": agents,
+            "post_id": list(sim.post_id[sl]), "user_id": list(sim.user_id[sl]),
+            "thread_id": list(sim.thread_id[sl]),
+            "context_post_id": list(sim.context_post_id[sl]), "persona": list(sim.persona[sl]),
+            "is_warmup": warm.tolist(), "meanfield_id": [view.meanfield_id] * n,
+            "template_hash": [None if w or not llm else self.policy_hash for w in warm],
+            # warm-up agents act with their real actions
+            "action_text": [t if w else None for t, w in zip(sim.real_text[sl], warm,
+                                                              strict=True)],
+            "real_text": list(sim.real_text[sl]), "real": real, "ok": [True] * n,
+            "error": [None] * n, "latency_s": [None] * n, "tokens_in": [None] * n,
+            "tokens_out": [None] * n,
+        }
+        rollout = ~warm
+        probs = (self._llm_probs(sim, agents, rollout, answer, scored, cols) if llm
+                 else self._model_free(sim, positions, view))
+        ok = rollout & np.array(cols["ok"])
+        picks, nll = self._sample(sim, agents, ok, probs, real)
+        cols["action"] = [dict(real[n]) if warm[n] else picks[n] for n in range(n)]
+        cols["probs"] = [{d: probs[d][n].tolist() for d in self.dims} if ok[n] else None
+                         for n in range(n)]
+        cols["nll"] = nll
+        return cols
+
+    def _sample(self, sim: ShardSim, agents: list[int], ok: np.ndarray,
+                probs: Mapping[str, np.ndarray] | None, real: list[Mapping[str, Any]]
+                ) -> tuple[list[dict[str, str] | None], list[float | None]]:
+        """Each agent's action per dimension, drawn by inverse CDF from its own uniform."""
+        picks: list[dict[str, str] | None] = [None] * len(agents)
+        nll: list[float | None] = [None] * len(agents)
+        rows = np.flatnonzero(ok)
+        if not len(rows):
+            return picks, nll
+        chosen = {}
+        loss = np.zeros(len(rows))
+        known = np.zeros(len(rows), dtype=bool)
+        for d, dim in enumerate(self.dims):
+            p = probs[dim][rows]
+            u = np.array([agent_uniform(sim.seed, sim.unit_key, agents[n], stream=d)
+                          for n in rows])
+            chosen[dim] = sample_indices(p, u)
+            target = [self.space[dim].index(real[n][dim]) if real[n].get(dim) is not None
+                      else -1 for n in rows]
+            has = np.array(target) >= 0
+            picked = p[np.arange(len(rows)), np.maximum(target, 0)]
+            loss += np.where(has, -np.log(np.maximum(picked, 1e-12)), 0.0)
+            known |= has
+        for k, n in enumerate(rows):
+            picks[n] = {dim: self.space[dim][chosen[dim][k]] for dim in self.dims}
+            nll[n] = float(loss[k]) if known[k] else None
+        return picks, nll

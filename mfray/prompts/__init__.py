@@ -46,29 +46,36 @@ def template_hash(role: str) -> str:
     return hashlib.sha256((system_prompt() + "\0" + template(role)).encode()).hexdigest()[:16]
 
 
+@functools.cache
 def _placeholders(text: str) -> frozenset[str]:
     return frozenset(f for _, f, _, _ in string.Formatter().parse(text) if f)
 
 
+@functools.cache
+def _parts(role: str) -> tuple[str, str]:
+    shared, agent = template(role).split(AGENT_MARKER)
+    return shared, agent
+
+
 def fields(role: str) -> tuple[frozenset[str], frozenset[str]]:
     """The placeholders of the shared part and of the agent part."""
-    shared, agent = template(role).split(AGENT_MARKER)
+    shared, agent = _parts(role)
     return _placeholders(shared), _placeholders(agent)
 
 
 def _fill(text: str, values: Mapping[str, str], role: str, part: str) -> str:
     wanted = _placeholders(text)
-    missing, extra = wanted - set(values), set(values) - wanted
-    if missing or extra:
+    if wanted.symmetric_difference(values):
+        missing, extra = wanted - set(values), set(values) - wanted
         raise ConfigError(f"template {role!r} ({part} part): missing {sorted(missing)}, "
                           f"unexpected {sorted(extra)}")
-    return text.format_map(dict(values))
+    return text.format_map(values)
 
 
 def render_parts(role: str, shared: Mapping[str, str], agent: Mapping[str, str]
                  ) -> tuple[str, str]:
     """Render a template into its shared prefix and its agent-specific suffix."""
-    shared_text, agent_text = template(role).split(AGENT_MARKER)
+    shared_text, agent_text = _parts(role)
     return (_fill(shared_text, shared, role, "shared"), _fill(agent_text, agent, role, "agent"))
 
 
