@@ -62,25 +62,25 @@ def plan(cfg: RunConfig, ds: Dataset) -> list[SimSpec]:
 def _shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
                 ) -> tuple[list[list[ShardSim]], list[SimMeta], SyntheticWorld | None]:
     """Split every simulation's agents over the shards (agent i goes to shard i mod S)."""
-    every_event = replace(cfg.sim, unit="event", events=(), min_replies=0, train_events=())
-    labels_by_event = {u.event_id: u.agents["labels"].to_pylist()
-                       for u in build_units(ds, every_event)}
+    labels_by_event: dict[str, list[Any]] = {}
+    if any(s.variant in REFERENCE_VARIANTS for s in specs):
+        every = replace(cfg.sim, unit="event", events=(), min_replies=0, train_events=())
+        labels_by_event = {u.event_id: u.agents["labels"].to_pylist()
+                           for u in build_units(ds, every)}
     needs_world = any(s.variant in SURROGATE_VARIANTS for s in specs)
     world = load_world(next(s.variant for s in specs if s.variant in SURROGATE_VARIANTS),
                        ds) if needs_world else None
-    columns: dict[str, dict[str, list[Any]]] = {}
     shards: list[list[ShardSim]] = [[] for _ in range(n_shards)]
     metas = []
-    for spec in specs:
+    key, col, followers = None, {}, ()
+    for spec in specs:  # unit-major order: one unit's columns are alive at a time
         unit = spec.unit
-        if unit.key() not in columns:
-            col = unit.agents.to_pydict()
+        if unit.key() != key:
+            key, col = unit.key(), unit.agents.to_pydict()
             col["persona"] = [persona_for(unit.source, p) for p in col["profile"]]
             col["context_text"] = [unit.contexts.get(c or "", "") for c in col["context_post_id"]]
             col["real_text"], col["real"] = col["text"], col["labels"]
-            columns[unit.key()] = col
-        col = columns[unit.key()]
-        followers = tuple((p or {}).get("followers_count") for p in col["profile"])
+            followers = tuple((p or {}).get("followers_count") for p in col["profile"])
         metas.append(SimMeta(spec.sim_id, unit.event_id, spec.variant, spec.seed, followers))
         fixed = (reference_distribution(spec.variant, unit.event_id, col["labels"],
                                         labels_by_event, ds.label_space, cfg.sim)
@@ -109,37 +109,23 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     """
     import ray
 
+    from mfray.engine.inference import check_model
+
     specs = plan(cfg, ds)
     llm = any(s.variant in LLM_VARIANTS for s in specs)
-    if llm and cfg.policy.mode != "choice":
-        raise MfrayError(f"policy.mode {cfg.policy.mode!r} is not available yet")
-    from mfray.engine.inference import InferenceServer, check_model
-
     if llm and model is None:
-        check_model(cfg.policy)
-    n_shards = cfg.resources.num_shards
-    shard_sims, metas, world = _shard_sims(specs, ds, cfg, n_shards)
+        check_model(cfg.policy)  # fail before Ray starts when the model cannot exist
+    total = max(n_rounds(s.unit.n_agents, cfg.sim.round_size) for s in specs)
+    shard_sims, metas, world = _shard_sims(specs, ds, cfg, cfg.resources.num_shards)
     ensure_ray(cfg.resources)
-    inference = None
-    if llm:
-        log = str(Path(run_dir) / "prompts.jsonl") if cfg.policy.log_prompts else None
-        inference = ray.remote(InferenceServer).remote(cfg.policy, ds.label_space, cfg.sim.data,
-                                                       model, log)
+    inference = _start_inference(cfg, ds, run_dir, model) if llm else None
     model_id = _get(inference.model_id.remote()) if inference else "none"
     store = _open_store(cfg, ds, run_dir, resume, model_id, len(specs))
-    run_id = store.run_info()["run_id"]
     population = ray.remote(Population).remote(metas, ds.label_space, cfg.sim)
-    shards = [ray.remote(AgentShard).remote(sims, ds.label_space, cfg.sim, run_id, world)
+    shards = [ray.remote(AgentShard).remote(sims, ds.label_space, cfg.sim, store.run_id, world)
               for sims in shard_sims]
-    start = 0
-    if resume:
-        store.discard_incomplete()
-        done = store.completed_rounds()
-        table = store.read_decisions()
-        _get(population.replay.remote(
-            [(r, table.filter(pc.equal(table["round"], r))) for r in done]))
-        start = max(done) + 1 if done else 0
-    total = max(n_rounds(s.unit.n_agents, cfg.sim.round_size) for s in specs)
+    del specs, shard_sims, metas  # the actors own them now
+    start = _replay(store, population) if resume else 0
     stop = total if max_rounds is None else min(total, start + max_rounds)
     try:
         _round_loop(cfg, store, population, shards, inference, range(start, stop), total,
@@ -150,6 +136,30 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     if stop == total:
         store.mark("complete")
     return store
+
+
+def _start_inference(cfg: RunConfig, ds: Dataset, run_dir: str | Path,
+                     model: LanguageModel | None) -> Any:
+    import ray
+
+    from mfray.engine.inference import InferenceServer
+
+    log = str(Path(run_dir) / "prompts.jsonl") if cfg.policy.log_prompts else None
+    return ray.remote(InferenceServer).remote(cfg.policy, ds.label_space, cfg.sim.data, model,
+                                              log)
+
+
+def _replay(store: RunStore, population: Any) -> int:
+    """Drop an incomplete round, rebuild the population state from the stored decisions and
+    return the first round still to run."""
+    store.discard_incomplete()
+    done = store.completed_rounds()
+    if not done:
+        return 0
+    table = store.read_decisions()
+    _get(population.replay.remote([(r, table.filter(pc.equal(table["round"], r)))
+                                   for r in done]))
+    return max(done) + 1
 
 
 def _open_store(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool,
