@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", help="the run directory to create")
     sim.add_argument("--config", help="a TOML or YAML config file")
     sim.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                     help="override one config value (repeatable)")
+                     help="override one config value (repeatable); --section.key=value too")
     sim.add_argument("--variants", help="comma-separated variants, e.g. state,mf,base-rate")
     sim.add_argument("--model", help="policy model: a transformers directory, a .gguf file, "
                      "'scripted' or 'scripted-world' (default: SmolLM2-135M-Instruct)")
@@ -205,7 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `mfray simulate --sim.round_size=8` is `--set sim.round_size=8`
+    dotted = [a[2:] for a in extra if a.startswith("--") and "=" in a and "." in a.split("=")[0]]
+    if args.command != "simulate" and extra or len(dotted) != len(extra):
+        parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a[2:] not in dotted)}")
+    if dotted:
+        args.set = [*(args.set or []), *dotted]
     try:
         args.func(args)
     except MfrayError as exc:

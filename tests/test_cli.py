@@ -148,3 +148,17 @@ def test_console_script_is_installed() -> None:
     exe = shutil.which("mfray") or str(Path(sys.executable).with_name("mfray"))
     proc = subprocess.run([exe, "--help"], check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "simulate" in proc.stdout
+
+
+def test_dotted_overrides_and_unknown_arguments(small_world_dir: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert main(["simulate", "--data", str(small_world_dir), "--out", str(run),
+                 "--variants", "base-rate", "--sim.warmup=40", "--sim.round_size=8"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["sim"]["warmup"] == 40 and cfg["sim"]["round_size"] == 8
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--bogus"])
+    assert exc.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["data", "info", "x", "--sim.warmup=3"])
