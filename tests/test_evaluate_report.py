@@ -85,3 +85,16 @@ def test_evaluate_an_empty_or_missing_run(tmp_path: Path) -> None:
 
     with pytest.raises(MfrayError):
         evaluate(tmp_path / "nope")
+
+
+def test_single_event_intervals_are_over_seeds() -> None:
+    from mfray.evaluate.report import METRICS, summarise
+
+    rows = [{"variant": "mf", "dimension": "stance", "event_id": "e", "seed": s,
+             **dict.fromkeys(METRICS, float(s)), "kl_short": 1.0, "kl_mid": 1.0,
+             "kl_long": 1.0} for s in range(5)]
+    (entry,) = summarise(rows, EvalConfig(n_bootstrap=200))
+    assert entry["interval_over"] == "seeds" and entry["kl"] == pytest.approx(2.0)
+    assert entry["kl_lo"] < 2.0 < entry["kl_hi"]
+    two = rows + [dict(rows[0], event_id="f")]
+    assert all(e["interval_over"] == "events" for e in summarise(two, EvalConfig(n_bootstrap=200)))

@@ -120,7 +120,10 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> Evaluation:
 
 
 def summarise(per_sim: list[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, Any]]:
-    """Average seeds within each event, then mean and bootstrap interval over events."""
+    """Average seeds within each event, then mean and bootstrap interval over events.
+
+    With a single event there is nothing to resample over events: the interval is then over
+    its simulations (seeds), and ``interval_over`` says so."""
     cols = list(METRICS) + [f"kl_{h}" for h in HORIZONS]
     groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
     for row in per_sim:
@@ -128,11 +131,15 @@ def summarise(per_sim: list[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, 
             row["event_id"], []).append(row)
     out = []
     for (variant, dim), events in groups.items():
-        entry: dict[str, Any] = {"variant": variant, "dimension": dim, "n_events": len(events)}
+        over = "events" if len(events) > 1 else "seeds"
+        entry: dict[str, Any] = {"variant": variant, "dimension": dim, "n_events": len(events),
+                                 "interval_over": over}
+        units = list(events.values()) if over == "events" else [[r] for r in
+                                                                 next(iter(events.values()))]
         for c in cols:
             per_event = [float(np.nanmean([r.get(c, math.nan) for r in rs]))
                          if any(not math.isnan(r.get(c, math.nan)) for r in rs) else math.nan
-                         for rs in events.values()]
+                         for rs in units]
             mean, lo, hi = M.bootstrap_ci(per_event, level=cfg.level,
                                           n_resamples=cfg.n_bootstrap, seed=cfg.seed)
             entry[c], entry[f"{c}_lo"], entry[f"{c}_hi"] = mean, lo, hi
@@ -179,10 +186,12 @@ def markdown_table(summary: list[dict[str, Any]], dim: str) -> str:
     cols = list(METRICS) + [f"kl_{h}" for h in HORIZONS]
     lines = ["| variant | events | " + " | ".join(cols) + " |",
              "|---|---|" + "---|" * len(cols)]
-    for e in summary:
-        if e["dimension"] == dim:
-            lines.append(f"| {e['variant']} | {e['n_events']} | "
-                         + " | ".join(cell(e, c) for c in cols) + " |")
+    rows = [e for e in summary if e["dimension"] == dim]
+    for e in rows:
+        lines.append(f"| {e['variant']} | {e['n_events']} | "
+                     + " | ".join(cell(e, c) for c in cols) + " |")
+    if any(e["interval_over"] == "seeds" for e in rows):
+        lines.append("\nOne event: intervals are over its seeds, not over events.")
     return "\n".join(lines)
 
 
