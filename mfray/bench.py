@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from mfray.config import PolicyConfig, ResourcesConfig, RunConfig, SimConfig
 from mfray.data.schema import read_dataset
+from mfray.errors import MfrayError
 
 
 class PeakMemory:
@@ -61,12 +62,22 @@ class PeakMemory:
         self._thread.join()
 
 
-def _world(out: Path, events: int, agents: int, seed: int = 0) -> Path:
+def _world(out: Path, events: int, agents: int, warmup: int) -> Path:
     """A synthetic world written by a separate process, so its generation is not measured."""
-    subprocess.run([sys.executable, "-m", "mfray.cli", "data", "synth", "--out", str(out),
-                    "--events", str(events), "--min-agents", str(agents), "--max-agents",
-                    str(agents), "--seed", str(seed)], check=True, stdout=subprocess.DEVNULL)
+    proc = subprocess.run([sys.executable, "-m", "mfray.cli", "data", "synth", "--out", str(out),
+                           "--events", str(events), "--min-agents", str(agents),
+                           "--max-agents", str(agents), "--warmup", str(warmup)],
+                          check=False, capture_output=True, text=True)
+    if proc.returncode:
+        raise MfrayError(f"bench: generating the world failed: {proc.stderr.strip()}")
     return out
+
+
+def _loop_seconds(store: Any) -> float:
+    """Time spent in the round loop: the rounds table repeats each round's timing on every
+    simulation's row, so take it once per round."""
+    rounds = store.read_rounds(columns=["round", "t_total_s"]).to_pydict()
+    return sum(dict(zip(rounds["round"], rounds["t_total_s"], strict=True)).values())
 
 
 def bench_scripted(simulations: int = 1000, agents: int = 160, warmup: int = 50,
@@ -75,7 +86,7 @@ def bench_scripted(simulations: int = 1000, agents: int = 160, warmup: int = 50,
     from mfray.engine import simulate
 
     work = Path(workdir or tempfile.mkdtemp(prefix="mfray-bench-"))
-    data = _world(work / "data", simulations, agents)
+    data = _world(work / "data", simulations, agents, warmup)
     cfg = RunConfig(sim=SimConfig(data=str(data), variants=("mf",), warmup=warmup),
                     policy=PolicyConfig(model="scripted"),
                     resources=ResourcesConfig(num_shards=shards))
@@ -84,9 +95,7 @@ def bench_scripted(simulations: int = 1000, agents: int = 160, warmup: int = 50,
         t0 = time.perf_counter()
         store = simulate(cfg, ds, work / "run", progress=True)
         wall = time.perf_counter() - t0
-    rounds = store.read_rounds(columns=["round", "t_policy_s", "t_total_s"]).to_pydict()
-    per_round = dict(zip(rounds["round"], rounds["t_total_s"], strict=True))
-    loop_s = sum(per_round.values())
+    loop_s = _loop_seconds(store)
     dec = store.read_decisions(columns=["template_hash"])
     n_model = pc.sum(pc.is_valid(dec["template_hash"])).as_py()
     return {"workload": "scripted", "simulations": simulations, "agents_per_simulation": agents,
@@ -104,13 +113,13 @@ def bench_model(model: str | None = None, simulations: int = 8, agents: int = 48
     from mfray.engine.inference import build_model
 
     work = Path(workdir or tempfile.mkdtemp(prefix="mfray-bench-"))
-    data = _world(work / "data", simulations, agents)
+    data = _world(work / "data", simulations, agents, warmup=0)
     policy = PolicyConfig(model=model, batch_size=batch_size, log_prompts=True)
     cfg = RunConfig(sim=SimConfig(data=str(data), variants=("mf",), warmup=0), policy=policy)
     t0 = time.perf_counter()
     store = simulate(cfg, read_dataset(data), work / "run", progress=True)
     wall = time.perf_counter() - t0
-    loop_s = sum(store.read_rounds(columns=["t_total_s"])["t_total_s"].to_pylist())
+    loop_s = _loop_seconds(store)
     n = store.read_decisions(columns=["round"]).num_rows
     prompts = [json.loads(line)["prompt"]
                for line in (store.run_dir / "prompts.jsonl").read_text().splitlines()]
@@ -118,8 +127,7 @@ def bench_model(model: str | None = None, simulations: int = 8, agents: int = 48
     plain_model = build_model(policy)
     plain_model.score(prompts[:batch_size], options)  # warm the caches as the actor did
     t1 = time.perf_counter()
-    for i in range(0, len(prompts), batch_size):
-        plain_model.score(prompts[i:i + batch_size], options)
+    plain_model.score(prompts, options)  # one call: the model batches by length itself
     plain_s = time.perf_counter() - t1
     e2e = n / loop_s
     plain = len(prompts) / plain_s

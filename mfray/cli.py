@@ -73,7 +73,8 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     try:
         params = WorldParams(n_events=args.events, herding=args.herding,
                              event_spread=args.spread, seed=args.seed,
-                             min_agents=args.min_agents, max_agents=args.max_agents)
+                             min_agents=args.min_agents, max_agents=args.max_agents,
+                             warmup=args.warmup)
     except ValueError as exc:
         raise MfrayError(f"synthetic world: {exc}") from None
     _, ds = generate(params)
@@ -165,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--min-agents", type=int, default=120)
     s.add_argument("--max-agents", type=int, default=240)
+    s.add_argument("--warmup", type=int, default=50,
+                   help="warm-up agents assumed by the stored effect sizes")
     s.set_defaults(func=cmd_data_synth)
 
     sim = sub.add_parser("simulate", help="run simulations on Ray (LLM and model-free variants)")
