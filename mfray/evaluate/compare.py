@@ -1,0 +1,397 @@
+"""The paper's comparison table across variants, and the forecasting report (method.md §5).
+
+:func:`compare` orders the variants of a run as the paper does, takes every metric with its
+bootstrap interval from :func:`mfray.evaluate.report.evaluate`, and adds the relative KL change
+of each mean-field variant against the best non-mean-field LLM variant and against the best
+statistical reference, with a paired bootstrap interval over events.
+
+:func:`forecast` looks only at what comes after the warm-up: real vs simulated share curves per
+dimension over rounds, pooled over events, and per horizon (short/mid/long thirds of the rollout
+rounds) the real and simulated share of every option and the KL between them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from scipy import stats
+
+from mfray.config import EvalConfig
+from mfray.errors import DataError
+from mfray.evaluate import metrics as M
+from mfray.evaluate.report import METRICS, Evaluation, evaluate
+from mfray.store import RunStore
+
+#: Row order of the comparison table; variants not listed follow in name order.
+ORDER = ("state", "recent", "popular", "mf", "mf-text", "mf-hybrid", "sft",
+         "base-rate", "persistence")
+#: Non-mean-field LLM variants a mean-field variant is measured against.
+LLM_BASELINES = ("state", "recent", "popular", "sft")
+REFERENCES = ("base-rate", "persistence")
+AGAINST = {"llm": LLM_BASELINES, "ref": REFERENCES}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def variant_order(variants: Sequence[str]) -> list[str]:
+    """The variants in the paper's table order, unknown ones last in name order."""
+    rank = {v: i for i, v in enumerate(ORDER)}
+    return sorted(set(variants), key=lambda v: (rank.get(v, len(ORDER)), v))
+
+
+def is_meanfield(variant: str) -> bool:
+    """Mean-field variants are the ones whose name starts with ``mf``."""
+    return variant.startswith("mf")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Summary rows in table order (one per dimension and variant) with the relative changes."""
+
+    label_space: dict[str, tuple[str, ...]]
+    rows: list[dict[str, Any]]
+    evaluation: Evaluation
+
+
+# ---------------------------------------------------------------- comparison
+
+
+def per_event_kl(ev: Evaluation, variant: str, dim: str) -> dict[Any, float]:
+    """KL per unit (seeds averaged within an event); with one event the units are its seeds,
+    as in :func:`mfray.evaluate.report.summarise`."""
+    rows = [r for r in ev.per_sim if r["variant"] == variant and r["dimension"] == dim]
+    events = {r["event_id"] for r in ev.per_sim}
+    key = (lambda r: r["event_id"]) if len(events) > 1 else (lambda r: r["seed"])
+    groups: dict[Any, list[float]] = {}
+    for r in rows:
+        if not math.isnan(r["kl"]):
+            groups.setdefault(key(r), []).append(r["kl"])
+    return {k: float(np.mean(v)) for k, v in groups.items()}
+
+
+def relative_change(new: Sequence[float], base: Sequence[float], cfg: EvalConfig
+                    ) -> tuple[float, float, float]:
+    """``100 · (mean(new) − mean(base)) / mean(base)`` over paired units, with a paired
+    percentile-bootstrap interval (the same units are resampled for both sides)."""
+    a, b = np.asarray(new, dtype=float), np.asarray(base, dtype=float)
+    if a.size == 0 or a.shape != b.shape:
+        return math.nan, math.nan, math.nan
+
+    def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 100.0 * (x.mean(axis=axis) - y.mean(axis=axis)) / y.mean(axis=axis)
+
+    point = float(stat(a, b))
+    if a.size == 1 or not math.isfinite(point):
+        return point, point, point
+    res = stats.bootstrap((a, b), stat, paired=True, vectorized=True, method="percentile",
+                          confidence_level=cfg.level, n_resamples=cfg.n_bootstrap,
+                          rng=np.random.default_rng(cfg.seed))
+    return point, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _change(ev: Evaluation, by_variant: dict[str, dict[str, Any]], variant: str, dim: str,
+            pool: Sequence[str], cfg: EvalConfig) -> dict[str, Any]:
+    """The relative KL change of ``variant`` against the best (lowest KL) variant of ``pool``."""
+    present = [v for v in pool if v in by_variant and not math.isnan(by_variant[v]["kl"])]
+    if not present:
+        return {"base": None, "change": math.nan, "lo": math.nan, "hi": math.nan}
+    best = min(present, key=lambda v: by_variant[v]["kl"])
+    mine, theirs = per_event_kl(ev, variant, dim), per_event_kl(ev, best, dim)
+    units = sorted(set(mine) & set(theirs), key=str)  # paired: the same events on both sides
+    change, lo, hi = relative_change([mine[u] for u in units], [theirs[u] for u in units], cfg)
+    return {"base": best, "change": change, "lo": lo, "hi": hi}
+
+
+def compare(run_dir: str | Path, cfg: EvalConfig | None = None) -> Comparison:
+    """The comparison table of a run: every variant × metric with bootstrap intervals over
+    events, plus for mean-field variants the relative KL change (in %) against the best
+    non-mean-field LLM variant (``rel_kl_llm*``) and the best reference (``rel_kl_ref*``)."""
+    cfg = cfg or EvalConfig()
+    ev = evaluate(run_dir, cfg)
+    rows = []
+    for dim in ev.label_space:
+        by_variant = {e["variant"]: e for e in ev.summary if e["dimension"] == dim}
+        for variant in variant_order(list(by_variant)):
+            row = dict(by_variant[variant])
+            for tag, pool in AGAINST.items():
+                ch = (_change(ev, by_variant, variant, dim, pool, cfg) if is_meanfield(variant)
+                      else {"base": None, "change": math.nan, "lo": math.nan, "hi": math.nan})
+                row |= {f"rel_kl_{tag}_base": ch["base"], f"rel_kl_{tag}": ch["change"],
+                        f"rel_kl_{tag}_lo": ch["lo"], f"rel_kl_{tag}_hi": ch["hi"]}
+            rows.append(row)
+    return Comparison(ev.label_space, rows, ev)
+
+
+def _cell(row: dict[str, Any], col: str, fmt: str = ".3f") -> str:
+    v = row[col]
+    if v is None or math.isnan(v):
+        return "–"
+    return f"{v:{fmt}} [{row[col + '_lo']:{fmt}}, {row[col + '_hi']:{fmt}}]"
+
+
+def _change_cell(row: dict[str, Any], tag: str) -> str:
+    if not is_meanfield(row["variant"]):
+        return ""
+    if row[f"rel_kl_{tag}_base"] is None:
+        return "n/a"
+    return f"{_cell(row, f'rel_kl_{tag}', '+.1f')} vs {row[f'rel_kl_{tag}_base']}"
+
+
+def comparison_markdown(comp: Comparison, dim: str) -> str:
+    """One dimension of the comparison as a Markdown table, mean [interval] per metric."""
+    head = ["variant", "events", *METRICS, "ΔKL vs best LLM (%)", "ΔKL vs best reference (%)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = [r for r in comp.rows if r["dimension"] == dim]
+    for r in rows:
+        name = f"*{r['variant']}*" if r["variant"] in REFERENCES else r["variant"]
+        cells = [name, str(r["n_events"]), *(_cell(r, m) for m in METRICS),
+                 _change_cell(r, "llm"), _change_cell(r, "ref")]
+        lines.append("| " + " | ".join(cells) + " |")
+    level = "intervals over seeds (one event)" if any(
+        r["interval_over"] == "seeds" for r in rows) else "bootstrap intervals over events"
+    lines.append(f"\nMean [{level}]. ΔKL = (KL − KL_best) / KL_best, paired over the same "
+                 "events; negative is better. References in italics.")
+    return "\n".join(lines)
+
+
+def plot_comparison(comp: Comparison, path: str | Path) -> Path:
+    """PNG: KL per variant with its interval, one panel per dimension; mean-field variants,
+    other LLM variants and statistical references in distinct colours (references hatched)."""
+    plt = _pyplot()
+    dims = list(comp.label_space)
+    n = max(len([r for r in comp.rows if r["dimension"] == d]) for d in dims)
+    fig, axes = plt.subplots(len(dims), 1, figsize=(max(5.0, 0.8 * n + 2), 3.2 * len(dims)),
+                             squeeze=False)
+    for ax, dim in zip(axes[:, 0], dims, strict=True):
+        rows = [r for r in comp.rows if r["dimension"] == dim]
+        kl = np.array([r["kl"] for r in rows])
+        err = np.abs(np.array([[r["kl_lo"] for r in rows], [r["kl_hi"] for r in rows]]) - kl)
+        for i, r in enumerate(rows):
+            ref = r["variant"] in REFERENCES
+            colour = "0.6" if ref else ("tab:blue" if is_meanfield(r["variant"]) else "tab:orange")
+            ax.bar(i, kl[i], color=colour, hatch="//" if ref else None, edgecolor="0.3")
+        ax.errorbar(np.arange(len(rows)), kl, yerr=np.nan_to_num(err), fmt="none",
+                    ecolor="black", capsize=4)
+        ax.set_xticks(np.arange(len(rows)), [r["variant"] for r in rows], rotation=20)
+        ax.set_ylabel(f"KL(real‖sim), {dim}")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def write_comparison(comp: Comparison, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``comparison.md``, ``comparison.csv`` and ``comparison.png`` into ``out_dir``."""
+    import pyarrow.csv as pacsv
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "comparison.md", "csv": out / "comparison.csv",
+             "plot": out / "comparison.png"}
+    text = "\n\n".join(f"## {dim}\n\n" + comparison_markdown(comp, dim)
+                       for dim in comp.label_space)
+    paths["markdown"].write_text(f"# Comparison\n\n{text}\n")
+    pacsv.write_csv(pa.Table.from_pylist(comp.rows), paths["csv"])
+    plot_comparison(comp, paths["plot"])
+    return paths
+
+
+# ---------------------------------------------------------------- forecast
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Rollout share curves and per-horizon shares, pooled over events (and seeds).
+
+    ``rounds`` are the rounds holding at least one rollout agent; ``real[dim]`` and
+    ``sim[(variant, dim)]`` are ``len(rounds) × K`` shares (NaN rows where a round has none);
+    ``horizons`` maps short/mid/long to their rounds; ``rows`` is the long table (one row per
+    variant, dimension, horizon and option) with real share, simulated share and the KL."""
+
+    label_space: dict[str, tuple[str, ...]]
+    variants: list[str]
+    rounds: np.ndarray
+    horizons: dict[str, np.ndarray]
+    real: dict[str, np.ndarray]
+    sim: dict[tuple[str, str], np.ndarray]
+    rows: list[dict[str, Any]]
+
+
+def _mass(data: dict[str, list[Any]], idx: Sequence[int], dim: str, options: Sequence[str],
+          source: str, column: str) -> np.ndarray:
+    """Mass per option of the given rows: real or sampled labels, or the probabilities."""
+    out = np.zeros(len(options))
+    for i in idx:
+        if column == "probs" and source == "probs":
+            p = data["probs"][i]
+            if p is not None and p[dim] is not None:
+                out += np.asarray(p[dim], dtype=float) / np.sum(p[dim])
+            continue
+        lab = data[column][i]
+        if lab is not None and lab[dim] is not None:
+            out[options.index(lab[dim])] += 1.0
+    return out
+
+
+def _shares(mass: np.ndarray) -> np.ndarray:
+    total = mass.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, mass / np.where(total > 0, total, 1.0), np.nan)
+
+
+def forecast(run_dir: str | Path, cfg: EvalConfig | None = None) -> Forecast:
+    """Real vs simulated shares after the warm-up, per round and per horizon.
+
+    Real shares come from every rollout agent of the run, once per (event, agent), whatever
+    the simulations did; simulated shares from each variant's successful rollout decisions
+    (their probabilities or sampled labels, as ``cfg.source``), pooled over events and seeds.
+    Horizons are thirds of the pooled rollout rounds, so they match the curves' x-axis (the
+    evaluation report's ``kl_short`` etc. instead average per-simulation KLs)."""
+    cfg = cfg or EvalConfig()
+    store = RunStore.open(run_dir)
+    space = {d: tuple(o) for d, o in json.loads(store.run_info()["label_space_json"]).items()}
+    data = store.read_decisions(columns=["event_id", "variant", "round", "agent_index",
+                                         "is_warmup", "ok", "action", "probs",
+                                         "real"]).to_pydict()
+    roll = [i for i, w in enumerate(data["is_warmup"]) if not w]
+    if not roll:
+        raise DataError("no rollout decision to forecast (is the warm-up longer than every "
+                        "simulation?)", file=str(run_dir))
+    rounds = np.array(sorted({data["round"][i] for i in roll}))
+    pos = {r: k for k, r in enumerate(rounds.tolist())}
+    agents: dict[tuple[Any, int], int] = {}  # one real label per agent, not one per simulation
+    by_variant: dict[str, list[list[int]]] = {}
+    for i in roll:
+        agents.setdefault((data["event_id"][i], data["agent_index"][i]), i)
+        if data["ok"][i]:
+            by_variant.setdefault(data["variant"][i], [[] for _ in rounds])[
+                pos[data["round"][i]]].append(i)
+    real_by_round = [[] for _ in rounds]
+    for i in agents.values():
+        real_by_round[pos[data["round"][i]]].append(i)
+    variants = variant_order(list(by_variant))
+    real_mass = {d: np.array([_mass(data, idx, d, o, "labels", "real") for idx in real_by_round])
+                 for d, o in space.items()}
+    sim_mass = {(v, d): np.array([_mass(data, idx, d, o, cfg.source, "probs" if
+                                        cfg.source == "probs" else "action")
+                                  for idx in by_variant[v]])
+                for v in variants for d, o in space.items()}
+    horizons = {h: rounds[s] for h, s in M.horizon_slices(len(rounds)).items()}
+    rows = _horizon_rows(space, variants, horizons, pos, real_mass, sim_mass)
+    return Forecast(space, variants, rounds, horizons,
+                    {d: _shares(m) for d, m in real_mass.items()},
+                    {k: _shares(m) for k, m in sim_mass.items()}, rows)
+
+
+def _horizon_rows(space: dict[str, tuple[str, ...]], variants: list[str],
+                  horizons: dict[str, np.ndarray], pos: dict[int, int],
+                  real_mass: dict[str, np.ndarray], sim_mass: dict[tuple[str, str], np.ndarray]
+                  ) -> list[dict[str, Any]]:
+    """The long per-horizon table: real and simulated share per option, and the KL."""
+    rows = []
+    for dim, options in space.items():
+        for h, hr in horizons.items():
+            if hr.size == 0:
+                continue
+            sel = [pos[r] for r in hr.tolist()]
+            real = real_mass[dim][sel].sum(axis=0)
+            for v in variants:
+                sim = sim_mass[(v, dim)][sel].sum(axis=0)
+                kl = M.kl(real, sim) if real.sum() > 0 and sim.sum() > 0 else math.nan
+                for j, option in enumerate(options):
+                    rows.append({"variant": v, "dimension": dim, "horizon": h,
+                                 "first_round": int(hr[0]), "last_round": int(hr[-1]),
+                                 "option": option, "n_real": int(real[j]),
+                                 "real_share": float(_shares(real)[j]),
+                                 "sim_share": float(_shares(sim)[j]), "kl": kl})
+    return rows
+
+
+def forecast_markdown(fc: Forecast, dim: str) -> str:
+    """One dimension: per horizon and option the real share and each variant's simulated
+    share, then the KL per variant."""
+    head = ["horizon", "rounds", "option", "real", *fc.variants]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = {(r["variant"], r["horizon"], r["option"]): r for r in fc.rows
+            if r["dimension"] == dim}
+    for h, hr in fc.horizons.items():
+        if hr.size == 0:
+            continue
+        span = f"{hr[0]}–{hr[-1]}"
+        for option in [*fc.label_space[dim], None]:
+            first = rows[(fc.variants[0], h, option or fc.label_space[dim][0])]
+            real = f"{first['real_share']:.3f}" if option else ""
+            cells = [f"{rows[(v, h, option)]['sim_share']:.3f}" if option
+                     else f"**{rows[(v, h, fc.label_space[dim][0])]['kl']:.3f}**"
+                     for v in fc.variants]
+            lines.append("| " + " | ".join([h, span, option or "**KL**", real, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def plot_forecast(fc: Forecast, path: str | Path) -> Path:
+    """PNG: one small panel per dimension × variant (wrapped in rows of 3): real shares solid,
+    simulated dashed, one colour per option; dotted lines mark the horizon boundaries."""
+    plt = _pyplot()
+    panels = [(d, v) for d in fc.label_space for v in fc.variants]
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 2.8 * nrows), squeeze=False,
+                             sharex=True, sharey=True)
+    for ax, (dim, variant) in zip(axes.ravel(), panels, strict=False):
+        for j, option in enumerate(fc.label_space[dim]):
+            line, = ax.plot(fc.rounds, fc.real[dim][:, j], lw=1.6, label=option)
+            ax.plot(fc.rounds, fc.sim[(variant, dim)][:, j], lw=1.2, ls="--",
+                    color=line.get_color())
+        for hr in list(fc.horizons.values())[1:]:
+            if hr.size:
+                ax.axvline(hr[0] - 0.5, color="0.5", ls=":", lw=1)
+        ax.set_title(f"{variant} — {dim}", fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.xaxis.get_major_locator().set_params(integer=True)  # rounds are whole numbers
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=8,
+               title="solid: real, dashed: simulated", title_fontsize=8)
+    fig.supxlabel("round")
+    fig.supylabel("share")
+    fig.tight_layout(rect=(0, 0, 1, 0.9 if nrows == 1 else 0.95))
+    return _save(fig, path)
+
+
+def write_forecast(fc: Forecast, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``forecast.md``, ``forecast.csv`` (the long horizon table) and ``forecast.png``."""
+    import pyarrow.csv as pacsv
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "forecast.md", "csv": out / "forecast.csv",
+             "plot": out / "forecast.png"}
+    text = "\n\n".join(f"## {dim}\n\n" + forecast_markdown(fc, dim) for dim in fc.label_space)
+    paths["markdown"].write_text(
+        "# Forecast after the warm-up\n\nShares pooled over events; horizons are thirds of the "
+        f"rollout rounds {fc.rounds[0]}–{fc.rounds[-1]}.\n\n{text}\n")
+    pacsv.write_csv(pa.Table.from_pylist(fc.rows), paths["csv"])
+    plot_forecast(fc, paths["plot"])
+    return paths
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    _pyplot().close(fig)
+    return out

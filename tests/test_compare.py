@@ -1,0 +1,143 @@
+"""The comparison table and the forecasting report on a scripted run of the synthetic world."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mfray.config import EvalConfig, PolicyConfig, ResourcesConfig, RunConfig, SimConfig
+from mfray.data.schema import read_dataset
+from mfray.engine import simulate
+from mfray.evaluate.compare import (
+    PNG_MAGIC,
+    compare,
+    forecast,
+    relative_change,
+    variant_order,
+    write_comparison,
+    write_forecast,
+)
+from mfray.store import RunStore
+
+VARIANTS = ("persistence", "mf", "recent", "base-rate", "state")
+CFG = EvalConfig(n_bootstrap=200)
+
+
+@pytest.fixture(scope="module")
+def run_dir(small_world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = RunConfig(sim=SimConfig(data=str(small_world_dir), variants=VARIANTS, seeds=(0, 1),
+                                  round_size=16, warmup=20),
+                    policy=PolicyConfig(model="scripted"),
+                    resources=ResourcesConfig(num_cpus=2))
+    out = tmp_path_factory.mktemp("cmp") / "run"
+    simulate(cfg, read_dataset(small_world_dir), out, progress=False)
+    return out
+
+
+def test_variant_order_follows_the_paper() -> None:
+    assert variant_order(["zeta", "persistence", "sft", "mf-text", "state", "base-rate",
+                          "mf", "alpha"]) == ["state", "mf", "mf-text", "sft", "base-rate",
+                                              "persistence", "alpha", "zeta"]
+
+
+def test_relative_change_by_hand_and_degenerate_cases() -> None:
+    point, lo, hi = relative_change([1.0, 2.0, 3.0], [2.0, 2.0, 4.0], CFG)
+    assert point == pytest.approx(100 * (2.0 - 8 / 3) / (8 / 3))
+    assert lo <= point <= hi and lo < hi
+    assert relative_change([1.0], [2.0], CFG) == (-50.0, -50.0, -50.0)
+    assert all(math.isnan(x) for x in relative_change([], [], CFG))
+
+
+def test_table_rows_order_and_relative_change(run_dir: Path) -> None:
+    comp = compare(run_dir, CFG)
+    rows = [r for r in comp.rows if r["dimension"] == "stance"]
+    assert [r["variant"] for r in rows] == ["state", "recent", "mf", "base-rate", "persistence"]
+    mf = rows[2]
+    best = min(("state", "recent"), key=lambda v: next(r["kl"] for r in rows
+                                                        if r["variant"] == v))
+    assert mf["rel_kl_llm_base"] == best
+    # by hand: seeds averaged per event, then mean over events, then the relative change
+    per = comp.evaluation.per_sim
+
+    def event_kl(variant: str) -> dict[str, float]:
+        out: dict[str, list[float]] = {}
+        for r in per:
+            if r["variant"] == variant:
+                out.setdefault(r["event_id"], []).append(r["kl"])
+        return {e: float(np.mean(v)) for e, v in out.items()}
+
+    mine, theirs = event_kl("mf"), event_kl(best)
+    assert len(mine) == 4
+    a = np.mean([mine[e] for e in mine])
+    b = np.mean([theirs[e] for e in mine])
+    assert mf["rel_kl_llm"] == pytest.approx(100 * (a - b) / b)
+    assert mf["rel_kl_llm_lo"] <= mf["rel_kl_llm"] <= mf["rel_kl_llm_hi"]
+    assert mf["rel_kl_ref_base"] in ("base-rate", "persistence")
+    assert mf["rel_kl_ref_lo"] <= mf["rel_kl_ref"] <= mf["rel_kl_ref_hi"]
+    # only mean-field variants carry a change
+    assert all(r["rel_kl_llm_base"] is None and math.isnan(r["rel_kl_llm"])
+               for r in rows if r["variant"] != "mf")
+    for r in rows:
+        assert r["kl_lo"] <= r["kl"] <= r["kl_hi"]
+
+
+def test_comparison_files(run_dir: Path, tmp_path: Path) -> None:
+    comp = compare(run_dir, CFG)
+    paths = write_comparison(comp, tmp_path / "cmp")
+    assert set(paths) == {"markdown", "csv", "plot"}
+    assert paths["plot"].read_bytes()[:8] == PNG_MAGIC
+    md = paths["markdown"].read_text()
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert [ln.split(" | ")[0] for ln in lines[1:]] == [
+        "| state", "| recent", "| mf", "| *base-rate*", "| *persistence*"]
+    base = next(r["rel_kl_llm_base"] for r in comp.rows if r["variant"] == "mf")
+    assert f" vs {base} |" in md
+    csv = paths["csv"].read_text().splitlines()
+    assert len(csv) == 1 + 5 and "rel_kl_llm" in csv[0]
+
+
+def test_no_llm_baseline_says_n_a(small_world_dir: Path, tmp_path: Path) -> None:
+    cfg = RunConfig(sim=SimConfig(data=str(small_world_dir), variants=("mf", "base-rate"),
+                                  seeds=(0,), events=("synth-00",), warmup=20),
+                    policy=PolicyConfig(model="scripted"), resources=ResourcesConfig(num_cpus=2))
+    simulate(cfg, read_dataset(small_world_dir), tmp_path / "r", progress=False)
+    comp = compare(tmp_path / "r", CFG)
+    mf = next(r for r in comp.rows if r["variant"] == "mf")
+    assert mf["rel_kl_llm_base"] is None and mf["rel_kl_ref_base"] == "base-rate"
+    md = write_comparison(comp, tmp_path / "out")["markdown"].read_text()
+    assert "| n/a |" in md
+
+
+def test_forecast_horizons_and_real_shares(run_dir: Path, tmp_path: Path) -> None:
+    fc = forecast(run_dir, CFG)
+    d = RunStore.open(run_dir).read_decisions().to_pylist()
+    roll = [r for r in d if not r["is_warmup"]]
+    rollout_rounds = sorted({r["round"] for r in roll})
+    assert fc.rounds.tolist() == rollout_rounds and rollout_rounds[0] == 1  # W=20, B=16
+    covered = np.concatenate(list(fc.horizons.values())).tolist()
+    assert covered == rollout_rounds  # contiguous, no overlap, nothing left out
+    assert fc.variants == ["state", "recent", "mf", "base-rate", "persistence"]
+    # real shares straight from the decisions table, one label per (event, agent)
+    options = fc.label_space["stance"]
+    agents = {(r["event_id"], r["agent_index"]): r for r in roll}
+    for h, hr in fc.horizons.items():
+        labels = [a["real"]["stance"] for a in agents.values() if a["round"] in set(hr.tolist())]
+        want = {o: labels.count(o) / len(labels) for o in options}
+        got = {r["option"]: r["real_share"] for r in fc.rows
+               if r["horizon"] == h and r["variant"] == "mf"}
+        assert got == pytest.approx(want)
+    # simulated shares sum to 1 per horizon, and the KL is finite
+    for v in fc.variants:
+        for h in fc.horizons:
+            sel = [r for r in fc.rows if r["variant"] == v and r["horizon"] == h]
+            assert sum(r["sim_share"] for r in sel) == pytest.approx(1.0)
+            assert math.isfinite(sel[0]["kl"]) and sel[0]["kl"] >= 0
+    first = [a["real"]["stance"] for a in agents.values() if a["round"] == rollout_rounds[0]]
+    assert fc.real["stance"][0] == pytest.approx([first.count(o) / len(first) for o in options])
+    paths = write_forecast(fc, tmp_path / "fc")
+    assert paths["plot"].read_bytes()[:8] == PNG_MAGIC
+    assert "| short |" in paths["markdown"].read_text()
+    assert len(paths["csv"].read_text().splitlines()) == 1 + len(fc.rows)
