@@ -20,6 +20,7 @@ not the simulator's ``system.txt``); raw (non-chat) local models read it followe
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import threading
@@ -292,7 +293,7 @@ class OpenAICompatibleLabeller:
             if isinstance(exc.reason, TimeoutError):
                 raise _Transient(f"timed out after {self.timeout_s} s ({self.url})") from exc
             raise _Transient(f"cannot reach {self.url}: {exc.reason}") from exc
-        except (ConnectionError, OSError) as exc:  # reset mid-response, broken pipe
+        except (OSError, http.client.HTTPException) as exc:  # reset, truncated response
             raise _Transient(f"connection error with {self.url}: {exc}") from exc
 
 

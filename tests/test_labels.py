@@ -99,7 +99,7 @@ def test_rule_and_human_labellers() -> None:
 
 class Handler(BaseHTTPRequestHandler):
     """Answers by the reply text's first word: ``say:<word>``, ``broken``, ``fail500``,
-    ``busy429``, ``always429``, ``slow``, ``bad400``, ``echo``."""
+    ``busy429``, ``always429``, ``slow``, ``bad400``, ``echo``, ``truncated``."""
 
     seen: ClassVar[dict[str, int]] = {}
     auth: ClassVar[list[str | None]] = []
@@ -125,6 +125,12 @@ class Handler(BaseHTTPRequestHandler):
             n = Handler.seen[cmd] = Handler.seen.get(cmd, 0) + 1
         if cmd == "broken":
             return self._send(200, b"{not json")
+        if cmd == "truncated":  # promises 100 bytes, sends 10, closes
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b'{"choices"')
+            return None
         if cmd == "fail500" and n == 1 or cmd == "busy429" and n == 1 or cmd == "always429":
             return self._send(500 if cmd == "fail500" else 429, b'{"error": "try later"}')
         if cmd == "slow":
@@ -159,7 +165,7 @@ def http_labeller(url: str, **kw: Any) -> OpenAICompatibleLabeller:
 def test_http_labeller_answers_and_failures(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MFRAY_TEST_KEY", SECRET)
     cmds = ["say:Deny.", "say:QUERY", "say:comment because", "say:maybe", "broken", "fail500",
-            "busy429", "always429", "slow", "bad400", "echo"]
+            "busy429", "always429", "slow", "bad400", "echo", "truncated"]
     items = [item(f"run:0:{k}", c) for k, c in enumerate(cmds)]
     t0 = time.perf_counter()
     got = http_labeller(server).label(items)
@@ -170,7 +176,7 @@ def test_http_labeller_answers_and_failures(server: str, monkeypatch: pytest.Mon
     assert by_cmd["fail500"].label == "support" and Handler.seen["fail500"] == 2  # retried
     assert by_cmd["busy429"].label == "support" and Handler.seen["busy429"] == 2
     failures = {c: by_cmd[c] for c in ["say:maybe", "broken", "always429", "slow", "bad400",
-                                       "echo"]}
+                                       "echo", "truncated"]}
     for c, r in failures.items():
         assert not r.ok and r.label is None and r.error, c
     assert "'maybe'" in (failures["say:maybe"].error or "")
@@ -179,6 +185,7 @@ def test_http_labeller_answers_and_failures(server: str, monkeypatch: pytest.Mon
     assert Handler.seen["always429"] == 3 and "429" in (failures["always429"].error or "")
     assert "timed out" in (failures["slow"].error or "")
     assert "HTTP 400" in (failures["bad400"].error or "")
+    assert Handler.seen["truncated"] == 3  # a broken connection is retried
     assert set(Handler.auth) == {f"Bearer {SECRET}"}
     assert all(SECRET not in repr(r) for r in got.values())  # even when the server echoes it
 
