@@ -229,8 +229,10 @@ def _mass(data: dict[str, list[Any]], idx: Sequence[int], dim: str, options: Seq
     for i in idx:
         if column == "probs" and source == "probs":
             p = data["probs"][i]
-            if p is not None and p[dim] is not None:
-                out += np.asarray(p[dim], dtype=float) / np.sum(p[dim])
+            if p is None or p[dim] is None:  # as evaluate(): never mix probs and labels
+                raise DataError(f"dimension {dim!r}: some decisions carry no probabilities; "
+                                "forecast with --from labels")
+            out += np.asarray(p[dim], dtype=float) / np.sum(p[dim])
             continue
         lab = data[column][i]
         if lab is not None and lab[dim] is not None:
