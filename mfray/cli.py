@@ -114,6 +114,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from mfray.config import EvalConfig
+    from mfray.evaluate.effects import format_effects, intervention_effects
     from mfray.evaluate.report import evaluate, markdown_table, write_report
 
     ev = evaluate(args.run_dir, EvalConfig(source=args.source))
@@ -122,6 +123,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"\n{dim} — mean over events [95% bootstrap interval], rollout agents only "
               f"(simulated distribution from {args.source})\n")
         print(markdown_table(ev.summary, dim))
+    effects = intervention_effects(args.run_dir)
+    if effects:
+        print("\nintervention effects (treated − untouched twin, same seeds), decisions after "
+              "the intervention round\n")
+        print(format_effects(effects))
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from mfray.errors import ConfigError
+from mfray.interventions import Intervention
 
 #: Policy variants (method.md §3). The LLM variants arrive with the engine; the statistical
 #: references and the synthetic world's built-in policies run without a model.
@@ -46,6 +47,7 @@ class SimConfig:
     popular_k: int = 5
     popular_window: int = 30
     max_failure_rate: float = 0.2  # share of a round's model decisions that may fail
+    interventions: tuple[Intervention, ...] = ()  # each runs next to its untouched twin
 
     def __post_init__(self) -> None:
         if self.round_size < 1:
@@ -65,6 +67,9 @@ class SimConfig:
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise ConfigError(f"sim.max_failure_rate must be in [0, 1], got "
                               f"{self.max_failure_rate}")
+        names = [i.name for i in self.interventions]
+        if len(set(names)) != len(names):
+            raise ConfigError("sim.interventions: two interventions share a name")
         overlap = set(self.events) & set(self.train_events)
         if overlap:
             raise ConfigError(f"sim.events and sim.train_events overlap on {sorted(overlap)}: "

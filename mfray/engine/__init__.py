@@ -29,6 +29,7 @@ from mfray.engine.population import Population, SimMeta
 from mfray.engine.ray_env import ensure_ray
 from mfray.engine.shard import AgentShard, ShardSim
 from mfray.errors import MfrayError, StoreError
+from mfray.interventions import Intervention
 from mfray.llm import LanguageModel
 from mfray.persona import persona_for
 from mfray.schedule import Unit, build_units, n_rounds
@@ -47,15 +48,26 @@ class SimSpec:
     unit: Unit
     variant: str
     seed: int
+    intervention: Intervention | None = None
+
+    @property
+    def label(self) -> str:
+        """The name stored in the ``variant`` column: ``mf`` or ``mf+<intervention>``."""
+        return self.variant if self.intervention is None else \
+            f"{self.variant}+{self.intervention.name}"
 
 
 def plan(cfg: RunConfig, ds: Dataset) -> list[SimSpec]:
-    """Simulations of a run: units × seeds × variants, in a stable order."""
-    specs = []
+    """Simulations of a run: units × seeds × variants × (untouched twin + each intervention),
+    in a stable order."""
+    for iv in cfg.sim.interventions:
+        iv.check(ds.label_space)
+    specs: list[SimSpec] = []
     for unit in build_units(ds, cfg.sim):
         for seed in cfg.sim.seeds:
             for variant in cfg.sim.variants:
-                specs.append(SimSpec(len(specs), unit, variant, seed))
+                for iv in (None, *cfg.sim.interventions):
+                    specs.append(SimSpec(len(specs), unit, variant, seed, iv))
     return specs
 
 
@@ -81,7 +93,8 @@ def _shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
             col["context_text"] = [unit.contexts.get(c or "", "") for c in col["context_post_id"]]
             col["real_text"], col["real"] = col["text"], col["labels"]
             followers = tuple((p or {}).get("followers_count") for p in col["profile"])
-        metas.append(SimMeta(spec.sim_id, unit.event_id, spec.variant, spec.seed, followers))
+        metas.append(SimMeta(spec.sim_id, unit.event_id, spec.variant, spec.seed, followers,
+                             spec.label, spec.intervention))
         fixed = (reference_distribution(spec.variant, unit.event_id, col["labels"],
                                         labels_by_event, ds.label_space, cfg.sim)
                  if spec.variant in REFERENCE_VARIANTS else None)
@@ -95,7 +108,7 @@ def _shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
             shards[k].append(ShardSim(
                 spec.sim_id, unit.event_id, unit.key(), spec.variant, spec.seed, unit.topic,
                 tuple(idx), **part, features=None if feats is None else feats[idx],
-                fixed=fixed))
+                fixed=fixed, label=spec.label))
     return shards, metas, world
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from mfray.config import LLM_VARIANTS, SimConfig
+from mfray.interventions import Intervention, apply
 from mfray.meanfield import NumericMeanField
 from mfray.policy import PastAction, population_text
 
@@ -31,6 +32,8 @@ class SimMeta:
     variant: str
     seed: int
     followers: tuple[int | None, ...]  # per agent index, for the `popular` variant
+    label: str = ""  # the stored variant name
+    intervention: Intervention | None = None
 
 
 @dataclass(frozen=True)
@@ -101,11 +104,16 @@ class Population:
             if action is not None:
                 self.history[sim_id].append(PastAction(
                     action, cols["action_text"][i], meta.followers[cols["agent_index"][i]]))
+        iv = meta.intervention
+        if iv is not None and iv.round == round_index:  # after the round's own decisions
+            self.mf[sim_id], history = apply(iv, self.space, self.mf[sim_id],
+                                             list(self.history[sim_id]))
+            self.history[sim_id] = deque(history, maxlen=self.history[sim_id].maxlen)
         self.meanfield_id[sim_id] = f"{sim_id}:{round_index}"
         counts = NumericMeanField.empty(self.space).update(self.space, labels)
         mf = self.mf[sim_id]
         return {
-            "sim_id": sim_id, "event_id": meta.event_id, "variant": meta.variant,
+            "sim_id": sim_id, "event_id": meta.event_id, "variant": meta.label or meta.variant,
             "seed": meta.seed, "round": round_index, "meanfield_id": self.meanfield_id[sim_id],
             "meanfield_text": mf.render(self.space),
             "meanfield_shares": {d: mf.shares(d).tolist() for d in self.space},

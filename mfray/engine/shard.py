@@ -50,6 +50,7 @@ class ShardSim:
     persona: tuple[str, ...]
     features: np.ndarray | None = None  # synthetic-world persona features (surrogates)
     fixed: Mapping[str, np.ndarray] | None = None  # base-rate / persistence distributions
+    label: str = ""  # the stored variant name (``mf+<intervention>`` for an intervened twin)
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,8 @@ class AgentShard:
         real = list(sim.real[sl])
         cols: dict[str, list[Any]] = {
             "sim_id": [sim.sim_id] * n, "event_id": [sim.event_id] * n,
-            "variant": [sim.variant] * n, "seed": [sim.seed] * n, "agent_index": agents,
+            "variant": [sim.label or sim.variant] * n, "seed": [sim.seed] * n,
+            "agent_index": agents,
             "post_id": list(sim.post_id[sl]), "user_id": list(sim.user_id[sl]),
             "thread_id": list(sim.thread_id[sl]),
             "context_post_id": list(sim.context_post_id[sl]), "persona": list(sim.persona[sl]),
