@@ -143,6 +143,18 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from mfray.config import EvalConfig
+    from mfray.evaluate.compare import compare, forecast, write_comparison, write_forecast
+
+    cfg = EvalConfig(source=args.source)
+    out = Path(args.out or Path(args.run_dir) / "compare")
+    comp_paths = write_comparison(compare(args.run_dir, cfg), out)
+    fc_paths = write_forecast(forecast(args.run_dir, cfg), out)
+    print(comp_paths["markdown"].read_text())
+    print(f"wrote {', '.join(str(p) for p in [*comp_paths.values(), *fc_paths.values()])}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from mfray.demo import run_demo
 
@@ -196,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="simulated distribution from action probabilities or sampled labels")
     ev.add_argument("--out", help="report directory (default RUN_DIR/eval)")
     ev.set_defaults(func=cmd_evaluate)
+
+    cp = sub.add_parser("compare", help="the paper's comparison table and the forecasting "
+                        "report of a run")
+    cp.add_argument("run_dir")
+    cp.add_argument("--from", dest="source", choices=("probs", "labels"), default="probs")
+    cp.add_argument("--out", help="report directory (default RUN_DIR/compare)")
+    cp.set_defaults(func=cmd_compare)
 
     b = sub.add_parser("bench", help="measure end-to-end throughput (see mfray/bench.py)")
     b.add_argument("workload", choices=("scripted", "model"))

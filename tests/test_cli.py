@@ -162,3 +162,15 @@ def test_dotted_overrides_and_unknown_arguments(small_world_dir: Path, tmp_path:
     assert exc.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["data", "info", "x", "--sim.warmup=3"])
+
+
+def test_compare_command(small_world_dir: Path, tmp_path: Path,
+                         capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert main(["simulate", "--data", str(small_world_dir), "--out", str(run), "--model",
+                 "scripted", "--variants", "state,mf,base-rate", "--sim.warmup=32"]) == 0
+    assert main(["compare", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "ΔKL vs best LLM" in out and "| mf |" in out
+    assert {p.name for p in (run / "compare").iterdir()} >= {
+        "comparison.md", "comparison.csv", "comparison.png", "forecast.md", "forecast.png"}
