@@ -155,6 +155,35 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"wrote {', '.join(str(p) for p in [*comp_paths.values(), *fc_paths.values()])}")
 
 
+def cmd_labels_check(args: argparse.Namespace) -> None:
+    from mfray.data.schema import read_dataset
+    from mfray.labels import (
+        HumanLabeller,
+        OpenAICompatibleLabeller,
+        ZeroShotLabeller,
+        format_check,
+        human_labels,
+        labels_check,
+    )
+
+    ds = read_dataset(args.dir)
+    if args.labeller == "human":
+        labeller = HumanLabeller(human_labels(ds))
+    elif args.labeller == "openai":
+        if not (args.url and args.model):
+            raise MfrayError("the openai labeller needs --url BASE_URL and --model NAME "
+                             "(the key comes from $OPENAI_API_KEY)")
+        labeller = OpenAICompatibleLabeller(args.url, args.model)
+    else:
+        from mfray.llm import load_model
+
+        model = load_model(args.model)
+        labeller = ZeroShotLabeller(model, chat=bool(getattr(model.tokenizer, "chat_template",
+                                                             None)))
+    events = args.events.split(",") if args.events else None
+    print(format_check(labels_check(ds, labeller, events=events, dimension=args.dimension)))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from mfray.demo import run_demo
 
@@ -208,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="simulated distribution from action probabilities or sampled labels")
     ev.add_argument("--out", help="report directory (default RUN_DIR/eval)")
     ev.set_defaults(func=cmd_evaluate)
+
+    lab = sub.add_parser("labels", help="labellers").add_subparsers(dest="labels_command",
+                                                                    required=True)
+    lc = lab.add_parser("check", help="agreement of a labeller with the human labels")
+    lc.add_argument("dir", help="a converted dataset with human labels")
+    lc.add_argument("--labeller", choices=("zero-shot", "openai", "human"), default="zero-shot")
+    lc.add_argument("--model", help="zero-shot: a local model (default SmolLM2); openai: its name")
+    lc.add_argument("--url", help="openai: the endpoint's base URL, e.g. http://127.0.0.1:8000/v1")
+    lc.add_argument("--events", help="comma-separated event ids (default: all)")
+    lc.add_argument("--dimension", default="stance")
+    lc.set_defaults(func=cmd_labels_check)
 
     cp = sub.add_parser("compare", help="the paper's comparison table and the forecasting "
                         "report of a run")

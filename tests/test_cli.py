@@ -174,3 +174,10 @@ def test_compare_command(small_world_dir: Path, tmp_path: Path,
     assert "ΔKL vs best LLM" in out and "| mf |" in out
     assert {p.name for p in (run / "compare").iterdir()} >= {
         "comparison.md", "comparison.csv", "comparison.png", "forecast.md", "forecast.png"}
+
+
+def test_labels_check_command(small_world_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["labels", "check", str(small_world_dir), "--labeller", "human"]) == 0
+    assert "accuracy = 1.000" in capsys.readouterr().out
+    assert main(["labels", "check", str(small_world_dir), "--labeller", "openai"]) == 2
+    assert "needs --url" in capsys.readouterr().err
