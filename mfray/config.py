@@ -98,6 +98,21 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class MeanFieldConfig:
+    """The text mean field (``mf-text``, ``mf-hybrid``): the policy model rewrites each
+    simulation's summary once per round, greedily (so it is deterministic), bounded in tokens."""
+
+    max_new_tokens: int = 64
+    repetition_penalty: float = 1.2  # greedy decoding of a small model loops without it
+
+    def __post_init__(self) -> None:
+        if self.repetition_penalty < 1.0:
+            raise ConfigError("meanfield.repetition_penalty must be >= 1")
+        if not 1 <= self.max_new_tokens <= 512:
+            raise ConfigError("meanfield.max_new_tokens must be in [1, 512]")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """How runs are compared with reality (method.md §5)."""
 
@@ -132,6 +147,7 @@ class RunConfig:
 
     sim: SimConfig = field(default_factory=SimConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    meanfield: MeanFieldConfig = field(default_factory=MeanFieldConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mfray.errors import ConfigError
-from mfray.meanfield import NumericMeanField
+from mfray.meanfield import NO_REACTIONS, NumericMeanField
 from mfray.prompts import render_parts
 
 ROLE = "policy"
@@ -39,13 +39,21 @@ def _describe(action: PastAction, dims: Sequence[str]) -> str:
 
 def population_text(variant: str, *, meanfield: NumericMeanField,
                     history: Sequence[PastAction], label_space: Mapping[str, Sequence[str]],
-                    recent_k: int = 5, popular_k: int = 5, popular_window: int = 30) -> str:
-    """The population block of the shared prompt part ("" for ``state``)."""
+                    recent_k: int = 5, popular_k: int = 5, popular_window: int = 30,
+                    summary: str | None = None) -> str:
+    """The population block of the shared prompt part ("" for ``state``). ``summary`` is the
+    text mean field (``mf-text``; ``mf-hybrid`` shows it with the numeric shares)."""
     dims = list(label_space)
     if variant == "state":
         return ""
+    numeric = f"How the other users have reacted so far:\n{meanfield.render(label_space)}\n\n"
+    text = f"Summary of the other users' reactions so far:\n{summary or NO_REACTIONS}\n\n"
     if variant == "mf":
-        return f"How the other users have reacted so far:\n{meanfield.render(label_space)}\n\n"
+        return numeric
+    if variant == "mf-text":
+        return text
+    if variant == "mf-hybrid":
+        return text + numeric
     if variant in ("recent", "popular"):
         if not history:
             return "Other users' replies: none yet.\n\n"
@@ -59,8 +67,7 @@ def population_text(variant: str, *, meanfield: NumericMeanField,
             shown = [a for _, a in window[:popular_k]]
             head = f"The {len(shown)} replies by the most-followed recent users:"
         return head + "\n" + "\n".join(_describe(a, dims) for a in shown) + "\n\n"
-    raise ConfigError(f"variant {variant!r} has no population block yet (the text mean field "
-                      "arrives with mf-text / mf-hybrid)")
+    raise ConfigError(f"variant {variant!r} has no population block")
 
 
 def prompt_parts(*, topic: str, population: str, context: str, persona: str, dimension: str,
@@ -69,6 +76,21 @@ def prompt_parts(*, topic: str, population: str, context: str, persona: str, dim
     return render_parts(ROLE, {"topic": topic, "population": population},
                         {"context": context, "persona": persona, "dimension": dimension,
                          "options": ", ".join(options)})
+
+
+def meanfield_prompt(*, topic: str, previous: str | None, actions: Sequence[PastAction],
+                     label_space: Mapping[str, Sequence[str]]) -> str:
+    """The text mean field's update prompt: previous summary and the round's actions, in agent
+    order, from the one mean-field template (shared by simulation and training)."""
+    lines = "\n".join(_describe(a, list(label_space)) for a in actions) or "- none"
+    return "".join(render_parts("meanfield", {"topic": topic},
+                                {"previous": previous or NO_REACTIONS, "actions": lines}))
+
+
+def clean_summary(text: str, max_chars: int = 400) -> str | None:
+    """A generated summary: its first paragraph, bounded; None when nothing usable came."""
+    first = text.strip().split("\n\n")[0].strip()
+    return first[:max_chars] or None
 
 
 def choice_distribution(log_scores: np.ndarray) -> np.ndarray:

@@ -174,3 +174,34 @@ def test_plan_and_errors(small_world_dir: Path, tmp_path: Path) -> None:
         from mfray.data.schema import build_dataset
 
         load_world("oracle", build_dataset("x", {"s": ("a",)}, [], []))
+
+
+def test_text_meanfield_summaries_reach_the_prompts(small_world_dir: Path,
+                                                    tmp_path: Path) -> None:
+    """mf-text: the model rewrites each simulation's summary once per round; later prompts
+    show it; 1 shard == 4 shards; resume restores the summaries."""
+    summarizer = ScriptedModel(text_fn=lambda prompt, seed: f"summary of {len(prompt)} chars")
+    kw = {"variants": ("mf-text", "mf-hybrid"), "seeds": (0,), "events": ("synth-00",)}
+    cfg = replace_policy(_cfg(small_world_dir, **kw), log_prompts=True)
+    one = _run(cfg, tmp_path / "one", model=summarizer)
+    rounds = one.read_rounds().to_pylist()
+    assert all(r["meanfield_text"].startswith("summary of ") for r in rounds)
+    prompts = (one.run_dir / "prompts.jsonl").read_text()
+    assert "Summary of the other users' reactions so far:\\nsummary of" in prompts
+    assert "How the other users have reacted so far" in prompts  # mf-hybrid shows both
+    four = _run(replace_policy(_cfg(small_world_dir, shards=4, **kw), log_prompts=True),
+                tmp_path / "four", model=summarizer)
+    assert _stable(one.read_decisions()) == _stable(four.read_decisions())
+    assert _run(cfg, tmp_path / "part", model=summarizer,
+                max_rounds=3).completed_rounds() == [0, 1, 2]
+    resumed = _run(cfg, tmp_path / "part", model=summarizer, resume=True)
+    assert _stable(resumed.read_decisions()) == _stable(one.read_decisions())
+    cols = ["sim_id", "round", "meanfield_text"]
+    assert resumed.read_rounds(columns=cols).to_pylist() == one.read_rounds(
+        columns=cols).to_pylist()
+
+
+def replace_policy(cfg: RunConfig, **kw) -> RunConfig:
+    from dataclasses import replace
+
+    return replace(cfg, policy=replace(cfg.policy, **kw))

@@ -54,10 +54,30 @@ def test_popular_window_excludes_old_actions() -> None:
     assert '"text 0"' not in text
 
 
-def test_text_meanfield_variants_are_not_faked() -> None:
+def test_text_meanfield_blocks() -> None:
+    mf = NumericMeanField.empty(SPACE).update(SPACE, {"stance": ["deny"]})
+    text = population_text("mf-text", meanfield=mf, history=[], label_space=SPACE,
+                           summary="Most users doubt it.")
+    assert "Most users doubt it." in text and "deny 100%" not in text
+    hybrid = population_text("mf-hybrid", meanfield=mf, history=[], label_space=SPACE,
+                             summary="Most users doubt it.")
+    assert "Most users doubt it." in hybrid and "deny 100%" in hybrid
+    empty = population_text("mf-text", meanfield=mf, history=[], label_space=SPACE)
+    assert "no reactions yet" in empty
     with pytest.raises(ConfigError, match="no population block"):
-        population_text("mf-text", meanfield=NumericMeanField.empty(SPACE), history=[],
-                        label_space=SPACE)
+        population_text("sft", meanfield=mf, history=[], label_space=SPACE)
+
+
+def test_meanfield_prompt_and_summary_cleaning() -> None:
+    from mfray.policy import clean_summary, meanfield_prompt
+
+    p = meanfield_prompt(topic="T", previous=None, label_space=SPACE,
+                         actions=[PastAction({"stance": "deny"}, "fake", 1),
+                                  PastAction({"stance": "query"}, None, None)])
+    assert "Previous summary: no reactions yet" in p and '- deny: "fake"' in p
+    assert p.index("deny") < p.index("query") and p.endswith("New summary:\n")
+    assert clean_summary("  Doubt grows.\n\nExtra") == "Doubt grows."
+    assert clean_summary("   ") is None and len(clean_summary("x" * 1000)) == 400
 
 
 def test_prompt_parts_and_choice_distribution() -> None:

@@ -25,7 +25,7 @@ from mfray.baselines import load_world, reference_distribution
 from mfray.config import LLM_VARIANTS, REFERENCE_VARIANTS, SURROGATE_VARIANTS, RunConfig, from_dict
 from mfray.data.schema import Dataset
 from mfray.data.synthetic import SyntheticWorld
-from mfray.engine.population import Population, SimMeta
+from mfray.engine.population import TEXT_MEANFIELD, Population, SimMeta
 from mfray.engine.ray_env import ensure_ray
 from mfray.engine.shard import AgentShard, ShardSim
 from mfray.errors import MfrayError, StoreError
@@ -94,7 +94,7 @@ def _shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
             col["real_text"], col["real"] = col["text"], col["labels"]
             followers = tuple((p or {}).get("followers_count") for p in col["profile"])
         metas.append(SimMeta(spec.sim_id, unit.event_id, spec.variant, spec.seed, followers,
-                             spec.label, spec.intervention))
+                             spec.label, spec.intervention, unit.topic))
         fixed = (reference_distribution(spec.variant, unit.event_id, col["labels"],
                                         labels_by_event, ds.label_space, cfg.sim)
                  if spec.variant in REFERENCE_VARIANTS else None)
@@ -170,8 +170,13 @@ def _replay(store: RunStore, population: Any) -> int:
     if not done:
         return 0
     table = store.read_decisions()
+    rows = store.read_rounds(columns=["sim_id", "round", "variant", "meanfield_text"])
+    # the text mean field is restored from the last stored summary of each simulation
+    summaries = {r["sim_id"]: r["meanfield_text"]
+                 for r in sorted(rows.to_pylist(), key=lambda r: r["round"])
+                 if r["variant"].split("+")[0] in TEXT_MEANFIELD}
     _get(population.replay.remote([(r, table.filter(pc.equal(table["round"], r)))
-                                   for r in done]))
+                                   for r in done], summaries))
     return max(done) + 1
 
 
@@ -192,6 +197,7 @@ def _open_store(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool,
 def _round_loop(cfg: RunConfig, store: RunStore, population: Any, shards: list[Any],
                 inference: Any, rounds: range, total: int, progress: bool) -> None:
     """broadcast → decide → aggregate → record → stop check, once per round."""
+    text_mf = any(v in TEXT_MEANFIELD for v in cfg.sim.variants)
     bar = tqdm(rounds, desc="rounds", total=total, initial=rounds.start, disable=not progress)
     made = 0
     t_start = time.perf_counter()
@@ -213,6 +219,13 @@ def _round_loop(cfg: RunConfig, store: RunStore, population: Any, shards: list[A
         # aggregate: the mean field sees the round sorted by agent, whatever the sharding
         t1 = time.perf_counter()
         rows = _get(population.update.remote(r, decisions))
+        if text_mf:  # the text mean field: one batched, greedy rewrite per simulation
+            summaries = _get(inference.summarize.remote(
+                population.meanfield_requests.remote(), cfg.meanfield.max_new_tokens,
+                cfg.meanfield.repetition_penalty))
+            _get(population.set_summaries.remote(summaries))
+            rows = [row | ({"meanfield_text": summaries[row["sim_id"]]}
+                           if summaries.get(row["sim_id"]) else {}) for row in rows]
         t_mf = time.perf_counter() - t1
         # record: one atomic commit per round (decisions first, the rounds file last)
         timing = {"t_policy_s": t_policy, "t_meanfield_s": t_mf,

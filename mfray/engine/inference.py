@@ -21,6 +21,7 @@ import numpy as np
 from mfray.config import PolicyConfig
 from mfray.engine.shard import Key, Scored
 from mfray.llm import LanguageModel, ModelError, ScriptedModel, default_gguf, load_model
+from mfray.policy import clean_summary
 from mfray.prompts import system_prompt
 
 SCRIPTED = ("scripted", "scripted-world")
@@ -127,6 +128,23 @@ class InferenceServer:
             return {}, dict.fromkeys(range(len(prompts)), f"model error: {again}")
         return ({n: scores[k] for k, n in enumerate(rest)},
                 dict.fromkeys(bad, message))
+
+    def summarize(self, requests: list[tuple[int, str]], max_new_tokens: int,
+                  repetition_penalty: float = 1.0) -> dict[int, str | None]:
+        """New text mean fields, greedy and in simulation order (so deterministic); a failed
+        chunk gives None, and those simulations keep their previous summary."""
+        out: dict[int, str | None] = {}
+        for c in range(0, len(requests), self.cfg.chunk):
+            chunk = requests[c:c + self.cfg.chunk]
+            try:
+                texts = self.model.generate([self.format(p) for _, p in chunk],
+                                            max_new_tokens=max_new_tokens, temperature=0.0,
+                                            repetition_penalty=repetition_penalty)
+            except ModelError:
+                texts = [""] * len(chunk)
+            out.update({sim_id: clean_summary(t) for (sim_id, _), t in zip(chunk, texts,
+                                                                           strict=True)})
+        return out
 
     def _log(self, keys: list[Key], prompts: list[str]) -> None:
         with open(self.prompt_log, "a", encoding="utf-8") as f:

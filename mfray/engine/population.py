@@ -20,7 +20,9 @@ import pyarrow as pa
 from mfray.config import LLM_VARIANTS, SimConfig
 from mfray.interventions import Intervention, apply
 from mfray.meanfield import NumericMeanField
-from mfray.policy import PastAction, population_text
+from mfray.policy import PastAction, meanfield_prompt, population_text
+
+TEXT_MEANFIELD = ("mf-text", "mf-hybrid")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class SimMeta:
     followers: tuple[int | None, ...]  # per agent index, for the `popular` variant
     label: str = ""  # the stored variant name
     intervention: Intervention | None = None
+    topic: str = ""  # for the text mean field's prompt
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class Population:
         self.history: dict[int, deque[PastAction]] = {s.sim_id: deque(maxlen=window)
                                                       for s in sims}
         self.meanfield_id = {s.sim_id: f"{s.sim_id}:init" for s in sims}
+        self.summary: dict[int, str | None] = dict.fromkeys(self.sims)  # text mean field
+        self.round_actions: dict[int, list[PastAction]] = {}
 
     def publish(self) -> dict[int, SimView]:
         """Every simulation's view for the next round (the engine's one put per round)."""
@@ -70,7 +75,8 @@ class Population:
                 text = population_text(
                     meta.variant, meanfield=mf, history=list(self.history[sim_id]),
                     label_space=self.space, recent_k=self.cfg.recent_k,
-                    popular_k=self.cfg.popular_k, popular_window=self.cfg.popular_window)
+                    popular_k=self.cfg.popular_k, popular_window=self.cfg.popular_window,
+                    summary=self.summary[sim_id])
             out[sim_id] = SimView(self.meanfield_id[sim_id],
                                   {d: mf.shares(d) for d in self.space},
                                   {d: mf.n(d) for d in self.space}, text)
@@ -81,6 +87,7 @@ class Population:
         (without run id and timings, which the driver adds)."""
         cols = decisions.select(["sim_id", "agent_index", "action", "action_text",
                                  "ok", "is_warmup"]).to_pydict()
+        self.round_actions = {}
         rows: list[dict[str, Any]] = []
         start = 0
         n = len(cols["sim_id"])
@@ -100,15 +107,16 @@ class Population:
         actions = [cols["action"][i] if cols["ok"][i] else None for i in order]
         labels = {d: [a[d] if a else None for a in actions] for d in self.space}
         self.mf[sim_id] = self.mf[sim_id].update(self.space, labels)
-        for i, action in zip(order, actions, strict=True):
-            if action is not None:
-                self.history[sim_id].append(PastAction(
-                    action, cols["action_text"][i], meta.followers[cols["agent_index"][i]]))
+        done = [PastAction(action, cols["action_text"][i], meta.followers[cols["agent_index"][i]])
+                for i, action in zip(order, actions, strict=True) if action is not None]
+        self.history[sim_id].extend(done)
+        self.round_actions[sim_id] = done
         iv = meta.intervention
         if iv is not None and iv.round == round_index:  # after the round's own decisions
-            self.mf[sim_id], history = apply(iv, self.space, self.mf[sim_id],
-                                             list(self.history[sim_id]))
+            before = list(self.history[sim_id])
+            self.mf[sim_id], history = apply(iv, self.space, self.mf[sim_id], before)
             self.history[sim_id] = deque(history, maxlen=self.history[sim_id].maxlen)
+            self.round_actions[sim_id] = done + history[len(before):]
         self.meanfield_id[sim_id] = f"{sim_id}:{round_index}"
         counts = NumericMeanField.empty(self.space).update(self.space, labels)
         mf = self.mf[sim_id]
@@ -123,7 +131,24 @@ class Population:
             "n_failed": sum(1 for i in order if not cols["ok"][i]),
         }
 
-    def replay(self, rounds: Sequence[tuple[int, pa.Table]]) -> None:
-        """Rebuild the state from stored rounds (resume, or a restarted actor)."""
+    def meanfield_requests(self) -> list[tuple[int, str]]:
+        """Update prompts of the text mean field for the round just applied, by simulation."""
+        return [(sim_id, meanfield_prompt(topic=meta.topic, previous=self.summary[sim_id],
+                                          actions=self.round_actions.get(sim_id, []),
+                                          label_space=self.space))
+                for sim_id, meta in sorted(self.sims.items())
+                if meta.variant in TEXT_MEANFIELD and sim_id in self.round_actions]
+
+    def set_summaries(self, summaries: Mapping[int, str | None]) -> None:
+        """Take the new summaries; a simulation whose generation failed keeps its old one."""
+        for sim_id, text in summaries.items():
+            if text:
+                self.summary[sim_id] = text
+
+    def replay(self, rounds: Sequence[tuple[int, pa.Table]],
+               summaries: Mapping[int, str | None] | None = None) -> None:
+        """Rebuild the state from stored rounds (resume, or a restarted actor); the text mean
+        field is restored from the stored summaries, not generated again."""
         for round_index, table in rounds:
             self.update(round_index, table)
+        self.set_summaries(summaries or {})
