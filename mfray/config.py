@@ -83,7 +83,13 @@ class PolicyConfig:
     ``scripted-world`` (follows a synthetic world's own rule, read from the prompt)."""
 
     model: str | None = None
-    mode: Literal["choice"] = "choice"  # text mode arrives with the text mean field
+    mode: Literal["choice", "text"] = "choice"  # text: generate the post, then label it
+    # text mode decoding (the paper's): first line kept, empty output -> ok = false
+    temperature: float = 0.8
+    top_p: float = 0.85
+    top_k: int = 50
+    repetition_penalty: float = 1.2
+    max_new_tokens: int = 50
     batch_size: int = 16
     max_batch_tokens: int = 16384
     chunk: int = 256  # prompts per model call; a failed call fails at most this many decisions

@@ -78,6 +78,21 @@ def prompt_parts(*, topic: str, population: str, context: str, persona: str, dim
                          "options": ", ".join(options)})
 
 
+def text_prompt_parts(*, topic: str, population: str, context: str, persona: str
+                      ) -> tuple[str, str]:
+    """Text mode's policy prompt (shared prefix, agent suffix): the user writes the reply."""
+    return render_parts("policy_text", {"topic": topic, "population": population},
+                        {"context": context, "persona": persona})
+
+
+def first_line(text: str) -> str | None:
+    """A generated post: its first non-empty line; None when the model wrote nothing."""
+    for line in text.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return None
+
+
 def meanfield_prompt(*, topic: str, previous: str | None, actions: Sequence[PastAction],
                      label_space: Mapping[str, Sequence[str]]) -> str:
     """The text mean field's update prompt: previous summary and the round's actions, in agent

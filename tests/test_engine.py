@@ -205,3 +205,34 @@ def replace_policy(cfg: RunConfig, **kw) -> RunConfig:
     from dataclasses import replace
 
     return replace(cfg, policy=replace(cfg.policy, **kw))
+
+
+def test_text_mode_generates_posts_and_labels_them(small_world_dir: Path,
+                                                   tmp_path: Path) -> None:
+    """Text mode: each rollout agent's post is generated from its own seed, its first line
+    kept, labelled by the same model; empty output is a failed decision."""
+    def write(prompt: str, seed: int) -> str:
+        if seed % 7 == 0:
+            return "   "  # nothing usable: the decision must fail, not get a placeholder
+        return ("This is fake news" if seed % 2 else "Is this confirmed?") + "\nsecond line"
+
+    def label(prompt: str, options) -> list[float]:
+        reply = prompt.rsplit("fake news", 1)
+        return [0.1, 0.8, 0.05, 0.05] if len(reply) == 2 else [0.05, 0.05, 0.8, 0.1]
+
+    model = ScriptedModel(fn=label, text_fn=write)
+    kw = {"variants": ("state", "mf"), "seeds": (0,), "events": ("synth-00", "synth-01")}
+    cfg = replace_policy(_cfg(small_world_dir, **kw), mode="text")
+    one = _run(cfg, tmp_path / "one", model=model)
+    roll = [r for r in one.read_decisions().to_pylist() if not r["is_warmup"]]
+    ok = [r for r in roll if r["ok"]]
+    failed = [r for r in roll if not r["ok"]]
+    assert ok and failed and all(r["error"] == "empty output" for r in failed)
+    assert all(r["action"] is None and r["probs"] is None for r in failed)
+    for r in ok:
+        assert r["action_text"] in ("This is fake news", "Is this confirmed?")
+        expected = "deny" if r["action_text"] == "This is fake news" else "query"
+        assert r["action"] == {"stance": expected} and r["probs"] is None
+    four = _run(replace_policy(_cfg(small_world_dir, shards=4, **kw), mode="text"),
+                tmp_path / "four", model=model)
+    assert _stable(one.read_decisions()) == _stable(four.read_decisions())

@@ -135,7 +135,8 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     model_id = _get(inference.model_id.remote()) if inference else "none"
     store = _open_store(cfg, ds, run_dir, resume, model_id, len(specs))
     population = ray.remote(Population).remote(metas, ds.label_space, cfg.sim)
-    shards = [ray.remote(AgentShard).remote(sims, ds.label_space, cfg.sim, store.run_id, world)
+    shards = [ray.remote(AgentShard).remote(sims, ds.label_space, cfg.sim, store.run_id, world,
+                                            cfg.policy.mode)
               for sims in shard_sims]
     del specs, shard_sims, metas  # the actors own them now
     start = _replay(store, population) if resume else 0

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from mfray.config import PolicyConfig
-from mfray.engine.shard import Key, Scored
+from mfray.engine.shard import Key, Requests, Scored
 from mfray.llm import LanguageModel, ModelError, ScriptedModel, default_gguf, load_model
-from mfray.policy import clean_summary
+from mfray.policy import clean_summary, first_line
 from mfray.prompts import system_prompt
 
 SCRIPTED = ("scripted", "scripted-world")
@@ -35,6 +35,16 @@ def check_model(cfg: PolicyConfig) -> None:
     if not ((path.is_file() and path.suffix == ".gguf") or (path / "config.json").is_file()):
         raise ModelError(f"no model at {path}: give a transformers directory (with "
                          "config.json), a .gguf file, 'scripted' or 'scripted-world'")
+
+
+def _canonical(shard_requests: Sequence[Requests]) -> list[tuple[Key, int, int]]:
+    """Every request as (key, shard, position), in key order: the same whatever the sharding."""
+    return sorted(((key, s, j) for s, r in enumerate(shard_requests)
+                   for j, key in enumerate(r.keys)), key=lambda t: t[0])
+
+
+def _empty(n: int) -> Scored:
+    return Scored([None] * n, [None] * n, [0.0] * n, [None] * n, [], [])
 
 
 def build_model(cfg: PolicyConfig, data_dir: str | None = None) -> LanguageModel:
@@ -64,6 +74,7 @@ class InferenceServer:
         self.prompt_log = prompt_log
         self.model = model if model is not None else build_model(cfg, data_dir)
         self.options = [tuple(o) for o in label_space.values()]
+        self.dims = list(label_space)
         tok = getattr(self.model, "tokenizer", None)
         self.chat = bool(getattr(tok, "chat_template", None))
         self.system = system_prompt()
@@ -75,25 +86,76 @@ class InferenceServer:
         """The rendered template as the model reads it (the chat template where it has one)."""
         return self.model.chat_prompt(self.system, prompt) if self.chat else prompt
 
-    def score_one(self, requests: tuple[list[Key], list[str]]) -> Scored:
-        """:meth:`score_round` for a run with one shard."""
+    def score_one(self, requests: Requests) -> Scored:
+        """:meth:`score_round` (or :meth:`generate_round` in text mode) for one shard."""
+        if self.cfg.mode == "text":
+            return self.generate_round(requests)[0]
         return self.score_round(requests)[0]
 
-    def score_round(self, *shard_requests: tuple[list[Key], list[str]]) -> list[Scored]:
+    def score_round(self, *shard_requests: Requests) -> list[Scored]:
         """Score the requests of all shards; one :class:`Scored` per shard, aligned."""
-        flat = [(key, s, j) for s, (keys, _) in enumerate(shard_requests)
-                for j, key in enumerate(keys)]
-        flat.sort(key=lambda t: t[0])
-        out = [Scored([None] * len(k), [None] * len(k), [0.0] * len(k), [None] * len(k))
-               for k, _ in shard_requests]
+        if self.cfg.mode == "text":
+            return self.generate_round(*shard_requests)
+        flat = _canonical(shard_requests)
+        out = [_empty(len(r.keys)) for r in shard_requests]
         for d, options in enumerate(self.options):
             todo = [(s, j) for key, s, j in flat if key[2] == d]
             for c in range(0, len(todo), self.cfg.chunk):
                 chunk = todo[c:c + self.cfg.chunk]
-                prompts = [self.format(shard_requests[s][1][j]) for s, j in chunk]
+                prompts = [self.format(shard_requests[s].prompts[j]) for s, j in chunk]
                 self._score_chunk(chunk, prompts, options, out)
                 if self.prompt_log:
-                    self._log([shard_requests[s][0][j] for s, j in chunk], prompts)
+                    self._log([shard_requests[s].keys[j] for s, j in chunk], prompts)
+        return out
+
+    def generate_round(self, *shard_requests: Requests) -> list[Scored]:
+        """Text mode: generate every shard's posts in one canonical order, each from its own
+        seeded stream with the paper's decoding, keep the first line, then label it with the
+        same model (zero-shot, the ``label`` template). Empty output or a failed call is a
+        failed decision."""
+        from mfray.labels import LabelItem, ZeroShotLabeller
+
+        flat = _canonical(shard_requests)
+        out = [_empty(len(r.keys)) for r in shard_requests]
+        for o in out:
+            o.texts.extend([None] * len(o.errors))
+            o.labels.extend([None] * len(o.errors))
+        c = self.cfg
+        for start in range(0, len(flat), c.chunk):
+            chunk = [(s, j) for _, s, j in flat[start:start + c.chunk]]
+            t0 = time.perf_counter()
+            prompts = [self.format(shard_requests[s].prompts[j]) for s, j in chunk]
+            try:
+                raw = self.model.generate(
+                    prompts, max_new_tokens=c.max_new_tokens, temperature=c.temperature,
+                    top_p=c.top_p, top_k=c.top_k, repetition_penalty=c.repetition_penalty,
+                    seeds=[shard_requests[s].seeds[j] for s, j in chunk])
+            except ModelError as exc:
+                raw = [None] * len(chunk)
+                for s, j in chunk:
+                    out[s].errors[j] = f"model error: {exc}"
+            items = []
+            for (s, j), text in zip(chunk, raw, strict=True):
+                post = first_line(text) if text is not None else None
+                out[s].texts[j] = post
+                if post is None and not out[s].errors[j]:
+                    out[s].errors[j] = "empty output"
+                if post is not None:
+                    items += [LabelItem(f"{s}:{j}:{dim}", post, shard_requests[s].contexts[j],
+                                        dim, options)
+                              for dim, options in zip(self.dims, self.options, strict=True)]
+            results = ZeroShotLabeller(self.model, chat=self.chat).label(items)
+            per = (time.perf_counter() - t0) / len(chunk)
+            for s, j in chunk:
+                out[s].latency_s[j] = per
+                if out[s].errors[j]:
+                    continue
+                res = {dim: results[f"{s}:{j}:{dim}"] for dim in self.dims}
+                failed = [r.error for r in res.values() if not r.ok]
+                if failed:
+                    out[s].errors[j] = f"labelling failed: {failed[0]}"
+                else:
+                    out[s].labels[j] = {dim: r.label for dim, r in res.items()}
         return out
 
     def _score_chunk(self, chunk: list[tuple[int, int]], prompts: list[str],

@@ -21,9 +21,9 @@ from mfray.baselines import surrogate_probs
 from mfray.config import LLM_VARIANTS, SURROGATE_VARIANTS, SimConfig
 from mfray.data.synthetic import SyntheticWorld
 from mfray.engine.population import SimView
-from mfray.policy import choice_distribution, prompt_parts
+from mfray.policy import choice_distribution, prompt_parts, text_prompt_parts
 from mfray.prompts import template_hash
-from mfray.schedule import agent_uniform, is_warmup, sample_indices
+from mfray.schedule import agent_uniform, is_warmup, sample_indices, stable_hash
 from mfray.store import decisions_schema
 
 Key = tuple[int, int, int]  # (sim_id, agent_index, dimension index)
@@ -61,19 +61,33 @@ class Scored:
     errors: list[str | None]
     latency_s: list[float]
     tokens_in: list[int | None]
+    texts: list[str | None] | None = None  # text mode: the generated posts
+    labels: list[dict[str, str] | None] | None = None  # text mode: their labels
+
+
+@dataclass(frozen=True)
+class Requests:
+    """One shard's model requests of a round. Choice mode: one prompt per agent and dimension;
+    text mode: one prompt per agent, with its generation seed and the post it replies to."""
+
+    keys: list[Key]
+    prompts: list[str]
+    seeds: list[int]
+    contexts: list[str]
 
 
 class AgentShard:
     """Agents of all simulations whose index ≡ shard index (mod number of shards)."""
 
     def __init__(self, sims: Sequence[ShardSim], label_space: Mapping[str, Sequence[str]],
-                 cfg: SimConfig, run_id: str, world: SyntheticWorld | None = None) -> None:
+                 cfg: SimConfig, run_id: str, world: SyntheticWorld | None = None,
+                 mode: str = "choice") -> None:
         self.sims = list(sims)
         self.space = {d: tuple(o) for d, o in label_space.items()}
         self.dims = list(self.space)
-        self.cfg, self.run_id, self.world = cfg, run_id, world
+        self.cfg, self.run_id, self.world, self.mode = cfg, run_id, world, mode
         self.schema = decisions_schema(self.space)
-        self.policy_hash = template_hash("policy")
+        self.policy_hash = template_hash("policy" if mode == "choice" else "policy_text")
 
     def _round_agents(self, sim: ShardSim, round_index: int) -> range:
         """Positions (in the shard's lists) of the simulation's agents in this round."""
@@ -81,11 +95,9 @@ class AgentShard:
         idx = sim.agent_index
         return range(np.searchsorted(idx, lo), np.searchsorted(idx, hi))
 
-    def requests(self, round_index: int, views: Mapping[int, SimView]
-                 ) -> tuple[list[Key], list[str]]:
-        """Prompts of this round's rollout agents of LLM variants, one per dimension."""
-        keys: list[Key] = []
-        prompts: list[str] = []
+    def requests(self, round_index: int, views: Mapping[int, SimView]) -> Requests:
+        """Prompts of this round's rollout agents of LLM variants."""
+        out = Requests([], [], [], [])
         for sim in self.sims:
             if sim.variant not in LLM_VARIANTS:
                 continue
@@ -94,20 +106,29 @@ class AgentShard:
                 i = sim.agent_index[pos]
                 if is_warmup(i, self.cfg.warmup):
                     continue
+                if self.mode == "text":  # one post per agent, from its own seeded stream
+                    shared, agent = text_prompt_parts(
+                        topic=sim.topic, population=view.population or "",
+                        context=sim.context_text[pos], persona=sim.persona[pos])
+                    out.keys.append((sim.sim_id, i, -1))
+                    out.prompts.append(shared + agent)
+                    out.seeds.append(stable_hash(f"{sim.seed}|{sim.unit_key}|{i}"))
+                    out.contexts.append(sim.context_text[pos])
+                    continue
                 for d, dim in enumerate(self.dims):
                     shared, agent = prompt_parts(
                         topic=sim.topic, population=view.population or "",
                         context=sim.context_text[pos], persona=sim.persona[pos],
                         dimension=dim, options=self.space[dim])
-                    keys.append((sim.sim_id, i, d))
-                    prompts.append(shared + agent)
-        return keys, prompts
+                    out.keys.append((sim.sim_id, i, d))
+                    out.prompts.append(shared + agent)
+        return out
 
     def decide(self, round_index: int, views: Mapping[int, SimView],
-               requests: tuple[list[Key], list[str]], scored: Scored | None) -> pa.Table:
+               requests: Requests, scored: Scored | None) -> pa.Table:
         """This round's decisions of the shard's agents, as a decisions table."""
         t0 = time.perf_counter()
-        answer = {k: j for j, k in enumerate(requests[0])}
+        answer = {k: j for j, k in enumerate(requests.keys)}
         cols: dict[str, list[Any]] = {f.name: [] for f in self.schema}
         for sim in self.sims:
             positions = self._round_agents(sim, round_index)
@@ -183,6 +204,8 @@ class AgentShard:
             "tokens_out": [None] * n,
         }
         rollout = ~warm
+        if llm and self.mode == "text":
+            return self._text_decisions(sim, agents, rollout, answer, scored, cols)
         probs = (self._llm_probs(sim, agents, rollout, answer, scored, cols) if llm
                  else self._model_free(sim, positions, view))
         ok = rollout & np.array(cols["ok"])
@@ -191,6 +214,22 @@ class AgentShard:
         cols["probs"] = [{d: probs[d][n].tolist() for d in self.dims} if ok[n] else None
                          for n in range(n)]
         cols["nll"] = nll
+        return cols
+
+    def _text_decisions(self, sim: ShardSim, agents: list[int], rollout: np.ndarray,
+                        answer: Mapping[Key, int], scored: Scored, cols: dict[str, list[Any]]
+                        ) -> dict[str, list[Any]]:
+        """Text mode: the generated post and its labels; no action distribution."""
+        cols["action"] = [dict(r) for r in cols["real"]]  # warm-up: the real actions
+        cols["probs"], cols["nll"] = [None] * len(agents), [None] * len(agents)
+        for n in np.flatnonzero(rollout):
+            j = answer[(sim.sim_id, agents[n], -1)]
+            cols["latency_s"][n], cols["tokens_in"][n] = scored.latency_s[j], scored.tokens_in[j]
+            cols["action_text"][n] = scored.texts[j]
+            if scored.errors[j]:
+                cols["ok"][n], cols["error"][n], cols["action"][n] = False, scored.errors[j], None
+            else:
+                cols["action"][n] = scored.labels[j]
         return cols
 
     def _sample(self, sim: ShardSim, agents: list[int], ok: np.ndarray,
