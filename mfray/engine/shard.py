@@ -23,7 +23,7 @@ from mfray.data.synthetic import SyntheticWorld
 from mfray.engine.population import SimView
 from mfray.policy import choice_distribution, prompt_parts, text_prompt_parts
 from mfray.prompts import template_hash
-from mfray.schedule import agent_uniform, is_warmup, sample_indices, stable_hash
+from mfray.schedule import agent_uniform, is_warmup, round_slice, sample_indices, stable_hash
 from mfray.store import decisions_schema
 
 Key = tuple[int, int, int]  # (sim_id, agent_index, dimension index)
@@ -91,9 +91,9 @@ class AgentShard:
 
     def _round_agents(self, sim: ShardSim, round_index: int) -> range:
         """Positions (in the shard's lists) of the simulation's agents in this round."""
-        lo, hi = round_index * self.cfg.round_size, (round_index + 1) * self.cfg.round_size
+        agents = round_slice(round_index, self.cfg.round_size, sim.agent_index[-1] + 1)
         idx = sim.agent_index
-        return range(np.searchsorted(idx, lo), np.searchsorted(idx, hi))
+        return range(np.searchsorted(idx, agents.start), np.searchsorted(idx, agents.stop))
 
     def requests(self, round_index: int, views: Mapping[int, SimView]) -> Requests:
         """Prompts of this round's rollout agents of LLM variants."""
