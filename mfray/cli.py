@@ -96,7 +96,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
             raise MfrayError("simulate needs --out RUN_DIR (or --resume RUN_DIR)")
         overrides = list(args.set or [])
         for flag, key in (("data", "sim.data"), ("model", "policy.model"),
-                          ("shards", "resources.num_shards")):
+                          ("url", "policy.url"), ("shards", "resources.num_shards")):
             if getattr(args, flag) is not None:
                 overrides.append(f"{key}={getattr(args, flag)}")
         if args.variants:
@@ -225,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override one config value (repeatable); --section.key=value too")
     sim.add_argument("--variants", help="comma-separated variants, e.g. state,mf,base-rate")
     sim.add_argument("--model", help="policy model: a transformers directory, a .gguf file, "
-                     "'scripted' or 'scripted-world' (default: SmolLM2-135M-Instruct)")
+                     "'scripted' or 'scripted-world' (default: SmolLM2-135M-Instruct); with "
+                     "--url, the name the endpoint serves")
+    sim.add_argument("--url", help="an OpenAI-compatible endpoint serving the policy, e.g. "
+                     "http://127.0.0.1:8000/v1 (key from $OPENAI_API_KEY)")
     sim.add_argument("--shards", type=int, help="number of AgentShard actors")
     sim.add_argument("--max-rounds", type=int, help="stop after this many rounds (resumable)")
     sim.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")

