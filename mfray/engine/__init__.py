@@ -71,7 +71,7 @@ def plan(cfg: RunConfig, ds: Dataset) -> list[SimSpec]:
     return specs
 
 
-def _shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
+def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
                 ) -> tuple[list[list[ShardSim]], list[SimMeta], SyntheticWorld | None]:
     """Split every simulation's agents over the shards (agent i goes to shard i mod S)."""
     labels_by_event: dict[str, list[Any]] = {}
@@ -129,7 +129,7 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     if llm and model is None:
         check_model(cfg.policy)  # fail before Ray starts when the model cannot exist
     total = max(n_rounds(s.unit.n_agents, cfg.sim.round_size) for s in specs)
-    shard_sims, metas, world = _shard_sims(specs, ds, cfg, cfg.resources.num_shards)
+    per_shard, metas, world = shard_sims(specs, ds, cfg, cfg.resources.num_shards)
     ensure_ray(cfg.resources)
     inference = _start_inference(cfg, ds, run_dir, model) if llm else None
     model_id = _get(inference.model_id.remote()) if inference else "none"
@@ -137,8 +137,8 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     population = ray.remote(Population).remote(metas, ds.label_space, cfg.sim)
     shards = [ray.remote(AgentShard).remote(sims, ds.label_space, cfg.sim, store.run_id, world,
                                             cfg.policy.mode)
-              for sims in shard_sims]
-    del specs, shard_sims, metas  # the actors own them now
+              for sims in per_shard]
+    del specs, per_shard, metas  # the actors own them now
     start = _replay(store, population) if resume else 0
     stop = total if max_rounds is None else min(total, start + max_rounds)
     try:

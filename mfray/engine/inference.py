@@ -156,6 +156,8 @@ class InferenceServer:
             chunk = [(s, j) for _, s, j in flat[start:start + c.chunk]]
             t0 = time.perf_counter()
             prompts = [self.format(shard_requests[s].prompts[j]) for s, j in chunk]
+            if self.prompt_log:
+                self._log([shard_requests[s].keys[j] for s, j in chunk], prompts)
             seeds = [shard_requests[s].seeds[j] for s, j in chunk]
             raw, failed = _sparing(lambda idx, prompts=prompts, seeds=seeds: self.model.generate(
                 [prompts[n] for n in idx], max_new_tokens=c.max_new_tokens,
@@ -211,9 +213,12 @@ class InferenceServer:
         out: dict[int, str | None] = {}
         for c in range(0, len(requests), self.cfg.chunk):
             chunk = requests[c:c + self.cfg.chunk]
+            prompts = [self.format(p) for _, p in chunk]
+            if self.prompt_log:
+                self._log([(sim_id, -1, -1) for sim_id, _ in chunk], prompts, "meanfield")
             try:
-                texts = self.model.generate([self.format(p) for _, p in chunk],
-                                            max_new_tokens=max_new_tokens, temperature=0.0,
+                texts = self.model.generate(prompts, max_new_tokens=max_new_tokens,
+                                            temperature=0.0,
                                             repetition_penalty=repetition_penalty)
             except ModelError:
                 texts = [""] * len(chunk)
@@ -221,9 +226,12 @@ class InferenceServer:
                                                                            strict=True)})
         return out
 
-    def _log(self, keys: list[Key], prompts: list[str]) -> None:
+    def _log(self, keys: list[Key], prompts: list[str], role: str = "policy") -> None:
+        """Append prompts to the prompt log: key (sim, agent, dimension; -1 where none), role
+        (``policy`` or ``meanfield``) and the prompt as the model read it."""
         with open(self.prompt_log, "a", encoding="utf-8") as f:
-            f.writelines(json.dumps({"key": list(key), "prompt": prompt}) + "\n" for key, prompt in zip(keys, prompts, strict=True))
+            f.writelines(json.dumps({"key": list(key), "role": role, "prompt": prompt}) + "\n"
+                         for key, prompt in zip(keys, prompts, strict=True))
 
     def _token_counts(self, prompts: list[str]) -> list[int] | None:
         encode = getattr(self.model, "encode", None)

@@ -1,0 +1,167 @@
+"""IB-Tune's training data, built by the simulator's own code with teacher forcing.
+
+Every training event is replayed as one simulation whose agents all act with their real
+actions: the same :class:`~mfray.engine.shard.AgentShard` renders the policy prompts and the
+same :class:`~mfray.engine.population.Population` keeps the mean field (numeric, text, recent
+or popular), reset at every event. So a training prompt is byte-identical to the prompt the
+simulator shows an agent with the same history (``tests/test_train_data.py`` checks it).
+
+- **Policy examples** ``(event, agent, dimension, prompt, options, label)``: what agent ``i``
+  saw (topic, context, persona, the population block after agents ``0..`` of earlier rounds)
+  and what the real person did. Text mode: the prompt and the real post.
+- **Mean-field examples** (``mf-text``, ``mf-hybrid``): the update prompt after round ``r``
+  (previous summary and round ``r``'s real actions in agent order), the summary the current
+  mean-field model wrote (when a ``summarize`` function is given), and the agents of round
+  ``r + 1`` with their real actions: the targets of the information-bottleneck reward.
+
+Both are plain Arrow tables, written as Parquet by :func:`write_examples`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from mfray.config import LLM_VARIANTS, RunConfig
+from mfray.data.schema import Dataset
+from mfray.engine import SimSpec, shard_sims
+from mfray.engine.population import TEXT_MEANFIELD, Population
+from mfray.engine.shard import AgentShard, ShardSim
+from mfray.errors import ConfigError
+from mfray.prompts import template_hash
+from mfray.schedule import build_units, n_rounds, round_slice
+
+Summarize = Callable[[list[tuple[int, str]]], Mapping[int, str | None]]
+
+POLICY_SCHEMA = pa.schema([
+    ("event_id", pa.string()), ("variant", pa.string()), ("round", pa.int32()),
+    ("agent_index", pa.int32()), ("post_id", pa.string()), ("dimension", pa.string()),
+    ("options", pa.list_(pa.string())), ("prompt", pa.string()), ("label", pa.string()),
+    ("label_index", pa.int32()), ("real_text", pa.string()), ("mode", pa.string()),
+    ("template_hash", pa.string())])
+
+MEANFIELD_SCHEMA = pa.schema([
+    ("event_id", pa.string()), ("variant", pa.string()), ("round", pa.int32()),
+    ("topic", pa.string()), ("prompt", pa.string()), ("previous", pa.string()),
+    ("summary", pa.string()),
+    ("next_agents", pa.list_(pa.struct([("agent_index", pa.int32()), ("context", pa.string()),
+                                        ("persona", pa.string()), ("labels", pa.string()),
+                                        ("text", pa.string())]))),
+    ("template_hash", pa.string())])
+
+
+def _round_decisions(sim: ShardSim, agents: range, space: Mapping[str, Sequence[str]]
+                     ) -> pa.Table:
+    """A round of real actions, in the columns :meth:`Population.update` reads."""
+    pos = list(agents)
+    action_type = pa.struct([(d, pa.string()) for d in space])
+    return pa.table({
+        "sim_id": [sim.sim_id] * len(pos), "agent_index": [sim.agent_index[p] for p in pos],
+        "action": pa.array([dict(sim.real[p]) for p in pos], type=action_type),
+        "action_text": [sim.real_text[p] for p in pos], "ok": [True] * len(pos),
+        "is_warmup": [True] * len(pos)})
+
+
+def build_examples(cfg: RunConfig, ds: Dataset, variant: str, *,
+                   events: Sequence[str] | None = None, summarize: Summarize | None = None,
+                   from_agent: int = 0, progress: bool = False) -> tuple[pa.Table, pa.Table]:
+    """Policy and mean-field examples of ``variant`` on ``events`` (default: the config's
+    units), agents from ``from_agent`` on (``sim.warmup`` gives the simulator's rollout agents
+    only). ``summarize`` writes the text mean field (``InferenceServer.summarize`` in a
+    simulation); without it a text mean field stays at its initial value."""
+    if variant not in LLM_VARIANTS:
+        raise ConfigError(f"training examples need an LLM variant, not {variant!r}")
+    if variant in TEXT_MEANFIELD and summarize is None:
+        raise ConfigError(f"{variant} examples need a summarize function (the mean-field model)")
+    sim_cfg = replace(cfg.sim, variants=(variant,), seeds=(0,), interventions=(), warmup=0,
+                      events=tuple(events) if events is not None else cfg.sim.events)
+    run = replace(cfg, sim=sim_cfg)
+    units = build_units(ds, sim_cfg)
+    specs = [SimSpec(k, unit, variant, 0) for k, unit in enumerate(units)]
+    per_shard, metas, _ = shard_sims(specs, ds, run, 1)
+    mode = cfg.policy.mode
+    shard = AgentShard(per_shard[0], ds.label_space, sim_cfg, "train", mode=mode)
+    population = Population(metas, ds.label_space, sim_cfg)
+    space = {d: tuple(o) for d, o in ds.label_space.items()}
+    policy_rows: list[dict[str, Any]] = []
+    mf_rows: list[dict[str, Any]] = []
+    sims = {s.sim_id: s for s in per_shard[0]}
+    total = max((n_rounds(u.n_agents, sim_cfg.round_size) for u in units), default=0)
+    p_hash = template_hash("policy" if mode == "choice" else "policy_text")
+    pending: dict[int, dict[str, Any]] = {}  # mean-field rows waiting for the next round
+    for r in tqdm(range(total), desc=f"examples {variant}", disable=not progress):
+        views = population.publish()
+        req = shard.requests(r, views)
+        for (sim_id, i, d), prompt in zip(req.keys, req.prompts, strict=True):
+            if i < from_agent:
+                continue
+            sim = sims[sim_id]
+            real = sim.real[i]
+            base = {"event_id": sim.event_id, "variant": variant, "round": r, "agent_index": i,
+                    "post_id": sim.post_id[i], "prompt": prompt, "real_text": sim.real_text[i],
+                    "mode": mode, "template_hash": p_hash}
+            if d < 0:  # text mode: the real post is the target
+                policy_rows.append(base | {"dimension": None, "options": None, "label": None,
+                                           "label_index": None})
+                continue
+            dim = shard.dims[d]
+            if real.get(dim) is None:
+                continue
+            policy_rows.append(base | {"dimension": dim, "options": list(space[dim]),
+                                       "label": real[dim],
+                                       "label_index": space[dim].index(real[dim])})
+        agents = {s.sim_id: range(*_span(s, r, sim_cfg.round_size)) for s in sims.values()}
+        for sim_id, row in list(pending.items()):  # round r's agents are last round's targets
+            sim = sims[sim_id]
+            row["next_agents"] = [{"agent_index": sim.agent_index[p],
+                                   "context": sim.context_text[p], "persona": sim.persona[p],
+                                   "labels": json.dumps(dict(sim.real[p])),
+                                   "text": sim.real_text[p]} for p in agents[sim_id]]
+            if row["next_agents"]:
+                mf_rows.append(row)
+        pending = {}
+        tables = [_round_decisions(sims[k], a, space) for k, a in agents.items() if len(a)]
+        if not tables:
+            continue
+        population.update(r, pa.concat_tables(tables))
+        if variant in TEXT_MEANFIELD:
+            requests = population.meanfield_requests()
+            previous = dict(population.summary)
+            summaries = dict(summarize(requests)) if requests else {}  # type: ignore[misc]
+            population.set_summaries(summaries)
+            pending = {sim_id: {"event_id": sims[sim_id].event_id, "variant": variant,
+                                "round": r, "topic": sims[sim_id].topic, "prompt": prompt,
+                                "previous": previous.get(sim_id),
+                                "summary": summaries.get(sim_id),
+                                "template_hash": template_hash("meanfield")}
+                       for sim_id, prompt in requests}
+    return (pa.Table.from_pylist(policy_rows, schema=POLICY_SCHEMA),
+            pa.Table.from_pylist(mf_rows, schema=MEANFIELD_SCHEMA))
+
+
+def _span(sim: ShardSim, r: int, round_size: int) -> tuple[int, int]:
+    """Positions of the simulation's agents in round ``r`` (one shard holds them all)."""
+    n = len(sim.agent_index)
+    sl = round_slice(r, round_size, n)
+    return min(sl.start, n), min(sl.stop, n)
+
+
+def write_examples(table: pa.Table, path: str | Path) -> Path:
+    """Write examples as Parquet, atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_examples(path: str | Path) -> pa.Table:
+    return pq.read_table(path)

@@ -1,0 +1,141 @@
+"""IB-Tune's training data: the builder's prompts are byte-identical to the simulator's for the
+same history, every row carries the template hash, and the mean-field targets are the next
+round's real actions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from mfray.config import MeanFieldConfig, PolicyConfig, ResourcesConfig, RunConfig, SimConfig
+from mfray.data.schema import read_dataset
+from mfray.engine import simulate
+from mfray.engine.inference import InferenceServer
+from mfray.errors import ConfigError
+from mfray.llm import ScriptedModel
+from mfray.prompts import template_hash
+from mfray.train.data import build_examples, read_examples, write_examples
+
+WARMUP, B = 32, 16  # the first rollout round (2) sees real actions only: same as teacher forcing
+
+
+def _cfg(data: Path, variants: tuple[str, ...], mode: str = "choice") -> RunConfig:
+    return RunConfig(sim=SimConfig(data=str(data), variants=variants, seeds=(0,), warmup=WARMUP,
+                                   round_size=B),
+                     policy=PolicyConfig(model="scripted", log_prompts=True, mode=mode),
+                     meanfield=MeanFieldConfig(max_new_tokens=16),
+                     resources=ResourcesConfig(num_shards=2, num_cpus=2))
+
+
+def _simulated(cfg: RunConfig, out: Path) -> tuple[dict, dict, list]:
+    """(role, event, variant, agent, dimension or round) -> logged prompt; decisions; rounds."""
+    store = simulate(cfg, read_dataset(cfg.sim.data), out, progress=False, max_rounds=3)
+    d = store.read_decisions()
+    sims = dict(zip(d["sim_id"].to_pylist(), zip(d["event_id"].to_pylist(),
+                                                 d["variant"].to_pylist(), strict=True),
+                    strict=True))
+    logged: dict = {}
+    n_mf: dict = {}
+    for line in (out / "prompts.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        sim_id, agent, dim = rec["key"]
+        event, variant = sims[sim_id]
+        if rec["role"] == "meanfield":  # logged once per round, in round order
+            r = n_mf[sim_id] = n_mf.get(sim_id, -1) + 1
+            logged[("meanfield", event, variant, r)] = rec["prompt"]
+        else:
+            logged[("policy", event, variant, agent, dim)] = rec["prompt"]
+    return logged, d, store.read_rounds().to_pylist()
+
+
+def test_policy_prompts_identical_to_the_simulation(small_world_dir: Path, tmp_path: Path) -> None:
+    variants = ("state", "recent", "popular", "mf", "mf-hybrid")
+    cfg = _cfg(small_world_dir, variants)
+    logged, decisions, _ = _simulated(cfg, tmp_path / "run")
+    ds = read_dataset(small_world_dir)
+    server = InferenceServer(cfg.policy, ds.label_space, model=ScriptedModel())
+    compared = 0
+    for variant in variants:
+        pol, _ = build_examples(cfg, ds, variant, summarize=lambda req: server.summarize(
+            req, cfg.meanfield.max_new_tokens, cfg.meanfield.repetition_penalty))
+        assert set(pol["template_hash"].to_pylist()) == {template_hash("policy")}
+        dims = list(ds.label_space)
+        for row in pol.to_pylist():
+            if WARMUP <= row["agent_index"] < WARMUP + B:  # the first rollout round
+                key = ("policy", row["event_id"], variant, row["agent_index"],
+                       dims.index(row["dimension"]))
+                assert server.format(row["prompt"]) == logged[key], key
+                compared += 1
+        # and the warm-up agents, which the simulator never prompts, are examples too
+        assert pc.min(pol["agent_index"]).as_py() == 0
+    assert compared == sum(1 for k in logged if k[0] == "policy")
+    assert compared > 20
+    rollout = decisions.filter(pc.invert(decisions["is_warmup"]))
+    assert set(rollout["template_hash"].to_pylist()) == {template_hash("policy")}
+
+
+def test_meanfield_prompts_summaries_and_targets(small_world_dir: Path, tmp_path: Path) -> None:
+    cfg = _cfg(small_world_dir, ("mf-text",))
+    logged, _, rounds = _simulated(cfg, tmp_path / "run")
+    ds = read_dataset(small_world_dir)
+    server = InferenceServer(cfg.policy, ds.label_space, model=ScriptedModel())
+    pol, mf = build_examples(cfg, ds, "mf-text", summarize=lambda req: server.summarize(
+        req, cfg.meanfield.max_new_tokens, cfg.meanfield.repetition_penalty))
+    stored = {(r["event_id"], r["round"]): r["meanfield_text"] for r in rounds}
+    rows = mf.to_pylist()
+    assert set(mf["template_hash"].to_pylist()) == {template_hash("meanfield")}
+    checked = 0
+    for row in rows:
+        if row["round"] < WARMUP // B:  # rounds of real actions only: the same history
+            assert server.format(row["prompt"]) == logged[("meanfield", row["event_id"],
+                                                           "mf-text", row["round"])]
+            assert row["summary"] == stored[(row["event_id"], row["round"])]
+            checked += 1
+    assert checked == 2 * len({r["event_id"] for r in rows})
+    # the targets are the real actions of the next round, in agent order
+    units = {r["event_id"]: r for r in rows if r["round"] == 0}
+    posts = ds.posts.filter(pc.is_valid(ds.posts["parent_id"])).to_pylist()
+    for event, row in units.items():
+        real = [p for p in posts if p["event_id"] == event]
+        nxt = row["next_agents"]
+        assert [a["agent_index"] for a in nxt] == list(range(B, 2 * B))
+        assert [json.loads(a["labels"])["stance"] for a in nxt] == \
+            [p["labels"]["stance"] for p in real[B:2 * B]]
+        assert row["previous"] is None and row["summary"]
+    # the policy prompts of mf-text show the summary written after the previous round
+    first = {(r["event_id"], r["agent_index"]): r["prompt"] for r in pol.to_pylist()}
+    for row in rows:
+        prompt = first.get((row["event_id"], (row["round"] + 1) * B))
+        if prompt is not None:
+            assert row["summary"] in prompt
+
+
+def test_text_mode_examples_and_parquet(small_world_dir: Path, tmp_path: Path) -> None:
+    cfg = _cfg(small_world_dir, ("mf",), mode="text")
+    logged, _, _ = _simulated(cfg, tmp_path / "run")
+    ds = read_dataset(small_world_dir)
+    pol, mf = build_examples(cfg, ds, "mf")
+    n_replies = pc.sum(pc.is_valid(ds.posts["parent_id"])).as_py()
+    assert mf.num_rows == 0 and pol.num_rows == n_replies  # one example per reply
+    assert set(pol["template_hash"].to_pylist()) == {template_hash("policy_text")}
+    compared = 0
+    for row in pol.to_pylist():
+        key = ("policy", row["event_id"], "mf", row["agent_index"], -1)
+        if key in logged:
+            assert row["prompt"] == logged[key]
+            compared += 1
+    assert compared == len(logged) > 10
+    path = write_examples(pol, tmp_path / "ex" / "policy.parquet")
+    assert read_examples(path).equals(pol)
+
+
+def test_builder_refuses(small_world_dir: Path) -> None:
+    cfg = _cfg(small_world_dir, ("mf",))
+    ds = read_dataset(small_world_dir)
+    with pytest.raises(ConfigError, match="LLM variant"):
+        build_examples(cfg, ds, "base-rate")
+    with pytest.raises(ConfigError, match="summarize"):
+        build_examples(cfg, ds, "mf-text")
