@@ -96,7 +96,9 @@ def cmd_simulate(args: argparse.Namespace) -> None:
             raise MfrayError("simulate needs --out RUN_DIR (or --resume RUN_DIR)")
         overrides = list(args.set or [])
         for flag, key in (("data", "sim.data"), ("model", "policy.model"),
-                          ("url", "policy.url"), ("shards", "resources.num_shards")):
+                          ("url", "policy.url"), ("shards", "resources.num_shards"),
+                          ("policy_adapter", "policy.adapter"),
+                          ("meanfield_adapter", "meanfield.adapter")):
             if getattr(args, flag) is not None:
                 overrides.append(f"{key}={getattr(args, flag)}")
         if args.variants:
@@ -229,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "--url, the name the endpoint serves")
     sim.add_argument("--url", help="an OpenAI-compatible endpoint serving the policy, e.g. "
                      "http://127.0.0.1:8000/v1 (key from $OPENAI_API_KEY)")
+    sim.add_argument("--policy-adapter", help="a LoRA adapter from `mfray train policy`")
+    sim.add_argument("--meanfield-adapter",
+                     help="a LoRA adapter from `mfray train meanfield` (text mean field)")
     sim.add_argument("--shards", type=int, help="number of AgentShard actors")
     sim.add_argument("--max-rounds", type=int, help="stop after this many rounds (resumable)")
     sim.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
@@ -268,6 +273,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=16)
     b.set_defaults(func=cmd_bench)
 
+    tr = sub.add_parser("train", help="IB-Tune: LoRA fine-tuning on Ray Train")
+    tr.add_argument("kind", choices=("policy", "meanfield"))
+    tr.add_argument("--out", required=True, help="the training directory (rerun to resume)")
+    tr.add_argument("--config", help="a TOML or YAML config (sections sim, policy, meanfield, "
+                    "train, resources)")
+    tr.add_argument("--data", help="a converted dataset directory")
+    tr.add_argument("--model", help="the base model (default SmolLM2-135M-Instruct)")
+    tr.add_argument("--variant", help="whose prompts: mf, mf-text, sft (state prompts), ...")
+    tr.add_argument("--held-out", help="comma-separated events never read (leave-one-out)")
+    tr.add_argument("--workers", type=int, help="Ray Train workers (0: in-process)")
+    tr.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                    help="override one config value (repeatable); --section.key=value too")
+    tr.set_defaults(func=cmd_train)
+
     d = sub.add_parser("demo", help="synthetic world -> simulations -> store -> evaluation")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--model", help="policy model (default SmolLM2; 'scripted-world' is instant)")
@@ -275,12 +294,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from mfray.config import load_config
+    from mfray.train.config import TrainConfig
+    from mfray.train.run import train
+
+    overrides = list(args.set or [])
+    for flag, key in (("data", "sim.data"), ("model", "policy.model"),
+                      ("variant", "train.variant"), ("workers", "train.num_workers")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if args.held_out:
+        overrides.append(f"train.held_out=[{args.held_out}]")
+    cfg = load_config(args.config, overrides, cls=TrainConfig)
+    if not cfg.sim.data:
+        raise MfrayError("no data: pass --data DIR (a converted dataset) or set sim.data")
+    adapter = train(cfg, args.kind, args.out)
+    out = Path(args.out)
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    print(f"adapter: {adapter}\nsteps {last['step']}, last loss {last['loss']:.4f}, "
+          f"{last['examples_per_s']:.1f} examples/s\nloss curve: {out / 'loss.png'}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `mfray simulate --sim.round_size=8` is `--set sim.round_size=8`
     dotted = [a[2:] for a in extra if a.startswith("--") and "=" in a and "." in a.split("=")[0]]
-    if args.command != "simulate" and extra or len(dotted) != len(extra):
+    if args.command not in ("simulate", "train") and extra or len(dotted) != len(extra):
         parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a[2:] not in dotted)}")
     if dotted:
         args.set = [*(args.set or []), *dotted]

@@ -85,6 +85,7 @@ class PolicyConfig:
     a hosted API; :mod:`mfray.openai_compat`), the key read from ``api_key_env``."""
 
     model: str | None = None
+    adapter: str | None = None  # a LoRA adapter directory (``mfray train policy``), merged in
     url: str | None = None  # e.g. http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 60.0
@@ -127,6 +128,7 @@ class MeanFieldConfig:
 
     max_new_tokens: int = 64
     repetition_penalty: float = 1.2  # greedy decoding of a small model loops without it
+    adapter: str | None = None  # a LoRA adapter of the policy's base model for the summaries
 
     def __post_init__(self) -> None:
         if self.repetition_penalty < 1.0:
@@ -247,8 +249,10 @@ def parse_override(text: str) -> tuple[list[str], RawOverride]:
     return key.strip().split("."), RawOverride(raw)
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Load a TOML or YAML config file (optional) and apply ``section.key=value`` overrides."""
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                cls: type[Any] = RunConfig) -> Any:
+    """Load a TOML or YAML config file (optional) and apply ``section.key=value`` overrides;
+    ``cls`` is the config class (:class:`RunConfig`, or IB-Tune's ``TrainConfig``)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -274,4 +278,4 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {k} is not a section")
         node[keys[-1]] = value
-    return from_dict(RunConfig, data)
+    return from_dict(cls, data)

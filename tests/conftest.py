@@ -58,3 +58,12 @@ def tiny_hf():
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg).eval()
     return HFModel(model, tok, model_id="tiny-llama", device="cpu", batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_hf, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`tiny_hf` saved as a transformers directory (what ``policy.model`` can name)."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    tiny_hf.model.save_pretrained(path)
+    tiny_hf.tokenizer.save_pretrained(path)
+    return path

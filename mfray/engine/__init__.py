@@ -160,7 +160,7 @@ def _start_inference(cfg: RunConfig, ds: Dataset, run_dir: str | Path,
 
     log = str(Path(run_dir) / "prompts.jsonl") if cfg.policy.log_prompts else None
     return ray.remote(InferenceServer).remote(cfg.policy, ds.label_space, cfg.sim.data, model,
-                                              log)
+                                              log, cfg.meanfield.adapter)
 
 
 def _replay(store: RunStore, population: Any) -> int:

@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ SCRIPTED = ("scripted", "scripted-world")
 
 def check_model(cfg: PolicyConfig) -> None:
     """Fail early, in the driver, with a clear message when the named model cannot exist."""
+    if cfg.adapter and not (Path(cfg.adapter).expanduser() / "adapter_config.json").is_file():
+        raise ModelError(f"no LoRA adapter at {cfg.adapter} (adapter_config.json missing)")
     if cfg.model in SCRIPTED or cfg.url:
         return
     path = default_gguf() if cfg.model is None else Path(cfg.model).expanduser()
@@ -68,7 +71,7 @@ def build_model(cfg: PolicyConfig, data_dir: str | None = None) -> LanguageModel
     # Ray starts actors with OMP_NUM_THREADS=1; a CPU model wants every core of its node
     torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
     return load_model(cfg.model, device=cfg.device, batch_size=cfg.batch_size,
-                      max_batch_tokens=cfg.max_batch_tokens)
+                      max_batch_tokens=cfg.max_batch_tokens, adapter=cfg.adapter)
 
 
 def _sparing(call: Callable[[list[int]], Sequence[Any]], n: int
@@ -100,10 +103,16 @@ class InferenceServer:
 
     def __init__(self, cfg: PolicyConfig, label_space: Mapping[str, Sequence[str]],
                  data_dir: str | None = None, model: LanguageModel | None = None,
-                 prompt_log: str | None = None) -> None:
+                 prompt_log: str | None = None, meanfield_adapter: str | None = None) -> None:
         self.cfg = cfg
         self.prompt_log = prompt_log
         self.model = model if model is not None else build_model(cfg, data_dir)
+        # the text mean field's model: the base model with its own adapter (or none), never
+        # the policy's adapter; loaded at the first summary
+        self._summarizer: LanguageModel | None = self.model
+        self._summarizer_args = (replace(cfg, adapter=meanfield_adapter), data_dir)
+        if model is None and (meanfield_adapter or cfg.adapter):
+            self._summarizer = None
         self.options = [tuple(o) for o in label_space.values()]
         self.dims = list(label_space)
         tok = getattr(self.model, "tokenizer", None)
@@ -216,8 +225,10 @@ class InferenceServer:
             prompts = [self.format(p) for _, p in chunk]
             if self.prompt_log:
                 self._log([(sim_id, -1, -1) for sim_id, _ in chunk], prompts, "meanfield")
+            if self._summarizer is None:
+                self._summarizer = build_model(*self._summarizer_args)
             try:
-                texts = self.model.generate(prompts, max_new_tokens=max_new_tokens,
+                texts = self._summarizer.generate(prompts, max_new_tokens=max_new_tokens,
                                             temperature=0.0,
                                             repetition_penalty=repetition_penalty)
             except ModelError:

@@ -1,0 +1,88 @@
+"""IB-Tune's configuration: the simulator's sections (so examples are built exactly as the
+simulator renders prompts) plus a ``train`` section. Frozen dataclasses, loaded from TOML or
+YAML with ``section.key=value`` overrides, like :class:`~mfray.config.RunConfig`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mfray.config import MeanFieldConfig, PolicyConfig, ResourcesConfig, SimConfig
+from mfray.errors import ConfigError
+
+#: what ``train.variant`` may name: an LLM variant's prompts, or ``sft`` (the ``state``
+#: prompts: the no-mean-field fine-tuning baseline)
+TRAIN_VARIANTS = ("sft", "state", "recent", "popular", "mf", "mf-text", "mf-hybrid")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """One training run. ``held_out`` events are never read (leave-one-event-out)."""
+
+    variant: str = "mf"
+    held_out: tuple[str, ...] = ()
+    max_examples: int | None = None  # a seeded subsample of the examples (None: all)
+    from_agent: int = 0  # skip each event's first agents (sim.warmup: rollout agents only)
+    # optimisation
+    lr: float = 2e-4
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 8  # global, over all workers
+    warmup_ratio: float = 0.1
+    schedule: Literal["linear", "cosine", "constant"] = "cosine"
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    bf16: Literal["auto", "on", "off"] = "auto"  # auto: on CUDA with bf16 support
+    max_prompt_tokens: int = 1024  # longer prompts are cut from the left
+    # LoRA (peft)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = ()  # () : every attention and MLP projection
+    # Ray Train
+    num_workers: int = 1  # 0: in-process (Ray Train's local mode)
+    use_gpu: bool = False
+    checkpoint_every: int = 50  # steps
+    log_every: int = 5
+    # mean-field model (information bottleneck)
+    estimator: Literal["reinforce", "best-of-k"] = "reinforce"
+    k: int = 4
+    beta: float = 0.1
+    sample_temperature: float = 1.0
+    policy_adapter: str | None = None  # the policy whose likelihood is the relevance term
+
+    def __post_init__(self) -> None:
+        if self.variant not in TRAIN_VARIANTS:
+            raise ConfigError(f"train.variant {self.variant!r} is not one of {TRAIN_VARIANTS}")
+        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.lora_r < 1 \
+                or self.checkpoint_every < 1 or self.log_every < 1 or self.k < 2 \
+                or self.num_workers < 0 or not 0 <= self.warmup_ratio < 1 \
+                or self.max_grad_norm <= 0 or self.beta < 0:
+            raise ConfigError("need train.lr > 0, epochs >= 1, batch_size >= 1, lora_r >= 1, "
+                              "checkpoint_every >= 1, log_every >= 1, k >= 2, num_workers >= 0, "
+                              "0 <= warmup_ratio < 1, max_grad_norm > 0, beta >= 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError("train.max_steps must be >= 1 (or null)")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ConfigError("train.max_examples must be >= 1 (or null)")
+
+    @property
+    def prompt_variant(self) -> str:
+        """The simulator variant whose prompts the examples use."""
+        return "state" if self.variant == "sft" else self.variant
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs: how to build its examples and how to train."""
+
+    sim: SimConfig = field(default_factory=SimConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    meanfield: MeanFieldConfig = field(default_factory=MeanFieldConfig)
+    train: TrainParams = field(default_factory=TrainParams)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

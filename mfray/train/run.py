@@ -1,0 +1,288 @@
+"""IB-Tune on Ray Train: one ``TorchTrainer`` (Train V2) per training run.
+
+The driver builds the examples (:mod:`mfray.train.data`), then starts ``train.num_workers``
+workers (one per GPU on a cluster, CPU processes here; 0 runs in-process). Every worker loads
+the base model, adds LoRA (peft), and takes its share of each global batch: the loss is scaled
+so that DDP's gradient mean equals the gradient of the global batch's mean loss, whatever the
+number of workers. Checkpoints (adapter, optimizer, schedule, step, loss history) go through
+``ray.train.Checkpoint`` every ``train.checkpoint_every`` steps; a run started again with the
+same output directory resumes from the latest one. The adapter lands in ``OUT/adapter`` (peft
+format), the history in ``OUT/metrics.jsonl`` and the loss curve in ``OUT/loss.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mfray.config import RunConfig, from_dict
+from mfray.data.schema import Dataset, read_dataset
+from mfray.engine.ray_env import ensure_ray
+from mfray.errors import ConfigError, MfrayError
+from mfray.schedule import build_units
+from mfray.train.config import TrainConfig
+from mfray.train.data import build_examples, read_examples, write_examples
+
+STATE_FILE = "state.json"
+
+
+# ------------------------------------------------------------------------------ examples
+
+
+def training_events(cfg: TrainConfig, ds: Dataset) -> list[str]:
+    """The events examples come from: the config's units, less the held-out ones."""
+    known = ds.event_ids()
+    missing = [e for e in cfg.train.held_out if e not in known]
+    if missing:
+        raise ConfigError(f"train.held_out: unknown event(s) {missing}; the dataset has {known}")
+    events = [u.event_id for u in build_units(ds, replace(cfg.sim, unit="event"))]
+    kept = [e for e in dict.fromkeys(events) if e not in cfg.train.held_out]
+    if not kept:
+        raise ConfigError("no training events left: check sim.events, sim.min_replies and "
+                          "train.held_out")
+    return kept
+
+
+def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
+                     summarize: Any = None) -> Path:
+    """Build, subsample (seeded) and write the examples of ``kind`` (policy | meanfield)."""
+    run = RunConfig(sim=cfg.sim, policy=cfg.policy, meanfield=cfg.meanfield)
+    policy, meanfield = build_examples(run, ds, cfg.train.prompt_variant,
+                                       events=training_events(cfg, ds), summarize=summarize,
+                                       from_agent=cfg.train.from_agent, progress=True)
+    table = policy if kind == "policy" else meanfield
+    if table.num_rows == 0:
+        raise MfrayError(f"no {kind} examples: the training events have no labelled replies")
+    n = cfg.train.max_examples
+    if n is not None and n < table.num_rows:
+        keep = np.sort(np.random.default_rng(cfg.train.seed).permutation(table.num_rows)[:n])
+        table = table.take(pa.array(keep))
+    return write_examples(table, out / "examples" / f"{kind}.parquet")
+
+
+# ------------------------------------------------------------------------------ schedule
+
+
+def total_steps(n_examples: int, cfg: TrainConfig) -> int:
+    per_epoch = math.ceil(n_examples / cfg.train.batch_size)
+    steps = per_epoch * cfg.train.epochs
+    return min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
+
+
+def global_batch(step: int, n_examples: int, cfg: TrainConfig) -> np.ndarray:
+    """Example indices of a global step: a seeded permutation per epoch, cut in batches."""
+    per_epoch = math.ceil(n_examples / cfg.train.batch_size)
+    epoch, k = divmod(step, per_epoch)
+    order = np.random.default_rng([cfg.train.seed, epoch]).permutation(n_examples)
+    return order[k * cfg.train.batch_size:(k + 1) * cfg.train.batch_size]
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then linear or cosine decay to 0 (or constant)."""
+    warm = int(cfg.train.warmup_ratio * total)
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.train.schedule == "constant":
+        return 1.0
+    progress = (step - warm) / max(1, total - warm)
+    if cfg.train.schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ------------------------------------------------------------------------------ worker
+
+
+def _worker(config: dict[str, Any]) -> None:
+    """The training loop of one Ray Train worker (policy or mean-field model)."""
+    import ray.train
+    import torch
+
+    from mfray.train.tasks import make_task
+
+    cfg = from_dict(TrainConfig, config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.train.seed)
+    if config.get("num_threads"):
+        torch.set_num_threads(int(config["num_threads"]))
+    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+    task = make_task(config["kind"], cfg, read_examples(config["examples"]), device)
+    params = [p for p in task.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    total = total_steps(task.n_examples, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg))
+    step, history = 0, []
+    ckpt = ray.train.get_checkpoint()  # Ray's restore after a worker failure
+    if ckpt is None and config.get("resume_from"):  # a rerun of a stopped run
+        ckpt = ray.train.Checkpoint.from_directory(config["resume_from"])
+    if ckpt:
+        with ckpt.as_directory() as d:
+            task.load_adapter(Path(d) / "adapter")
+            opt.load_state_dict(torch.load(Path(d) / "optimizer.pt", weights_only=True))
+            sched.load_state_dict(torch.load(Path(d) / "scheduler.pt", weights_only=True))
+            state = json.loads((Path(d) / STATE_FILE).read_text())
+            step, history = state["step"], state["history"]
+    model = task.model
+    if world > 1:
+        model = ray.train.torch.prepare_model(model, move_to_device=False)
+    t0, seen = time.perf_counter(), 0
+    while step < total:
+        batch = global_batch(step, task.n_examples, cfg)
+        mine = batch[rank::world]
+        opt.zero_grad(set_to_none=True)
+        loss_sum, extra = task.loss(model, mine)  # the sum over this worker's examples
+        (loss_sum * world / len(batch)).backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+        opt.step()
+        sched.step()
+        step += 1
+        seen += len(batch)
+        stats = torch.tensor([float(loss_sum.detach()), *extra], dtype=torch.float64)
+        if world > 1:
+            torch.distributed.all_reduce(stats)
+        row = {"step": step, "loss": float(stats[0]) / len(batch), "lr": sched.get_last_lr()[0],
+               "grad_norm": float(norm),
+               "examples_per_s": seen / max(1e-9, time.perf_counter() - t0)}
+        row |= {name: float(v) / len(batch) for name, v in zip(task.extra_names, stats[1:],
+                                                               strict=True)}
+        history.append(row)
+        if step % cfg.train.checkpoint_every == 0 or step == total:
+            _checkpoint(task, opt, sched, step, history, rank, Path(config["checkpoints"]))
+        elif step % cfg.train.log_every == 0:
+            ray.train.report(row)
+        if config.get("fail_at_step") == step:  # fault injection for the resume test
+            raise RuntimeError(f"injected failure after step {step}")
+
+
+def _checkpoint(task: Any, opt: Any, sched: Any, step: int, history: list[dict[str, Any]],
+                rank: int, root: Path, keep: int = 2) -> None:
+    """Rank 0 writes the checkpoint to ``root/step-N`` (kept: Ray's local mode reads it in
+    place; with workers Ray also copies it to its storage) and every rank reports."""
+    import ray.train
+    import torch
+
+    ckpt = None
+    if rank == 0:
+        d = root / f"step-{step:07d}"
+        tmp = root / f".tmp-step-{step:07d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        task.save_adapter(tmp / "adapter")
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        torch.save(sched.state_dict(), tmp / "scheduler.pt")
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "history": history}))
+        shutil.rmtree(d, ignore_errors=True)
+        tmp.rename(d)  # a checkpoint directory is complete or absent
+        for old in sorted(root.glob("step-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        ckpt = ray.train.Checkpoint.from_directory(str(d))
+    ray.train.report(history[-1], checkpoint=ckpt)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The checkpoint with the most steps under ``out`` (ours or Ray's copies), if any."""
+    best: tuple[int, Path] | None = None
+    for state in out.glob("**/" + STATE_FILE):
+        try:
+            step = int(json.loads(state.read_text())["step"])
+        except (OSError, ValueError, KeyError):
+            continue  # an unreadable checkpoint is skipped, never half-loaded
+        if (state.parent / "adapter" / "adapter_config.json").is_file() and \
+                (best is None or step > best[0]):
+            best = (step, state.parent)
+    return best[1] if best else None
+
+
+# ------------------------------------------------------------------------------ driver
+
+
+def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = None,
+          summarize: Any = None, fail_at_step: int | None = None,
+          num_threads: int | None = None) -> Path:
+    """Build the examples (unless ``OUT/examples`` has them: a resumed run reuses them), run
+    the ``TorchTrainer``, and write the adapter, the history and the loss curve to ``out``."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    if kind not in ("policy", "meanfield"):
+        raise ConfigError(f"unknown training kind {kind!r}: policy or meanfield")
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "train_config.json"
+    if saved.is_file() and from_dict(TrainConfig, json.loads(saved.read_text())) != cfg:
+        raise MfrayError(f"{out} holds a training run with another config; use a new directory")
+    saved.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    examples = out / "examples" / f"{kind}.parquet"
+    if not examples.is_file():
+        data = ds if ds is not None else read_dataset(cfg.sim.data)
+        examples = prepare_examples(cfg, data, out, kind, summarize)
+    ensure_ray(cfg.resources)
+    resume = latest_checkpoint(out)
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"cfg": cfg.to_dict(), "kind": kind, "examples": str(examples),
+                           "fail_at_step": fail_at_step, "num_threads": num_threads,
+                           "checkpoints": str(out / "checkpoints"),
+                           "resume_from": str(resume) if resume else None},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers,
+                                               use_gpu=cfg.train.use_gpu),
+        run_config=ray.train.RunConfig(name=kind, storage_path=str(out / "ray"),
+                                       failure_config=ray.train.FailureConfig(max_failures=0)))
+    if resume is not None:
+        print(f"resuming from {resume}")
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps the worker's error; keep its first line
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise MfrayError(f"training failed: {first}. Run the same command again to resume "
+                         f"from the last checkpoint in {out / 'ray'}") from exc
+    return _finish(result.checkpoint, out)
+
+
+def _finish(checkpoint: Any, out: Path) -> Path:
+    if checkpoint is None:
+        raise MfrayError("training ended without a checkpoint")
+    with checkpoint.as_directory() as d:
+        adapter = out / "adapter"
+        shutil.rmtree(adapter, ignore_errors=True)
+        shutil.copytree(Path(d) / "adapter", adapter)
+        history = json.loads((Path(d) / STATE_FILE).read_text())["history"]
+    with open(out / "metrics.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in history)
+    plot_history(history, out / "loss.png")
+    return adapter
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
+    """The loss curve (raw and a moving average) and the learning rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([r["step"] for r in history])
+    loss = np.array([r["loss"] for r in history])
+    w = max(1, len(loss) // 20)
+    avg = np.convolve(loss, np.ones(w) / w, mode="valid")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    a.plot(steps, loss, alpha=0.35, label="loss")
+    a.plot(steps[len(steps) - len(avg):], avg, label=f"moving average ({w})")
+    a.set_xlabel("step")
+    a.set_ylabel("loss")
+    a.legend()
+    b.plot(steps, [r["lr"] for r in history])
+    b.set_xlabel("step")
+    b.set_ylabel("learning rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
