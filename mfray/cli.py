@@ -150,9 +150,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from mfray.evaluate.compare import compare, forecast, write_comparison, write_forecast
 
     cfg = EvalConfig(source=args.source)
-    out = Path(args.out or Path(args.run_dir) / "compare")
-    comp_paths = write_comparison(compare(args.run_dir, cfg), out)
-    fc_paths = write_forecast(forecast(args.run_dir, cfg), out)
+    from mfray.evaluate.report import parse_run
+
+    runs = args.run_dir
+    out = Path(args.out or parse_run(runs[0])[0] / "compare")
+    comp_paths = write_comparison(compare(runs, cfg), out)
+    fc_paths = write_forecast(forecast(runs, cfg), out)
     print(comp_paths["markdown"].read_text())
     print(f"wrote {', '.join(str(p) for p in [*comp_paths.values(), *fc_paths.values()])}")
 
@@ -258,10 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     lc.set_defaults(func=cmd_labels_check)
 
     cp = sub.add_parser("compare", help="the paper's comparison table and the forecasting "
-                        "report of a run")
-    cp.add_argument("run_dir")
+                        "report of a run, or of several runs read as one")
+    cp.add_argument("run_dir", nargs="+", metavar="RUN_DIR[:old=new,...]",
+                    help="run directories; ':state=sft' renames a run's variant (e.g. a run "
+                    "with a tuned adapter beside the untuned one)")
     cp.add_argument("--from", dest="source", choices=("probs", "labels"), default="probs")
-    cp.add_argument("--out", help="report directory (default RUN_DIR/compare)")
+    cp.add_argument("--out", help="report directory (default: the first RUN_DIR/compare)")
     cp.set_defaults(func=cmd_compare)
 
     b = sub.add_parser("bench", help="measure end-to-end throughput (see mfray/bench.py)")

@@ -141,3 +141,31 @@ def test_forecast_horizons_and_real_shares(run_dir: Path, tmp_path: Path) -> Non
     assert paths["plot"].read_bytes()[:8] == PNG_MAGIC
     assert "| short |" in paths["markdown"].read_text()
     assert len(paths["csv"].read_text().splitlines()) == 1 + len(fc.rows)
+
+
+def test_several_runs_read_as_one_with_renames(run_dir: Path, small_world_dir: Path,
+                                               tmp_path: Path) -> None:
+    """A second run (say, with a tuned adapter) joins the table under new variant names."""
+    from mfray.errors import DataError
+    from mfray.evaluate.report import evaluate, parse_run
+
+    cfg = RunConfig(sim=SimConfig(data=str(small_world_dir), variants=("state", "mf"),
+                                  seeds=(0, 1), round_size=16, warmup=20),
+                    policy=PolicyConfig(model="scripted"), resources=ResourcesConfig(num_cpus=2))
+    simulate(cfg, read_dataset(small_world_dir), tmp_path / "tuned", progress=False)
+    assert parse_run("a/b:state=sft,mf=mf-tuned") == (Path("a/b"), {"state": "sft",
+                                                                    "mf": "mf-tuned"})
+    assert parse_run("/x/y") == (Path("/x/y"), {})
+    both = [run_dir, f"{tmp_path / 'tuned'}:state=sft,mf=mf-tuned"]
+    comp = compare(both, CFG)
+    variants = [r["variant"] for r in comp.rows]
+    assert variants == ["state", "recent", "mf", "sft", "base-rate", "persistence", "mf-tuned"]
+    # each run's rows are evaluated exactly as alone
+    alone = {r["variant"]: r["kl"] for r in evaluate(tmp_path / "tuned", CFG).summary}
+    rows = {r["variant"]: r for r in comp.rows}
+    assert rows["sft"]["kl"] == pytest.approx(alone["state"])
+    assert rows["mf-tuned"]["kl"] == pytest.approx(alone["mf"])
+    assert rows["mf-tuned"]["rel_kl_llm_base"] in ("state", "recent", "sft")
+    assert forecast(both, CFG).variants == variants
+    with pytest.raises(DataError, match="already come from"):
+        compare([run_dir, tmp_path / "tuned"], CFG)

@@ -12,7 +12,6 @@ rounds) the real and simulated share of every option and the KL between them.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,8 +25,7 @@ from scipy import stats
 from mfray.config import EvalConfig
 from mfray.errors import DataError
 from mfray.evaluate import metrics as M
-from mfray.evaluate.report import METRICS, Evaluation, evaluate
-from mfray.store import RunStore
+from mfray.evaluate.report import METRICS, Evaluation, RunSpec, evaluate, read_runs
 
 #: Row order of the comparison table; variants not listed follow in name order.
 ORDER = ("state", "recent", "popular", "mf", "mf-text", "mf-hybrid", "sft",
@@ -109,7 +107,7 @@ def _change(ev: Evaluation, by_variant: dict[str, dict[str, Any]], variant: str,
     return {"base": best, "change": change, "lo": lo, "hi": hi}
 
 
-def compare(run_dir: str | Path, cfg: EvalConfig | None = None) -> Comparison:
+def compare(run_dir: RunSpec, cfg: EvalConfig | None = None) -> Comparison:
     """The comparison table of a run: every variant × metric with bootstrap intervals over
     events, plus for mean-field variants the relative KL change (in %) against the best
     non-mean-field LLM variant (``rel_kl_llm*``) and the best reference (``rel_kl_ref*``)."""
@@ -246,7 +244,7 @@ def _shares(mass: np.ndarray) -> np.ndarray:
         return np.where(total > 0, mass / np.where(total > 0, total, 1.0), np.nan)
 
 
-def forecast(run_dir: str | Path, cfg: EvalConfig | None = None) -> Forecast:
+def forecast(run_dir: RunSpec, cfg: EvalConfig | None = None) -> Forecast:
     """Real vs simulated shares after the warm-up, per round and per horizon.
 
     Real shares come from every rollout agent of the run, once per (event, agent), whatever
@@ -255,11 +253,9 @@ def forecast(run_dir: str | Path, cfg: EvalConfig | None = None) -> Forecast:
     Horizons are thirds of the pooled rollout rounds, so they match the curves' x-axis (the
     evaluation report's ``kl_short`` etc. instead average per-simulation KLs)."""
     cfg = cfg or EvalConfig()
-    store = RunStore.open(run_dir)
-    space = {d: tuple(o) for d, o in json.loads(store.run_info()["label_space_json"]).items()}
-    data = store.read_decisions(columns=["event_id", "variant", "round", "agent_index",
-                                         "is_warmup", "ok", "action", "probs",
-                                         "real"]).to_pydict()
+    space, table, _ = read_runs(run_dir, ["event_id", "variant", "round", "agent_index",
+                                          "is_warmup", "ok", "action", "probs", "real"])
+    data = table.to_pydict()
     roll = [i for i, w in enumerate(data["is_warmup"]) if not w]
     if not roll:
         raise DataError("no rollout decision to forecast (is the warm-up longer than every "

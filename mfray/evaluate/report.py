@@ -86,14 +86,67 @@ def sim_metrics(rows: dict[str, list[Any]], dim: str, options: Sequence[str],
     return out
 
 
-def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> Evaluation:
-    """Compute every metric of a run read from the store."""
+RunSpec = str | Path | Sequence[str | Path]
+
+
+def parse_run(spec: str | Path) -> tuple[Path, dict[str, str]]:
+    """``DIR`` or ``DIR:old=new[,old=new]``: a run directory and variant renames (so that, e.g.,
+    a run with a tuned adapter shows its ``state`` as ``sft`` beside an untuned run)."""
+    text = str(spec)
+    head, sep, tail = text.rpartition(":")
+    if not sep or "=" not in tail or "/" in tail:
+        return Path(text), {}
+    renames = {}
+    for pair in tail.split(","):
+        old, eq, new = pair.partition("=")
+        if not eq or not old.strip() or not new.strip():
+            raise DataError(f"bad rename {pair!r} in {text!r}: use DIR:old=new[,old=new]")
+        renames[old.strip()] = new.strip()
+    return Path(head), renames
+
+
+def read_runs(runs: RunSpec, columns: Sequence[str]
+              ) -> tuple[dict[str, tuple[str, ...]], pa.Table, dict[str, Any]]:
+    """The label space, the decisions (``columns``) and the first run's sim config of one run
+    or several runs read as one: variants renamed, simulation ids kept apart; the runs must
+    share their label space and may not repeat a variant name."""
+    specs = [runs] if isinstance(runs, str | Path) else list(runs)
+    if not specs:
+        raise DataError("no run to read")
+    space: dict[str, tuple[str, ...]] | None = None
+    tables, seen, cfg_sim = [], set(), {}
+    for k, spec in enumerate(specs):
+        path, renames = parse_run(spec)
+        store = RunStore.open(path)
+        mine = {d: tuple(o) for d, o in json.loads(store.run_info()["label_space_json"]).items()}
+        if space is not None and mine != space:
+            raise DataError(f"{path}: another label space than {specs[0]}", file=str(path))
+        space = mine
+        table = store.read_decisions(columns=list(dict.fromkeys(["sim_id", "variant",
+                                                                 *columns])))
+        variants = [renames.get(v, v) for v in table["variant"].to_pylist()]
+        clash = (set(variants) & seen) if len(specs) > 1 else set()
+        if clash:
+            raise DataError(f"{path}: variant(s) {sorted(clash)} already come from an earlier "
+                            "run; rename them with DIR:old=new", file=str(path))
+        seen |= set(variants)
+        sim_ids = [k * 10**7 + s for s in table["sim_id"].to_pylist()]
+        table = table.set_column(table.schema.get_field_index("variant"), "variant",
+                                 pa.array(variants, pa.string()))
+        table = table.set_column(table.schema.get_field_index("sim_id"), "sim_id",
+                                 pa.array(sim_ids, pa.int64()))
+        tables.append(table.select(list(dict.fromkeys(["sim_id", "variant", *columns]))))
+        if k == 0:
+            cfg_sim = store.config().get("sim", {})
+    return space or {}, pa.concat_tables(tables), cfg_sim
+
+
+def evaluate(run_dir: RunSpec, cfg: EvalConfig | None = None) -> Evaluation:
+    """Compute every metric of a run (or of several runs read as one, :func:`read_runs`)."""
     cfg = cfg or EvalConfig()
-    store = RunStore.open(run_dir)
-    info = store.run_info()
-    space = {d: tuple(o) for d, o in json.loads(info["label_space_json"]).items()}
-    table = store.read_decisions(columns=["sim_id", "event_id", "variant", "seed", "round",
-                                          "is_warmup", "ok", "action", "probs", "real"])
+    space, table, cfg_sim = read_runs(run_dir, ["sim_id", "event_id", "variant", "seed",
+                                                "round", "is_warmup", "ok", "action", "probs",
+                                                "real"])
     if table.num_rows == 0:
         raise DataError("the run has no complete round yet", file=str(run_dir))
     data = table.to_pydict()
@@ -113,7 +166,6 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> Evaluation:
     if not per_sim:
         raise DataError("no rollout decision to evaluate (is the warm-up longer than every "
                         "simulation?)", file=str(run_dir))
-    cfg_sim = store.config().get("sim", {})
     warm_rounds = cfg_sim.get("warmup", 0) / max(cfg_sim.get("round_size", 1), 1)
     return Evaluation(space, per_sim, summarise(per_sim, cfg), _curves(data, space, cfg.source),
                       warm_rounds)
