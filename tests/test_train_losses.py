@@ -185,6 +185,22 @@ def test_add_lora_trains_only_the_adapters():
     torch.testing.assert_close(left, right, atol=1e-5, rtol=0)
 
 
+def test_single_token_options_fast_path_equals_hand_values(model):
+    """One-token options take one left-padded forward per prompt (the simulator's rule); the
+    values are the hand-computed option log-likelihoods renormalised over the options."""
+    prompts = [[3, 14, 15, 9, 2, 6], [27, 18], [31, 41, 59, 26, 53]]
+    options = [[10], [20], [30], [40]]
+    labels = [3, 0, 1]
+    loss, logp = choice_loss(model, prompts, options, labels, PAD)
+    for i, (p, y) in enumerate(zip(prompts, labels, strict=True)):
+        ll = torch.tensor([sum(_by_hand(model, [*p, *o], 1)) for o in options],
+                          dtype=torch.float64)
+        torch.testing.assert_close(logp[i].double(), ll - torch.logsumexp(ll, 0), atol=1e-5,
+                                   rtol=0)
+    want = -torch.stack([logp[i, y] for i, y in enumerate(labels)]).mean()
+    assert loss.item() == pytest.approx(want.item(), abs=1e-6)
+
+
 def test_choice_loss_overfits_a_small_set_with_lora():
     rng = random.Random(0)
     prompts = [[rng.randrange(1, VOCAB) for _ in range(rng.randint(5, 12))] for _ in range(16)]

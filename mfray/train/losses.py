@@ -130,12 +130,31 @@ def choice_loss(model: Any, prompt_ids: Sequence[Sequence[int]],
                          f"{len(label_index)} labels")
     if any(not 0 <= y < n_opt for y in label_index):
         raise ValueError(f"label index outside the {n_opt} options: {list(label_index)}")
-    seqs = [[*p, *o] for p in prompt_ids for o in option_ids]
-    targets = [len(o) for _ in prompt_ids for o in option_ids]
-    option_lp = sequence_logprobs(model, seqs, targets, pad_id, side).view(len(prompt_ids), n_opt)
-    logp = torch.log_softmax(option_lp, dim=-1)
-    labels = torch.tensor(list(label_index), dtype=torch.long, device=logp.device)
-    return nn.functional.nll_loss(logp, labels), logp
+    labels = torch.tensor(list(label_index), dtype=torch.long)
+    if all(len(o) == 1 for o in option_ids):
+        logp = _single_token_option_logprobs(model, prompt_ids, [o[0] for o in option_ids],
+                                             pad_id)
+    else:
+        seqs = [[*p, *o] for p in prompt_ids for o in option_ids]
+        targets = [len(o) for _ in prompt_ids for o in option_ids]
+        option_lp = sequence_logprobs(model, seqs, targets, pad_id, side).view(
+            len(prompt_ids), n_opt)
+        logp = torch.log_softmax(option_lp, dim=-1)
+    return nn.functional.nll_loss(logp, labels.to(logp.device)), logp
+
+
+def _single_token_option_logprobs(model: Any, prompt_ids: Sequence[Sequence[int]],
+                                  options: Sequence[int], pad_id: int) -> torch.Tensor:
+    """Options of one token each: ONE sequence per prompt (left-padded), only the last
+    position's logits, restricted to the options and log-softmaxed: the simulator's scoring
+    rule (``HFModel._score_first``) and the same values as the general path, at 1/n_options
+    of its cost and without materialising logits at every position."""
+    ids, mask, _, pos = (t.to(_device(model)) for t in pad_batch(
+        prompt_ids, [0] * len(prompt_ids), pad_id, "left"))
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                   logits_to_keep=1).logits[:, -1].float()
+    cols = torch.tensor(list(options), dtype=torch.long, device=logits.device)
+    return torch.log_softmax(logits[:, cols], dim=-1)
 
 
 def text_nll(model: Any, prompt_ids: Sequence[Sequence[int]], target_ids: Sequence[Sequence[int]],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import replace
@@ -112,8 +113,10 @@ def _worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.train.seed)
-    if config.get("num_threads"):
-        torch.set_num_threads(int(config["num_threads"]))
+    # Ray starts workers with one OpenMP thread; a CPU worker gets its share of the cores
+    if not cfg.train.use_gpu:
+        torch.set_num_threads(int(config.get("num_threads") or
+                                  max(1, (os.cpu_count() or 1) // max(1, world))))
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
     task = make_task(config["kind"], cfg, read_examples(config["examples"]), device)
     params = [p for p in task.model.parameters() if p.requires_grad]
