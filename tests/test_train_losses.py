@@ -222,3 +222,11 @@ def test_choice_loss_overfits_a_small_set_with_lora():
         loss.backward()
         opt.step()
     assert losses[-1] <= 0.1 * losses[0], (len(losses), losses[0], losses[-1])
+
+
+def test_add_lora_on_the_last_layers_only():
+    peft_model = add_lora(_tiny_model(), r=4, alpha=8, last_layers=1)
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all(".layers.1." in n for n in trainable)
+    with pytest.raises(ValueError, match="last_layers"):
+        add_lora(_tiny_model(), last_layers=3)

@@ -41,6 +41,7 @@ class TrainParams:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     target_modules: tuple[str, ...] = ()  # () : every attention and MLP projection
+    lora_last_layers: int | None = None  # adapt only the top n layers (a shorter backward)
     # Ray Train
     num_workers: int = 1  # 0: in-process (Ray Train's local mode)
     use_gpu: bool = False

@@ -173,12 +173,15 @@ def text_nll(model: Any, prompt_ids: Sequence[Sequence[int]], target_ids: Sequen
 
 
 def add_lora(model: Any, r: int = 8, alpha: int = 16, dropout: float = 0.0,
-             target_modules: Sequence[str] | None = None) -> Any:
+             target_modules: Sequence[str] | None = None,
+             last_layers: int | None = None) -> Any:
     """Wrap ``model`` (in place) as a peft LoRA model for causal LM and return the peft model.
 
     By default the adapters go on every ``nn.Linear`` named one of :data:`LORA_PROJECTIONS`
     (attention and MLP projections) that the model has; with none of them, peft's default
-    targets for the model type. Only the LoRA parameters require grad afterwards.
+    targets for the model type. ``last_layers = n`` adapts only the top ``n`` decoder layers,
+    so the backward pass stops there (a CPU budget knob). Only the LoRA parameters require
+    grad afterwards.
     """
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -187,8 +190,14 @@ def add_lora(model: Any, r: int = 8, alpha: int = 16, dropout: float = 0.0,
                   if isinstance(module, nn.Linear)}
         found = [p for p in LORA_PROJECTIONS if p in linear]
         target_modules = found or None
+    layers = None
+    if last_layers is not None:
+        n_layers = int(model.config.num_hidden_layers)
+        if not 1 <= last_layers <= n_layers:
+            raise ValueError(f"last_layers must be in [1, {n_layers}], got {last_layers}")
+        layers = list(range(n_layers - last_layers, n_layers))
     config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha,
-                        lora_dropout=dropout,
+                        lora_dropout=dropout, layers_to_transform=layers,
                         target_modules=None if target_modules is None else list(target_modules))
     peft_model = get_peft_model(model, config)
     for name, param in peft_model.named_parameters():

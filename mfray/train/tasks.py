@@ -58,7 +58,8 @@ class _LoraTask:
         self.hf = hf or load_model(cfg.policy.model, device=str(device))
         t = cfg.train
         self.model = add_lora(self.hf.model, r=t.lora_r, alpha=t.lora_alpha,
-                              dropout=t.lora_dropout, target_modules=list(t.target_modules) or None)
+                              dropout=t.lora_dropout, target_modules=list(t.target_modules) or None,
+                              last_layers=t.lora_last_layers)
         self.model.train()
         self.pad_id = self.hf.pad_id
 
