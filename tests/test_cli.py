@@ -181,3 +181,28 @@ def test_labels_check_command(small_world_dir: Path, capsys: pytest.CaptureFixtu
     assert "accuracy = 1.000" in capsys.readouterr().out
     assert main(["labels", "check", str(small_world_dir), "--labeller", "openai"]) == 2
     assert "needs --url" in capsys.readouterr().err
+
+
+def test_train_then_simulate_with_the_adapter(small_world_dir: Path, tiny_model_dir: Path,
+                                              tmp_path: Path, capsys: pytest.CaptureFixture
+                                              ) -> None:
+    pytest.importorskip("peft")
+    out = tmp_path / "tune"
+    args = ["train", "policy", "--data", str(small_world_dir), "--model", str(tiny_model_dir),
+            "--out", str(out), "--variant", "sft", "--held-out", "synth-03", "--workers", "0",
+            "--train.max_steps=2", "--set", "train.max_examples=8", "--set",
+            "train.batch_size=4", "--set", "train.max_prompt_tokens=128"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "steps 2, last loss" in printed and str(out / "adapter") in printed
+    import pyarrow.parquet as pq
+
+    examples = pq.read_table(out / "examples" / "policy.parquet")
+    assert examples.num_rows == 8 and "synth-03" not in set(examples["event_id"].to_pylist())
+    assert main(["simulate", "--data", str(small_world_dir), "--out", str(tmp_path / "run"),
+                 "--variants", "state", "--model", str(tiny_model_dir), "--policy-adapter",
+                 str(out / "adapter"), "--set", "sim.events=[synth-03]", "--max-rounds",
+                 "4"]) == 0
+    assert main(["train", "policy", "--data", str(small_world_dir), "--out", str(out),
+                 "--variant", "nope"]) == 2
+    assert "train.variant" in capsys.readouterr().err
