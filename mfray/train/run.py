@@ -158,6 +158,9 @@ def _worker(config: dict[str, Any]) -> None:
         row |= {name: float(v) / len(batch) for name, v in zip(task.extra_names, stats[1:],
                                                                strict=True)}
         history.append(row)
+        if rank == 0 and (step % cfg.train.log_every == 0 or step == total):
+            print(f"[{config['kind']}] step {step}/{total}  loss {row['loss']:.4f}  "
+                  f"lr {row['lr']:.2e}  {row['examples_per_s']:.2f} examples/s", flush=True)
         if step % cfg.train.checkpoint_every == 0 or step == total:
             _checkpoint(task, opt, sched, step, history, rank, Path(config["checkpoints"]))
         elif step % cfg.train.log_every == 0:
