@@ -206,3 +206,29 @@ def test_train_then_simulate_with_the_adapter(small_world_dir: Path, tiny_model_
     assert main(["train", "policy", "--data", str(small_world_dir), "--out", str(out),
                  "--variant", "nope"]) == 2
     assert "train.variant" in capsys.readouterr().err
+
+
+def test_train_meanfield_end_to_end(small_world_dir: Path, tiny_model_dir: Path,
+                                    tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The text mean field's model, tuned by the information bottleneck (REINFORCE, K = 2)."""
+    pytest.importorskip("peft")
+    out = tmp_path / "mf"
+    assert main(["train", "meanfield", "--data", str(small_world_dir), "--model",
+                 str(tiny_model_dir), "--out", str(out), "--variant", "mf-text", "--workers",
+                 "0", "--set", "sim.events=[synth-00]", "--train.max_steps=2",
+                 "--train.batch_size=2", "--train.k=2", "--meanfield.max_new_tokens=6",
+                 "--train.max_prompt_tokens=256"]) == 0
+    assert "steps 2" in capsys.readouterr().out
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["relevance"] < 0 and "compression" in r for r in rows)
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    from mfray.store import RunStore
+
+    run = tmp_path / "run"
+    assert main(["simulate", "--data", str(small_world_dir), "--out", str(run), "--variants",
+                 "mf-text", "--model", str(tiny_model_dir), "--meanfield-adapter",
+                 str(out / "adapter"), "--set", "sim.events=[synth-00]", "--set",
+                 "sim.warmup=32", "--meanfield.max_new_tokens=6", "--max-rounds", "3"]) == 0
+    texts = RunStore.open(run).read_rounds()["meanfield_text"].to_pylist()
+    assert len(texts) == 3 and all(texts)

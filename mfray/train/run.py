@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from mfray.config import RunConfig, from_dict
 from mfray.data.schema import Dataset, read_dataset
+from mfray.engine.population import TEXT_MEANFIELD
 from mfray.engine.ray_env import ensure_ray
 from mfray.errors import ConfigError, MfrayError
 from mfray.schedule import build_units
@@ -56,6 +57,8 @@ def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
                      summarize: Any = None) -> Path:
     """Build, subsample (seeded) and write the examples of ``kind`` (policy | meanfield)."""
     run = RunConfig(sim=cfg.sim, policy=cfg.policy, meanfield=cfg.meanfield)
+    if summarize is None and cfg.train.prompt_variant in TEXT_MEANFIELD:
+        summarize = _summarizer(cfg, ds)
     policy, meanfield = build_examples(run, ds, cfg.train.prompt_variant,
                                        events=training_events(cfg, ds), summarize=summarize,
                                        from_agent=cfg.train.from_agent, progress=True)
@@ -67,6 +70,17 @@ def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
         keep = np.sort(np.random.default_rng(cfg.train.seed).permutation(table.num_rows)[:n])
         table = table.take(pa.array(keep))
     return write_examples(table, out / "examples" / f"{kind}.parquet")
+
+
+def _summarizer(cfg: TrainConfig, ds: Dataset) -> Any:
+    """The simulator's text mean field (the current mean-field model, greedy and bounded), so
+    the examples carry the summaries a simulation would show."""
+    from mfray.engine.inference import InferenceServer
+
+    server = InferenceServer(cfg.policy, ds.label_space, cfg.sim.data,
+                             meanfield_adapter=cfg.meanfield.adapter)
+    return lambda requests: server.summarize(requests, cfg.meanfield.max_new_tokens,
+                                             cfg.meanfield.repetition_penalty)
 
 
 # ------------------------------------------------------------------------------ schedule
