@@ -86,7 +86,9 @@ def test_one_and_two_workers_reach_the_same_loss(small_world_dir: Path, tiny_mod
 
 def test_killed_run_resumes_from_its_checkpoint(small_world_dir: Path, tiny_model_dir: Path,
                                                 tmp_path: Path) -> None:
-    cfg = _cfg(small_world_dir, tiny_model_dir)
+    """A Ray Train worker dies after step 5 (checkpoint at 4); the rerun resumes at step 5
+    and ends where an uninterrupted run ends."""
+    cfg = _cfg(small_world_dir, tiny_model_dir, num_workers=1)
     train(cfg, "policy", tmp_path / "straight")
     with pytest.raises(MfrayError, match="resume"):
         train(cfg, "policy", tmp_path / "killed", fail_at_step=5)  # checkpoint at step 4
