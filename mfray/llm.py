@@ -257,11 +257,13 @@ class HFModel:
 
     Batches hold at most ``batch_size`` sequences and ``max_batch_tokens`` padded tokens.
     ``first_token_scoring = False`` forces the full-sequence rule for every ``score`` call.
+    ``prefix_sharing`` computes a prefix shared by consecutive prompts once
+    (:mod:`mfray.prefix_cache`); the values equal the plain ones within float tolerance.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, model_id: str, device: Any = None,
                  batch_size: int = 16, max_batch_tokens: int = 16384,
-                 first_token_scoring: bool = True) -> None:
+                 first_token_scoring: bool = True, prefix_sharing: bool = True) -> None:
         import torch
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -269,6 +271,7 @@ class HFModel:
         self.tokenizer, self.model_id = tokenizer, model_id
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.first_token_scoring = first_token_scoring
+        self.prefix_sharing = prefix_sharing  # reuse the KV cache of shared prompt prefixes
         tok_pad = tokenizer.pad_token_id
         self.pad_id = tok_pad if tok_pad is not None else (tokenizer.eos_token_id or 0)
         gen_config = getattr(model, "generation_config", None)
@@ -334,10 +337,25 @@ class HFModel:
     def _score_first(self, p_ids: list[list[int]], firsts: list[int]) -> np.ndarray:
         import torch
 
+        from mfray.prefix_cache import prefix_groups, score_first_shared, supports_sharing
+
         self._check_length([len(p) for p in p_ids])
         out = np.empty((len(p_ids), len(firsts)))
+        plain = list(range(len(p_ids)))
+        if self.prefix_sharing and supports_sharing(self.model):
+            plain = []
+            for shared, rows in prefix_groups(p_ids):
+                if not shared:
+                    plain += rows
+                    continue
+                out[rows] = score_first_shared(
+                    self.model, p_ids, firsts, rows, shared, pad_id=self.pad_id,
+                    device=self.device, batch_size=self.batch_size,
+                    max_batch_tokens=self.max_batch_tokens)
         cols = torch.tensor(firsts, device=self.device)
-        for rows in batches([len(p) for p in p_ids], self.batch_size, self.max_batch_tokens):
+        for batch in batches([len(p_ids[r]) for r in plain], self.batch_size,
+                             self.max_batch_tokens):
+            rows = [plain[b] for b in batch]
             ids, mask, pos = pad([p_ids[r] for r in rows], self.pad_id, "left", self.device)
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
                                 logits_to_keep=1).logits[:, -1].float()

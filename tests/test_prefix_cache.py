@@ -1,0 +1,60 @@
+"""Shared-prefix reuse: groups found on token ids, and scores equal to the plain computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mfray.policy import prompt_parts
+from mfray.prefix_cache import common_prefix, prefix_groups
+
+OPTS = ("support", "deny", "query", "comment")
+
+
+def test_prefix_groups_by_hand() -> None:
+    a = list(range(40))
+    rows = [a + [90], a + [91, 92], a[:35] + [93, 94], [7] * 50, [7] * 50 + [1], [3]]
+    assert common_prefix(rows[0], rows[1]) == 40
+    groups = prefix_groups(rows, min_shared=32)
+    assert groups == [(35, [0, 1, 2]), (49, [3, 4]), (0, [5])]  # 50-token row keeps 1
+    # every row keeps one token of its own; one row alone is scored the plain way
+    assert prefix_groups([a, a], min_shared=32) == [(39, [0, 1])]
+    assert prefix_groups([a], min_shared=32) == [(0, [0])]
+    assert prefix_groups([a + [1], a[:10] + [2]], min_shared=32) == [(0, [0]), (0, [1])]
+    # a row sharing much less than the group's first two rows starts a new group
+    b = list(range(100))
+    rows = [b + [1], b + [2], b[:60] + [3, 4], b[:60] + [5, 6]]
+    assert prefix_groups(rows, min_shared=32, slack=16) == [(100, [0, 1]), (60, [2, 3])]
+
+
+def _prompts(n_sims: int = 3, n_agents: int = 7) -> list[str]:
+    out = []
+    for s in range(n_sims):
+        population = f"How the other users have reacted so far:\nstance: support {10 * s}%\n\n"
+        for a in range(n_agents):
+            shared, agent = prompt_parts(topic=f"Event {s}: a tower fell", population=population,
+                                         context=f"source post {a % 3}",
+                                         persona=f"user {a} with {a * 13} followers",
+                                         dimension="stance", options=OPTS)
+            out.append(shared + agent)
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 16])
+def test_shared_scores_equal_plain_scores(tiny_hf, batch_size: int) -> None:
+    prompts = _prompts()
+    tiny_hf.batch_size = batch_size
+    try:
+        tiny_hf.prefix_sharing = False
+        plain = tiny_hf.score(prompts, OPTS)
+        tiny_hf.prefix_sharing = True
+        shared = tiny_hf.score(prompts, OPTS)
+        ids = tiny_hf.encode(prompts)
+        groups = prefix_groups(ids)
+        assert [len(r) for s, r in groups if s] == [7, 7, 7]  # one group per simulation
+        np.testing.assert_allclose(shared, plain, atol=2e-5, rtol=0)
+        # and a prompt's score does not depend on its neighbours beyond float tolerance
+        alone = tiny_hf.score(prompts[7:14], OPTS)
+        np.testing.assert_allclose(alone, plain[7:14], atol=2e-5, rtol=0)
+    finally:
+        tiny_hf.prefix_sharing, tiny_hf.batch_size = True, 8
