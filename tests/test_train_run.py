@@ -127,3 +127,23 @@ def test_meanfield_reward_has_gradient_for_lora(small_world_dir: Path, tiny_hf,
         assert grads and all(g is not None for g in grads)
         assert sum(float(g.abs().sum()) for g in grads) > 0, estimator
         assert np.isfinite(stats).all() and stats[1] < 0  # a mean log-likelihood
+
+
+def test_bf16_base_keeps_float32_adapters(small_world_dir: Path, tiny_model_dir: Path) -> None:
+    import torch
+
+    from mfray.train.tasks import PolicyTask
+
+    cfg = _cfg(small_world_dir, tiny_model_dir, bf16="on")
+    ds = read_dataset(small_world_dir)
+    from mfray.train.data import build_examples
+
+    pol, _ = build_examples(RunConfig(sim=cfg.sim, policy=cfg.policy), ds, "mf",
+                            events=["synth-00"])
+    task = PolicyTask(cfg, pol.slice(0, 4), "cpu")
+    dtypes = {n: p.dtype for n, p in task.model.named_parameters()}
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    assert torch.bfloat16 in {d for n, d in dtypes.items() if "lora_" not in n}
+    loss, _ = task.loss(task.model, [0, 1, 2, 3])
+    loss.backward()
+    assert all(p.grad is not None for n, p in task.model.named_parameters() if "lora_B" in n)

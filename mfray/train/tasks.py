@@ -55,7 +55,9 @@ class _LoraTask:
 
     def __init__(self, cfg: TrainConfig, device: Any, hf: HFModel | None = None) -> None:
         self.cfg = cfg
-        self.hf = hf or load_model(cfg.policy.model, device=str(device))
+        bf16 = {"auto": None, "on": True, "off": False}[cfg.train.bf16]
+        # bf16 base weights where the device supports them; peft keeps the adapters in float32
+        self.hf = hf or load_model(cfg.policy.model, device=str(device), bf16=bf16)
         t = cfg.train
         self.model = add_lora(self.hf.model, r=t.lora_r, alpha=t.lora_alpha,
                               dropout=t.lora_dropout, target_modules=list(t.target_modules) or None,
