@@ -30,27 +30,27 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def prefix_groups(p_ids: Sequence[Sequence[int]], min_shared: int = MIN_SHARED,
-                  slack: int = 16) -> list[tuple[int, list[int]]]:
+def prefix_groups(p_ids: Sequence[Sequence[int]], min_shared: int = MIN_SHARED
+                  ) -> list[tuple[int, list[int]]]:
     """Consecutive rows as ``(shared length, rows)``. A group's shared length is the common
     prefix of all its rows, capped so that every row keeps at least one token of its own. A
-    row joins the group while the prefix it shares with the group's first row is at least
-    ``min_shared`` tokens and at most ``slack`` tokens shorter than what the first two rows
-    share: so the agents of one simulation form a group, and simulations whose shared parts
-    differ in a few tokens only (another seed's shares) may join it at a bounded cost.
-    Groups of one row have shared length 0 (scored the plain way)."""
+    row joins the group when it shares at least ``min_shared`` tokens with the group's first
+    row and joining does not lower the tokens the group saves (shared length × (rows − 1)):
+    so two agents replying to the same post do not stop a third from joining, while the
+    first agent of another simulation, which shares only the instructions, starts a new
+    group. Groups of one row have shared length 0 (scored the plain way)."""
     groups: list[tuple[int, list[int]]] = []
-    start, shared, ref = 0, 0, None
+    start, shared = 0, 0
     for i in range(1, len(p_ids) + 1):
         if i < len(p_ids):
+            n = i - start  # rows in the group so far
             cand = min(common_prefix(p_ids[start], p_ids[i]), len(p_ids[i]) - 1,
-                       len(p_ids[start]) - 1)
-            if cand >= max(min_shared, (ref or cand) - slack):
-                ref = cand if ref is None else ref
-                shared = cand if i == start + 1 else min(shared, cand)
+                       len(p_ids[start]) - 1, shared if n > 1 else len(p_ids[i]))
+            if cand >= min_shared and cand * n >= shared * (n - 1):
+                shared = cand
                 continue
         groups.append((shared if i > start + 1 else 0, list(range(start, i))))
-        start, shared, ref = i, 0, None
+        start, shared = i, 0
     return groups
 
 

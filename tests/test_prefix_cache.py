@@ -21,10 +21,14 @@ def test_prefix_groups_by_hand() -> None:
     assert prefix_groups([a, a], min_shared=32) == [(39, [0, 1])]
     assert prefix_groups([a], min_shared=32) == [(0, [0])]
     assert prefix_groups([a + [1], a[:10] + [2]], min_shared=32) == [(0, [0]), (0, [1])]
-    # a row sharing much less than the group's first two rows starts a new group
+    # two rows sharing more (same context post) do not stop the third joining ...
     b = list(range(100))
-    rows = [b + [1], b + [2], b[:60] + [3, 4], b[:60] + [5, 6]]
-    assert prefix_groups(rows, min_shared=32, slack=16) == [(100, [0, 1]), (60, [2, 3])]
+    rows = [b + [1], b + [2], b[:80] + [3, 4], b[:80] + [5, 6]]
+    assert prefix_groups(rows, min_shared=32) == [(80, [0, 1, 2, 3])]
+    # ... while a row that would lower the group's savings (another simulation) starts anew
+    sim2 = b[:40] + [7] * 60
+    rows = [b + [1], b + [2], b + [3], sim2 + [1], sim2 + [2]]
+    assert prefix_groups(rows, min_shared=32) == [(100, [0, 1, 2]), (100, [3, 4])]
 
 
 def _prompts(n_sims: int = 3, n_agents: int = 7) -> list[str]:
