@@ -71,6 +71,17 @@ class LanguageModel(Protocol):
         ...
 
 
+def model_input(model: Any, prompt: str) -> str:
+    """A rendered template as the model reads it: the tokenizer's chat template with the
+    system message where the model has one, the raw prompt otherwise. The one rule for
+    simulation (``InferenceServer.format``) and training."""
+    from mfray.prompts import system_prompt
+
+    if getattr(getattr(model, "tokenizer", None), "chat_template", None):
+        return model.chat_prompt(system_prompt(), prompt)
+    return prompt
+
+
 def check_options(options: Sequence[str]) -> None:
     """Reject option lists that can't be scored (empty, repeated or empty strings)."""
     if not options or any(not o for o in options) or len(set(options)) != len(options):

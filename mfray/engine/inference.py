@@ -21,9 +21,15 @@ import numpy as np
 
 from mfray.config import PolicyConfig
 from mfray.engine.shard import Key, Requests, Scored
-from mfray.llm import LanguageModel, ModelError, ScriptedModel, default_gguf, load_model
+from mfray.llm import (
+    LanguageModel,
+    ModelError,
+    ScriptedModel,
+    default_gguf,
+    load_model,
+    model_input,
+)
 from mfray.policy import clean_summary, first_line
-from mfray.prompts import system_prompt
 
 SCRIPTED = ("scripted", "scripted-world")
 
@@ -117,14 +123,13 @@ class InferenceServer:
         self.dims = list(label_space)
         tok = getattr(self.model, "tokenizer", None)
         self.chat = bool(getattr(tok, "chat_template", None))
-        self.system = system_prompt()
 
     def model_id(self) -> str:
         return self.model.model_id
 
     def format(self, prompt: str) -> str:
         """The rendered template as the model reads it (the chat template where it has one)."""
-        return self.model.chat_prompt(self.system, prompt) if self.chat else prompt
+        return model_input(self.model, prompt)
 
     def score_one(self, requests: Requests) -> Scored:
         """:meth:`score_round` (or :meth:`generate_round` in text mode) for one shard."""

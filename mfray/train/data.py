@@ -36,7 +36,7 @@ from mfray.engine.population import TEXT_MEANFIELD, Population
 from mfray.engine.shard import AgentShard, ShardSim
 from mfray.errors import ConfigError
 from mfray.prompts import template_hash
-from mfray.schedule import build_units, n_rounds, round_slice
+from mfray.schedule import build_units, n_rounds
 
 Summarize = Callable[[list[tuple[int, str]]], Mapping[int, str | None]]
 
@@ -117,7 +117,7 @@ def build_examples(cfg: RunConfig, ds: Dataset, variant: str, *,
             policy_rows.append(base | {"dimension": dim, "options": list(space[dim]),
                                        "label": real[dim],
                                        "label_index": space[dim].index(real[dim])})
-        agents = {s.sim_id: range(*_span(s, r, sim_cfg.round_size)) for s in sims.values()}
+        agents = {s.sim_id: shard._round_agents(s, r) for s in sims.values()}
         for sim_id, row in list(pending.items()):  # round r's agents are last round's targets
             sim = sims[sim_id]
             row["next_agents"] = [{"agent_index": sim.agent_index[p],
@@ -144,13 +144,6 @@ def build_examples(cfg: RunConfig, ds: Dataset, variant: str, *,
                        for sim_id, prompt in requests}
     return (pa.Table.from_pylist(policy_rows, schema=POLICY_SCHEMA),
             pa.Table.from_pylist(mf_rows, schema=MEANFIELD_SCHEMA))
-
-
-def _span(sim: ShardSim, r: int, round_size: int) -> tuple[int, int]:
-    """Positions of the simulation's agents in round ``r`` (one shard holds them all)."""
-    n = len(sim.agent_index)
-    sl = round_slice(r, round_size, n)
-    return min(sl.start, n), min(sl.stop, n)
 
 
 def write_examples(table: pa.Table, path: str | Path) -> Path:

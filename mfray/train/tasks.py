@@ -24,20 +24,12 @@ import numpy as np
 import pyarrow as pa
 
 from mfray.errors import ConfigError
-from mfray.llm import HFModel, load_model
+from mfray.llm import HFModel, load_model, model_input
 from mfray.meanfield import NO_REACTIONS, NumericMeanField
 from mfray.policy import clean_summary, population_text, prompt_parts
-from mfray.prompts import render, system_prompt
+from mfray.prompts import render
 from mfray.train.config import TrainConfig
 from mfray.train.losses import add_lora, choice_loss, sequence_logprobs, text_nll
-
-
-def model_input(hf: HFModel, prompt: str) -> str:
-    """A rendered template as the model reads it: the one rule of
-    ``InferenceServer.format`` (the chat template with the system message, where there is one)."""
-    if getattr(hf.tokenizer, "chat_template", None):
-        return hf.chat_prompt(system_prompt(), prompt)
-    return prompt
 
 
 def option_ids(hf: HFModel, options: Sequence[str]) -> list[list[int]]:
