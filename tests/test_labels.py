@@ -162,6 +162,16 @@ def http_labeller(url: str, **kw: Any) -> OpenAICompatibleLabeller:
                                     **{**opts, **kw})
 
 
+def settled(expected: dict[str, int], within_s: float = 5.0) -> None:
+    """Assert the server's arrival counts reach ``expected`` and stay there."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and any(Handler.seen.get(c) != n
+                                              for c, n in expected.items()):
+        time.sleep(0.05)
+    time.sleep(0.2)  # a late extra arrival would show here
+    assert {c: Handler.seen.get(c) for c in expected} == expected
+
+
 def test_http_labeller_answers_and_failures(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MFRAY_TEST_KEY", SECRET)
     cmds = ["say:Deny.", "say:QUERY", "say:comment because", "say:maybe", "broken", "fail500",
@@ -181,11 +191,12 @@ def test_http_labeller_answers_and_failures(server: str, monkeypatch: pytest.Mon
         assert not r.ok and r.label is None and r.error, c
     assert "'maybe'" in (failures["say:maybe"].error or "")
     assert "malformed" in (failures["broken"].error or "")
-    assert Handler.seen["broken"] == 1 and Handler.seen["bad400"] == 1  # never retried
-    assert Handler.seen["always429"] == 3 and "429" in (failures["always429"].error or "")
+    # The server may still be answering a request the client has given up on (a timeout under
+    # load), so its counts are read once they have settled.
+    settled({"broken": 1, "bad400": 1, "always429": 3, "truncated": 3})  # 1 = never retried
+    assert "429" in (failures["always429"].error or "")
     assert "timed out" in (failures["slow"].error or "")
     assert "HTTP 400" in (failures["bad400"].error or "")
-    assert Handler.seen["truncated"] == 3  # a broken connection is retried
     assert set(Handler.auth) == {f"Bearer {SECRET}"}
     assert all(SECRET not in repr(r) for r in got.values())  # even when the server echoes it
 
