@@ -104,6 +104,9 @@ class PolicyConfig:
     chunk: int = 256  # prompts per model call; a failed call fails at most this many decisions
     device: str | None = None
     num_threads: int | None = None  # CPU threads of the model (Ray gives actors 1); None: all
+    # bfloat16 weights: auto = on CUDA with bf16 support; "on" also helps CPUs with avx512_bf16
+    # (about 2x for SmolLM2 here), at the cost of log-probs that differ by ~0.05 from float32
+    bf16: Literal["auto", "on", "off"] = "auto"
     log_prompts: bool = False  # write every scored prompt to RUN_DIR/prompts.jsonl
 
     def __post_init__(self) -> None:

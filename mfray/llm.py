@@ -564,6 +564,11 @@ def _merge_adapter(model: Any, adapter: Path) -> Any:
         raise ModelError(f"cannot apply the adapter {adapter}: {e}") from e
 
 
+#: the ``bf16`` settings of the configs (``policy.bf16``, ``train.bf16``) as :func:`load_model`'s
+#: argument: ``auto`` is bfloat16 on CUDA with bf16 support, float32 elsewhere
+BF16_MODES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+
+
 def load_model(spec: str | Path | None = None, *, device: str | None = None,
                batch_size: int = 16, max_batch_tokens: int = 16384,
                adapter: str | Path | None = None, bf16: bool | None = None) -> HFModel:

@@ -22,6 +22,7 @@ import numpy as np
 from mfray.config import PolicyConfig
 from mfray.engine.shard import Key, Requests, Scored
 from mfray.llm import (
+    BF16_MODES,
     LanguageModel,
     ModelError,
     ScriptedModel,
@@ -77,7 +78,8 @@ def build_model(cfg: PolicyConfig, data_dir: str | None = None) -> LanguageModel
     # Ray starts actors with OMP_NUM_THREADS=1; a CPU model wants every core of its node
     torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
     return load_model(cfg.model, device=cfg.device, batch_size=cfg.batch_size,
-                      max_batch_tokens=cfg.max_batch_tokens, adapter=cfg.adapter)
+                      max_batch_tokens=cfg.max_batch_tokens, adapter=cfg.adapter,
+                      bf16=BF16_MODES[cfg.bf16])
 
 
 def _sparing(call: Callable[[list[int]], Sequence[Any]], n: int

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from mfray.errors import ConfigError
-from mfray.llm import HFModel, load_model, model_input
+from mfray.llm import BF16_MODES, HFModel, load_model, model_input
 from mfray.meanfield import NO_REACTIONS, NumericMeanField
 from mfray.policy import clean_summary, population_text, prompt_parts
 from mfray.prompts import render
@@ -47,7 +47,7 @@ class _LoraTask:
 
     def __init__(self, cfg: TrainConfig, device: Any, hf: HFModel | None = None) -> None:
         self.cfg = cfg
-        bf16 = {"auto": None, "on": True, "off": False}[cfg.train.bf16]
+        bf16 = BF16_MODES[cfg.train.bf16]
         # bf16 base weights where the device supports them; peft keeps the adapters in float32
         self.hf = hf or load_model(cfg.policy.model, device=str(device), bf16=bf16)
         t = cfg.train
