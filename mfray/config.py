@@ -211,6 +211,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     if isinstance(value, RawOverride):
+        if typing.get_origin(tp) is Literal and value.strip() in typing.get_args(tp):
+            return value.strip()  # `--set train.bf16=on`: an option, not YAML's boolean
         if tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType)
                          and str in typing.get_args(tp) and value.strip() not in ("null", "~")):
             return str(value)
@@ -228,6 +230,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, key)
     if origin is Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(typing.get_args(tp)):
+            value = "on" if value else "off"  # YAML 1.1 reads a file's `bf16: on` as true
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
         return value

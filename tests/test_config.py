@@ -188,6 +188,17 @@ def test_literal_values_are_checked(data: dict, where: str) -> None:
         from_dict(RunConfig, data)
 
 
+def test_on_off_options_are_not_yaml_booleans(tmp_path: Path) -> None:
+    # YAML 1.1 reads `on`/`off` as booleans; for an on/off/auto option they mean the option
+    assert load_config(None, ["policy.bf16=on"]).policy.bf16 == "on"
+    (tmp_path / "c.yaml").write_text("policy:\n  bf16: off\n")
+    assert load_config(tmp_path / "c.yaml").policy.bf16 == "off"
+    with pytest.raises(ConfigError, match="policy.bf16: 'yes please' is not one of"):
+        load_config(None, ["policy.bf16=yes please"])
+    with pytest.raises(ConfigError, match="sim.unit: True is not one of"):
+        load_config(None, ["sim.unit=on"])  # not an on/off option: still an error
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
