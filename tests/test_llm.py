@@ -260,6 +260,22 @@ def test_load_model_from_a_directory_and_errors(tiny, tmp_path, monkeypatch):
         load_model()
 
 
+def test_policy_bf16_setting_reaches_the_weights(tiny, tmp_path):
+    from mfray.config import PolicyConfig
+    from mfray.engine.inference import build_model
+
+    model, tok = tiny
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    plain = build_model(PolicyConfig(model=str(tmp_path / "m"), device="cpu"))
+    half = build_model(PolicyConfig(model=str(tmp_path / "m"), device="cpu",
+                                    bf16="on"))
+    assert plain.model.dtype == torch.float32 and half.model.dtype == torch.bfloat16
+    a, b = plain.score(PROMPTS, YES_NO), half.score(PROMPTS, YES_NO)
+    assert np.isfinite(b).all() and not np.array_equal(a, b)  # really computed in bf16
+    np.testing.assert_allclose(b, a, atol=0.1)  # and still close to float32
+
+
 @pytest.mark.slow
 def test_smollm2_loads_scores_and_caches(tmp_path, monkeypatch):
     if importlib.util.find_spec(llm.DEFAULT_MODEL_PACKAGE) is None:
