@@ -396,15 +396,24 @@ class HFModel:
         seeds = check_sampling(len(prompts), max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p, top_k=top_k,
                                repetition_penalty=repetition_penalty, seeds=seeds)
+        from mfray.prefix_cache import prefix_groups
+
         p_ids = self.encode(prompts)
         self._check_length([len(p) + max_new_tokens for p in p_ids])
         texts: list[str] = [""] * len(prompts)
         knobs = (max_new_tokens, temperature, top_p, top_k, repetition_penalty)
-        for rows in batches([len(p) for p in p_ids], self.batch_size, self.max_batch_tokens):
-            new = self._run("generation", lambda rows=rows: self._sample(
-                [p_ids[r] for r in rows], [seeds[r] for r in rows], *knobs))
-            for r, toks in zip(rows, new, strict=True):
-                texts[r] = self.tokenizer.decode(toks, skip_special_tokens=True)
+        groups = prefix_groups(p_ids) if self.prefix_sharing else []
+        plain = [r for shared, rows in groups if not shared for r in rows] if groups \
+            else list(range(len(p_ids)))
+        work = [(shared, rows) for shared, rows in groups if shared] + [(0, plain)]
+        for shared, members in work:
+            for batch in batches([len(p_ids[r]) - shared for r in members], self.batch_size,
+                                 self.max_batch_tokens):
+                rows = [members[b] for b in batch]
+                new = self._run("generation", lambda rows=rows, shared=shared: self._sample(
+                    [p_ids[r] for r in rows], [seeds[r] for r in rows], *knobs, shared=shared))
+                for r, toks in zip(rows, new, strict=True):
+                    texts[r] = self.tokenizer.decode(toks, skip_special_tokens=True)
         return texts
 
     def _new_cache(self) -> dict[str, Any]:
@@ -417,23 +426,36 @@ class HFModel:
         return {name: DynamicCache(config=self.model.config), "use_cache": True}
 
     def _sample(self, p_ids: list[list[int]], seeds: list[int], max_new: int, temperature: float,
-                top_p: float, top_k: int, penalty: float) -> list[list[int]]:
+                top_p: float, top_k: int, penalty: float, shared: int = 0) -> list[list[int]]:
+        """Decode ``p_ids`` together. ``shared`` > 0: the rows' first ``shared`` tokens are the
+        same; they are run once and their KV cache is expanded over the batch, the rest of each
+        row is left-padded after it (position ids count real tokens only, so every row sees the
+        positions of its plain computation)."""
         import torch
 
-        ids, mask, pos = pad(p_ids, self.pad_id, "left", self.device)
+        ids, mask, pos = pad([p[shared:] for p in p_ids], self.pad_id, "left", self.device)
+        cache = self._new_cache()
+        if shared:
+            from mfray.prefix_cache import expanded_prefix_cache
+
+            cache.update(expanded_prefix_cache(self.model, p_ids[0][:shared], len(p_ids),
+                                               self.device))
+            mask = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, shared), mask], dim=1)
+            pos = pos + shared
         rngs = [np.random.default_rng(s) for s in seeds]
         eos = torch.tensor(self.eos_ids, device=self.device, dtype=torch.long)
         out: list[list[int]] = [[] for _ in p_ids]
         done = torch.zeros(len(p_ids), dtype=torch.bool, device=self.device)
-        cache = self._new_cache()
         res = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1,
                          **cache)
         seen = None
         for step in range(max_new):
             scores = res.logits[:, -1].float()
-            if penalty != 1.0:  # CTRL-style penalty over the row's own real tokens only
+            if penalty != 1.0:  # CTRL-style penalty over the row's own prompt tokens only
                 if seen is None:
-                    seen = torch.zeros_like(scores).scatter_add_(1, ids, mask.float()) > 0
+                    seen = torch.zeros_like(scores, dtype=torch.bool)
+                    for r, p in enumerate(p_ids):
+                        seen[r, torch.tensor(p, device=self.device)] = True
                 pen = torch.where(scores > 0, scores / penalty, scores * penalty)
                 scores = torch.where(seen, pen, scores)
             if temperature == 0:

@@ -80,6 +80,14 @@ def _prefix_cache(model: Any, ids: Sequence[int], device: Any) -> Any:
     return cache  # filled in place
 
 
+def expanded_prefix_cache(model: Any, ids: Sequence[int], n: int, device: Any) -> dict[str, Any]:
+    """The KV cache of ``ids`` run once and repeated for a batch of ``n`` rows, as the forward's
+    keyword arguments (generation continues it in place)."""
+    cache = _prefix_cache(model, ids, device)
+    cache.batch_repeat_interleave(n)
+    return {_cache_kw(model): cache}
+
+
 def score_first_shared(model: Any, p_ids: Sequence[Sequence[int]], firsts: Sequence[int],
                        rows: Sequence[int], shared: int, *, pad_id: int, device: Any,
                        batch_size: int, max_batch_tokens: int) -> np.ndarray:

@@ -62,3 +62,31 @@ def test_shared_scores_equal_plain_scores(tiny_hf, batch_size: int) -> None:
         np.testing.assert_allclose(alone, plain[7:14], atol=2e-5, rtol=0)
     finally:
         tiny_hf.prefix_sharing, tiny_hf.batch_size = True, 8
+
+
+@pytest.mark.parametrize(("temperature", "penalty"), [(0.0, 1.0), (0.8, 1.2)])
+def test_shared_generation_equals_plain_generation(tiny_hf, temperature: float,
+                                                   penalty: float) -> None:
+    prompts = _prompts()
+    seeds = list(range(100, 100 + len(prompts)))
+    knobs = {"max_new_tokens": 12, "temperature": temperature, "top_p": 0.85, "top_k": 50,
+             "repetition_penalty": penalty, "seeds": seeds}
+    calls: list[int] = []
+    real_sample = tiny_hf._sample
+
+    def counting(*args, shared: int = 0, **kw):  # the shared path really runs
+        calls.append(shared)
+        return real_sample(*args, shared=shared, **kw)
+
+    try:
+        tiny_hf.prefix_sharing = False
+        plain = tiny_hf.generate(prompts, **knobs)
+        tiny_hf.prefix_sharing = True
+        tiny_hf._sample = counting
+        shared = tiny_hf.generate(prompts, **knobs)
+    finally:
+        tiny_hf.prefix_sharing = True
+        del tiny_hf._sample
+    assert sum(1 for s in calls if s > 0) >= 3 and all(s > 30 for s in calls if s)
+    assert shared == plain
+    assert len(set(plain)) > 1  # the prompts' own parts matter
