@@ -162,11 +162,13 @@ class ResourcesConfig:
 
     address: str | None = None  # Ray cluster address; None starts a local instance
     num_shards: int = 1  # AgentShard actors
+    inference_actors: int = 1  # model replicas (one GPU each on a cluster with GPUs)
     num_cpus: int | None = None  # for a local instance; None: all cores
 
     def __post_init__(self) -> None:
-        if self.num_shards < 1:
-            raise ConfigError(f"resources.num_shards must be >= 1, got {self.num_shards}")
+        if self.num_shards < 1 or self.inference_actors < 1:
+            raise ConfigError("resources.num_shards and resources.inference_actors must be "
+                              f">= 1, got {self.num_shards} and {self.inference_actors}")
 
 
 @dataclass(frozen=True)

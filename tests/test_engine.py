@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +106,32 @@ def test_one_shard_equals_four_shards_bit_for_bit(model: str, small_world_dir: P
     rounds = [r.read_rounds(columns=["sim_id", "round", "meanfield_text", "counts"]).to_pylist()
               for r in runs]
     assert rounds[0] == rounds[1]
+
+
+def test_several_inference_actors_give_the_same_run(small_world_dir: Path,
+                                                    tmp_path: Path) -> None:
+    """Simulations are split over 2 model actors (sim_id mod 2); tables and the text mean
+    field equal a one-actor run, and every prompt was asked of exactly one actor."""
+    kw = {"variants": ("mf", "mf-text", "persistence"), "seeds": (0,)}
+    runs = []
+    for shards, actors in ((1, 1), (2, 2)):
+        cfg = _cfg(small_world_dir, shards=shards, **kw)
+        cfg = replace(cfg, policy=replace(cfg.policy, log_prompts=True),
+                      resources=replace(cfg.resources, inference_actors=actors))
+        runs.append(_run(cfg, tmp_path / f"a{actors}"))
+    one, two = (_stable(r.read_decisions()) for r in runs)
+    assert len(one) > 0 and one == two
+    cols = ["sim_id", "round", "meanfield_text", "counts"]
+    assert runs[0].read_rounds(columns=cols).to_pylist() == \
+        runs[1].read_rounds(columns=cols).to_pylist()
+    logged = [Path(runs[0].run_dir / "prompts.jsonl").read_text().splitlines(),
+              [line for a in range(2)
+               for line in (runs[1].run_dir / f"prompts-{a}.jsonl").read_text().splitlines()]]
+    assert sorted(logged[0]) == sorted(logged[1])
+    for a in range(2):  # affinity: an actor only ever saw its own simulations
+        keys = [json.loads(line)["key"] for line in
+                (runs[1].run_dir / f"prompts-{a}.jsonl").read_text().splitlines()]
+        assert keys and all(k[0] % 2 == a for k in keys)
 
 
 def test_injected_stop_then_resume_equals_uninterrupted(small_world_dir: Path,

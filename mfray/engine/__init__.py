@@ -131,8 +131,8 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     total = max(n_rounds(s.unit.n_agents, cfg.sim.round_size) for s in specs)
     per_shard, metas, world = shard_sims(specs, ds, cfg, cfg.resources.num_shards)
     ensure_ray(cfg.resources)
-    inference = _start_inference(cfg, ds, run_dir, model) if llm else None
-    model_id = _get(inference.model_id.remote()) if inference else "none"
+    inference = _start_inference(cfg, ds, run_dir, model) if llm else []
+    model_id = _get(inference[0].model_id.remote()) if inference else "none"
     store = _open_store(cfg, ds, run_dir, resume, model_id, len(specs))
     population = ray.remote(Population).remote(metas, ds.label_space, cfg.sim)
     shards = [ray.remote(AgentShard).remote(sims, ds.label_space, cfg.sim, store.run_id, world,
@@ -145,7 +145,7 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
         _round_loop(cfg, store, population, shards, inference, range(start, stop), total,
                     progress)
     finally:
-        for actor in [population, *shards, *([inference] if inference else [])]:
+        for actor in [population, *shards, *inference]:
             ray.kill(actor)
     if stop == total:
         store.mark("complete")
@@ -153,14 +153,27 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
 
 
 def _start_inference(cfg: RunConfig, ds: Dataset, run_dir: str | Path,
-                     model: LanguageModel | None) -> Any:
+                     model: LanguageModel | None) -> list[Any]:
+    """``resources.inference_actors`` actors; actor ``a`` serves the simulations whose
+    ``sim_id ≡ a`` (mod their number), so a simulation's prompts, and the prefixes they share,
+    always meet the same model. One GPU each where the cluster has one per actor."""
     import ray
 
     from mfray.engine.inference import InferenceServer
 
-    log = str(Path(run_dir) / "prompts.jsonl") if cfg.policy.log_prompts else None
-    return ray.remote(InferenceServer).remote(cfg.policy, ds.label_space, cfg.sim.data, model,
-                                              log, cfg.meanfield.adapter)
+    n = cfg.resources.inference_actors
+    actor = ray.remote(InferenceServer)
+    if cfg.policy.url is None and ray.cluster_resources().get("GPU", 0) >= n:
+        # (any explicit resource also makes an actor hold a CPU for its lifetime: none here)
+        actor = actor.options(num_gpus=1, num_cpus=0)
+    actors = []
+    for a in range(n):
+        name = "prompts.jsonl" if n == 1 else f"prompts-{a}.jsonl"
+        log = str(Path(run_dir) / name) if cfg.policy.log_prompts else None
+        actors.append(actor.remote(
+            cfg.policy, ds.label_space, cfg.sim.data, model, log, cfg.meanfield.adapter,
+            part=(a, n)))
+    return actors
 
 
 def _replay(store: RunStore, population: Any) -> int:
@@ -196,7 +209,7 @@ def _open_store(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool,
 
 
 def _round_loop(cfg: RunConfig, store: RunStore, population: Any, shards: list[Any],
-                inference: Any, rounds: range, total: int, progress: bool) -> None:
+                inference: list[Any], rounds: range, total: int, progress: bool) -> None:
     """broadcast → decide → aggregate → record → stop check, once per round."""
     text_mf = any(v in TEXT_MEANFIELD for v in cfg.sim.variants)
     bar = tqdm(rounds, desc="rounds", total=total, initial=rounds.start, disable=not progress)
@@ -208,11 +221,14 @@ def _round_loop(cfg: RunConfig, store: RunStore, population: Any, shards: list[A
         views = population.publish.remote()
         # decide: shards build prompts; the inference actor scores all of them in one order
         requests = [s.requests.remote(r, views) for s in shards]
-        scored: list[Any] = [None] * len(shards)
-        if inference is not None:
-            scored = ([inference.score_one.remote(requests[0])] if len(shards) == 1 else
-                      inference.score_round.options(num_returns=len(shards)).remote(*requests))
-        parts = _get([s.decide.remote(r, views, q, sc)
+        # every inference actor reads all requests and answers its own simulations' ones
+        scored: list[list[Any]] = [[] for _ in shards]
+        for actor in inference:
+            answers = ([actor.score_one.remote(requests[0])] if len(shards) == 1 else
+                       actor.score_round.options(num_returns=len(shards)).remote(*requests))
+            for k, ref in enumerate(answers):
+                scored[k].append(ref)
+        parts = _get([s.decide.remote(r, views, q, *sc)
                       for s, q, sc in zip(shards, requests, scored, strict=True)])
         t_policy = time.perf_counter() - t0
         decisions = pa.concat_tables(parts).sort_by([("sim_id", "ascending"),
@@ -221,9 +237,12 @@ def _round_loop(cfg: RunConfig, store: RunStore, population: Any, shards: list[A
         t1 = time.perf_counter()
         rows = _get(population.update.remote(r, decisions))
         if text_mf:  # the text mean field: one batched, greedy rewrite per simulation
-            summaries = _get(inference.summarize.remote(
-                population.meanfield_requests.remote(), cfg.meanfield.max_new_tokens,
-                cfg.meanfield.repetition_penalty))
+            asks = population.meanfield_requests.remote()
+            summaries = {}
+            for part in _get([a.summarize.remote(asks, cfg.meanfield.max_new_tokens,
+                                                 cfg.meanfield.repetition_penalty)
+                              for a in inference]):
+                summaries.update(part)
             _get(population.set_summaries.remote(summaries))
             rows = [row | ({"meanfield_text": summaries[row["sim_id"]]}
                            if summaries.get(row["sim_id"]) else {}) for row in rows]

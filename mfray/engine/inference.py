@@ -47,10 +47,13 @@ def check_model(cfg: PolicyConfig) -> None:
                          "config.json), a .gguf file, 'scripted' or 'scripted-world'")
 
 
-def _canonical(shard_requests: Sequence[Requests]) -> list[tuple[Key, int, int]]:
-    """Every request as (key, shard, position), in key order: the same whatever the sharding."""
+def _canonical(shard_requests: Sequence[Requests], part: tuple[int, int] = (0, 1)
+               ) -> list[tuple[Key, int, int]]:
+    """The requests of the simulations ``sim_id ≡ part[0] (mod part[1])`` as (key, shard,
+    position), in key order: the same whatever the sharding."""
+    mine, n = part
     return sorted(((key, s, j) for s, r in enumerate(shard_requests)
-                   for j, key in enumerate(r.keys)), key=lambda t: t[0])
+                   for j, key in enumerate(r.keys) if key[0] % n == mine), key=lambda t: t[0])
 
 
 def _empty(n: int) -> Scored:
@@ -107,12 +110,15 @@ def _sparing(call: Callable[[list[int]], Sequence[Any]], n: int
 
 
 class InferenceServer:
-    """Holds the model; scores every shard's requests of a round in one canonical order."""
+    """Holds the model; scores every shard's requests of a round in one canonical order. With
+    several actors, ``part = (a, n)``: this one answers the simulations ``sim_id ≡ a (mod n)``
+    and leaves the other positions of its answers empty (:func:`mfray.engine.shard.merge`)."""
 
     def __init__(self, cfg: PolicyConfig, label_space: Mapping[str, Sequence[str]],
                  data_dir: str | None = None, model: LanguageModel | None = None,
-                 prompt_log: str | None = None, meanfield_adapter: str | None = None) -> None:
-        self.cfg = cfg
+                 prompt_log: str | None = None, meanfield_adapter: str | None = None,
+                 part: tuple[int, int] = (0, 1)) -> None:
+        self.cfg, self.part = cfg, part
         self.prompt_log = prompt_log
         self.model = model if model is not None else build_model(cfg, data_dir)
         # the text mean field's model: the base model with its own adapter (or none), never
@@ -143,7 +149,7 @@ class InferenceServer:
         """Score the requests of all shards; one :class:`Scored` per shard, aligned."""
         if self.cfg.mode == "text":
             return self.generate_round(*shard_requests)
-        flat = _canonical(shard_requests)
+        flat = _canonical(shard_requests, self.part)
         out = [_empty(len(r.keys)) for r in shard_requests]
         for d, options in enumerate(self.options):
             todo = [(s, j) for key, s, j in flat if key[2] == d]
@@ -162,7 +168,7 @@ class InferenceServer:
         failed decision."""
         from mfray.labels import LabelItem, ZeroShotLabeller
 
-        flat = _canonical(shard_requests)
+        flat = _canonical(shard_requests, self.part)
         out = [_empty(len(r.keys)) for r in shard_requests]
         for o in out:
             o.texts.extend([None] * len(o.errors))
@@ -227,6 +233,8 @@ class InferenceServer:
         """New text mean fields, greedy and in simulation order (so deterministic); a failed
         chunk gives None, and those simulations keep their previous summary."""
         out: dict[int, str | None] = {}
+        mine, n = self.part
+        requests = [(sim_id, p) for sim_id, p in requests if sim_id % n == mine]
         for c in range(0, len(requests), self.cfg.chunk):
             chunk = requests[c:c + self.cfg.chunk]
             prompts = [self.format(p) for _, p in chunk]

@@ -9,6 +9,7 @@ agent's own hash-seeded uniform, so decisions never depend on the number of shar
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,22 @@ class Requests:
     contexts: list[str]
 
 
+def merge(answers: Sequence[Scored], keys: Sequence[Key]) -> Scored:
+    """One :class:`Scored` from the answers of ``n`` inference actors, where actor ``a``
+    answered the simulations ``sim_id ≡ a (mod n)``."""
+    if len(answers) == 1:
+        return answers[0]
+    n = len(answers)
+    owner = [answers[key[0] % n] for key in keys]
+    pick: dict[str, Any] = {}
+    for f in dataclasses.fields(Scored):
+        if not any(getattr(a, f.name) for a in answers):  # e.g. no texts in choice mode
+            pick[f.name] = getattr(answers[0], f.name)
+        else:
+            pick[f.name] = [getattr(o, f.name)[j] for j, o in enumerate(owner)]
+    return Scored(**pick)
+
+
 class AgentShard:
     """Agents of all simulations whose index ≡ shard index (mod number of shards)."""
 
@@ -125,9 +142,11 @@ class AgentShard:
         return out
 
     def decide(self, round_index: int, views: Mapping[int, SimView],
-               requests: Requests, scored: Scored | None) -> pa.Table:
-        """This round's decisions of the shard's agents, as a decisions table."""
+               requests: Requests, *answers: Scored) -> pa.Table:
+        """This round's decisions of the shard's agents, as a decisions table. ``answers``: one
+        :class:`Scored` per inference actor (none for a run without a model)."""
         t0 = time.perf_counter()
+        scored = merge(answers, requests.keys) if answers else None
         answer = {k: j for j, k in enumerate(requests.keys)}
         cols: dict[str, list[Any]] = {f.name: [] for f in self.schema}
         for sim in self.sims:
