@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -25,6 +26,8 @@ import pyarrow.compute as pc
 from mfray.config import PolicyConfig, ResourcesConfig, RunConfig, SimConfig
 from mfray.data.schema import read_dataset
 from mfray.errors import MfrayError
+
+OPTIONS = ("support", "deny", "query", "comment")  # the synthetic world's stance
 
 
 class PeakMemory:
@@ -106,33 +109,131 @@ def bench_scripted(simulations: int = 1000, agents: int = 160, warmup: int = 50,
             "peak_memory_gib": round(mem.peak_bytes / 2**30, 2), "run_dir": str(store.run_dir)}
 
 
-def bench_model(model: str | None = None, simulations: int = 8, agents: int = 48,
-                batch_size: int = 16, workdir: Path | None = None) -> dict[str, Any]:
-    """End-to-end model decisions/s of a run vs. the plain model on the run's own prompts."""
-    from mfray.engine import simulate
+def bench_model(model: str | None = None, simulations: Sequence[int] = (1, 10, 100),
+                agents: int = 32, batch_size: int = 64, bf16: str = "auto",
+                mode: str = "choice", simple_sample: int = 160,
+                workdir: Path | None = None) -> dict[str, Any]:
+    """The model workload at each number of concurrent simulations: ``agents`` per simulation,
+    rounds of 16, no warm-up (every decision a model decision), one variant (``mf``).
+
+    For each point: end-to-end decisions/s and prompt tokens/s of the round loop, the share of
+    round time spent in the model (the rest is orchestration: Ray, prompts, sampling, mean
+    field, store), and the *efficiency*: end-to-end decisions/s over the plain model's
+    throughput on the same prompts in this process (one call per round, prefix sharing on, the
+    same batch size; in text mode, plain batched generation). Then the *simple way* on a sample
+    of ``simple_sample`` of those prompts: one simulation at a time, a round of 16 per batch,
+    full prompts (no prefix sharing) — the speed-up is end-to-end over that."""
     from mfray.engine.inference import build_model
 
+    if not simulations or min(simulations) < 1 or agents < 1:
+        raise MfrayError("bench: need simulations >= 1 and agents >= 1")
     work = Path(workdir or tempfile.mkdtemp(prefix="mfray-bench-"))
-    data = _world(work / "data", simulations, agents, warmup=0)
-    policy = PolicyConfig(model=model, batch_size=batch_size, log_prompts=True)
+    policy = PolicyConfig(model=model, batch_size=batch_size, log_prompts=True, bf16=bf16,
+                          mode=mode)  # type: ignore[arg-type]
+    plain = build_model(policy)
+    points = [_model_point(plain, policy, n, agents, work / f"sims-{n}") for n in simulations]
+    largest = max(points, key=lambda p: p["simulations"])
+    simple = _simple_way(plain, largest.pop("_rounds"), simple_sample, mode)
+    for p in points:
+        p.pop("_rounds", None)
+    return {"workload": "model", "model": plain.model_id, "mode": mode, "bf16": bf16,
+            "batch_size": batch_size, "agents_per_simulation": agents, "points": points,
+            "simple_way_decisions_per_s": round(simple, 2),
+            "speedup_vs_simple_way": round(largest["end_to_end_decisions_per_s"] / simple, 2)}
+
+
+def _model_point(plain: Any, policy: PolicyConfig, n: int, agents: int, work: Path
+                 ) -> dict[str, Any]:
+    """One run of ``n`` simulations, then its own prompts through the plain model."""
+    from mfray.engine import simulate
+    from mfray.prefix_cache import prefix_groups
+
+    data = _world(work / "data", n, agents, warmup=0)
     cfg = RunConfig(sim=SimConfig(data=str(data), variants=("mf",), warmup=0), policy=policy)
-    t0 = time.perf_counter()
     store = simulate(cfg, read_dataset(data), work / "run", progress=True)
-    wall = time.perf_counter() - t0
     loop_s = _loop_seconds(store)
-    n = store.read_decisions(columns=["round"]).num_rows
-    prompts = [json.loads(line)["prompt"]
-               for line in (store.run_dir / "prompts.jsonl").read_text().splitlines()]
-    options = ("support", "deny", "query", "comment")
-    plain_model = build_model(policy)
-    plain_model.score(prompts[:batch_size], options)  # warm the caches as the actor did
-    t1 = time.perf_counter()
-    plain_model.score(prompts, options)  # one call: the model batches by length itself
-    plain_s = time.perf_counter() - t1
-    e2e = n / loop_s
-    plain = len(prompts) / plain_s
-    return {"workload": "model", "model": plain_model.model_id, "decisions": n,
-            "batch_size": batch_size, "wall_s": round(wall, 1), "round_loop_s": round(loop_s, 1),
+    dec = store.read_decisions(columns=["round", "latency_s", "tokens_in", "template_hash"])
+    asked = dec.filter(pc.is_valid(dec["template_hash"]))
+    model_s = _model_seconds(store)
+    logged = [json.loads(line)
+              for line in (store.run_dir / "prompts.jsonl").read_text().splitlines()]
+    by_key_round = _rounds_of(logged)
+    t0 = time.perf_counter()
+    for prompts in by_key_round:  # as the actor does: one call per round, canonical order
+        _plain_call(plain, prompts, policy)
+    plain_rate = len(logged) / (time.perf_counter() - t0)
+    ids = plain.encode(by_key_round[0]) if hasattr(plain, "encode") else []
+    shared = [s for s, rows in prefix_groups(ids) for _ in rows]
+    e2e = asked.num_rows / loop_s
+    return {"simulations": n, "decisions": asked.num_rows, "round_loop_s": round(loop_s, 2),
             "end_to_end_decisions_per_s": round(e2e, 2),
-            "plain_model_prompts_per_s": round(plain, 2),
-            "efficiency": round(e2e / plain, 3), "run_dir": str(store.run_dir)}
+            "prompt_tokens_per_s": round((pc.sum(asked["tokens_in"]).as_py() or 0) / loop_s),
+            "mean_prompt_tokens": round(pc.mean(asked["tokens_in"]).as_py() or 0),
+            "mean_shared_prefix_tokens": round(sum(shared) / len(shared)) if shared else 0,
+            "model_share_of_round_time": round(model_s / loop_s, 3),
+            "orchestration_share_of_round_time": round(1 - model_s / loop_s, 3),
+            "plain_model_decisions_per_s": round(plain_rate, 2),
+            "efficiency": round(e2e / plain_rate, 3), "run_dir": str(store.run_dir),
+            "_rounds": by_key_round}
+
+
+def _model_seconds(store: Any) -> float:
+    """Time the inference actor spent in the model: each decision's ``latency_s`` is its share
+    of its model call, so their sum over a round is the round's model time."""
+    dec = store.read_decisions(columns=["latency_s", "template_hash"])
+    asked = dec.filter(pc.is_valid(dec["template_hash"]))
+    return pc.sum(asked["latency_s"]).as_py() or 0.0
+
+
+def _rounds_of(logged: list[dict[str, Any]]) -> list[list[str]]:
+    """The logged prompts of each round (agent // 16: no warm-up), in the actor's canonical
+    (sim, agent) order."""
+    rounds: dict[int, list[tuple[list[int], str]]] = {}
+    for row in logged:
+        rounds.setdefault(row["key"][1] // 16, []).append((row["key"], row["prompt"]))
+    return [[p for _, p in sorted(rows)] for _, rows in sorted(rounds.items())]
+
+
+def _plain_call(plain: Any, prompts: list[str], policy: PolicyConfig) -> None:
+    if policy.mode == "text":
+        plain.generate(prompts, max_new_tokens=policy.max_new_tokens,
+                       temperature=policy.temperature, top_p=policy.top_p, top_k=policy.top_k,
+                       repetition_penalty=policy.repetition_penalty,
+                       seeds=list(range(len(prompts))))
+    else:
+        plain.score(prompts, OPTIONS)
+
+
+def _simple_way(plain: Any, rounds: list[list[str]], sample: int, mode: str) -> float:
+    """Decisions/s of one simulation's round of 16 at a time, full prompts."""
+    groups = [r[i:i + 16] for r in rounds for i in range(0, len(r), 16)]
+    todo, n = [], 0
+    for g in groups:
+        if n >= sample:
+            break
+        todo.append(g)
+        n += len(g)
+    sharing, batch = getattr(plain, "prefix_sharing", False), getattr(plain, "batch_size", 16)
+    plain.prefix_sharing, plain.batch_size = False, 16
+    try:
+        t0 = time.perf_counter()
+        for g in todo:
+            _plain_call(plain, g, PolicyConfig(mode=mode))  # type: ignore[arg-type]
+        return n / (time.perf_counter() - t0)
+    finally:
+        plain.prefix_sharing, plain.batch_size = sharing, batch
+
+
+def format_model_bench(result: dict[str, Any]) -> str:
+    """The scaling curve as a Markdown table, then the simple-way comparison."""
+    head = ("| simulations | decisions | decisions/s | prompt tokens/s | model share | "
+            "plain model decisions/s | efficiency |\n|---|---|---|---|---|---|---|")
+    rows = [f"| {p['simulations']} | {p['decisions']} | {p['end_to_end_decisions_per_s']} | "
+            f"{p['prompt_tokens_per_s']} | {p['model_share_of_round_time']:.0%} | "
+            f"{p['plain_model_decisions_per_s']} | {p['efficiency']} |"
+            for p in result["points"]]
+    return "\n".join([(f"{result['model']}, {result['mode']} mode, bf16 {result['bf16']}, "
+                      f"batch {result['batch_size']}"), head, *rows,
+                      (f"simple way (one simulation, rounds of 16, full prompts): "
+                      f"{result['simple_way_decisions_per_s']} decisions/s; end to end at the "
+                      f"largest point is {result['speedup_vs_simple_way']}x that"), ""])

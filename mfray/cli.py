@@ -134,14 +134,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from mfray.bench import bench_model, bench_scripted
+    from mfray.bench import bench_model, bench_scripted, format_model_bench
 
+    try:
+        sims = [int(x) for x in args.simulations.split(",")] if args.simulations else None
+    except ValueError:
+        raise MfrayError(f"--simulations: expected integers such as 1,10,100, got "
+                         f"{args.simulations!r}") from None
     if args.workload == "scripted":
-        result = bench_scripted(args.simulations or 1000, args.agents or 160,
-                                shards=args.shards)
+        result = bench_scripted(max(sims or [1000]), args.agents or 160, shards=args.shards)
     else:
-        result = bench_model(args.model, args.simulations or 8, args.agents or 48,
-                             batch_size=args.batch_size)
+        result = bench_model(args.model, sims or (1, 10, 100), args.agents or 32,
+                             batch_size=args.batch_size, bf16=args.bf16, mode=args.mode)
+        print(format_model_bench(result))
     print(json.dumps(result, indent=2))
 
 
@@ -271,11 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="measure end-to-end throughput (see mfray/bench.py)")
     b.add_argument("workload", choices=("scripted", "model"))
-    b.add_argument("--simulations", type=int)
-    b.add_argument("--agents", type=int, help="agents per simulation")
+    b.add_argument("--simulations", help="concurrent simulations; for 'model' a comma list, "
+                   "the scaling curve (default 1,10,100)")
+    b.add_argument("--agents", type=int, help="agents per simulation (rounds of 16)")
     b.add_argument("--shards", type=int, default=1)
     b.add_argument("--model", help="for 'model': the policy model (default SmolLM2)")
-    b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
+    b.add_argument("--mode", choices=("choice", "text"), default="choice")
     b.set_defaults(func=cmd_bench)
 
     tr = sub.add_parser("train", help="IB-Tune: LoRA fine-tuning on Ray Train")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mfray.bench import bench_scripted
+from mfray.bench import bench_model, bench_scripted, format_model_bench
 
 
 def test_scripted_bench_reports_consistent_figures(tmp_path: Path) -> None:
@@ -11,3 +11,25 @@ def test_scripted_bench_reports_consistent_figures(tmp_path: Path) -> None:
     assert r["model_decisions"] == 12 * (60 - 20)
     assert r["decisions_per_s"] >= r["decisions_per_s_incl_startup"] > 0
     assert 0 < r["peak_memory_gib"] < 16
+
+
+def test_model_bench_curve_efficiency_and_simple_way(tmp_path: Path,
+                                                     tiny_model_dir: Path) -> None:
+    r = bench_model(str(tiny_model_dir), simulations=(1, 3), agents=32, batch_size=16,
+                    bf16="off", simple_sample=32, workdir=tmp_path)
+    assert [p["simulations"] for p in r["points"]] == [1, 3]
+    for p in r["points"]:
+        assert p["decisions"] == p["simulations"] * 32  # no warm-up: all model decisions
+        e2e = p["decisions"] / p["round_loop_s"]
+        assert abs(p["end_to_end_decisions_per_s"] - e2e) <= 0.01 * e2e + 0.01
+        assert abs(p["efficiency"] - e2e / p["plain_model_decisions_per_s"]) < 0.01 * e2e + 0.01
+        assert 0 < p["model_share_of_round_time"] <= 1
+        assert abs(p["model_share_of_round_time"] + p["orchestration_share_of_round_time"]
+                   - 1) < 1e-6
+        # agents of a simulation share the prompt up to their own persona and context
+        assert 30 < p["mean_shared_prefix_tokens"] < p["mean_prompt_tokens"]
+    assert r["simple_way_decisions_per_s"] > 0
+    assert abs(r["speedup_vs_simple_way"] - r["points"][-1]["end_to_end_decisions_per_s"]
+               / r["simple_way_decisions_per_s"]) < 0.02 * r["speedup_vs_simple_way"] + 0.01
+    text = format_model_bench(r)
+    assert text.count("\n| ") == 3 and "simple way" in text  # header + one row per point
