@@ -86,6 +86,9 @@ class PolicyConfig:
 
     model: str | None = None
     adapter: str | None = None  # a LoRA adapter directory (``mfray train policy``), merged in
+    # the local engine: transformers (CPU or GPU), or vLLM (GPU; pip install 'mfray[vllm]')
+    engine: Literal["transformers", "vllm"] = "transformers"
+    gpu_memory_utilization: float = 0.85  # vLLM: share of the GPU's memory for the engine
     url: str | None = None  # e.g. http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 60.0
@@ -116,6 +119,12 @@ class PolicyConfig:
         if self.url is not None and (not self.model or self.model in ("scripted",
                                                                       "scripted-world")):
             raise ConfigError("policy.url needs policy.model: the name the endpoint serves")
+        if self.engine == "vllm" and (self.url is not None
+                                      or self.model in ("scripted", "scripted-world")):
+            raise ConfigError("policy.engine = vllm runs a local model: leave policy.url unset "
+                              "and name a model (or none for the default)")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError("policy.gpu_memory_utilization must be in (0, 1]")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ConfigError(f"policy.url must start with http:// or https://, got {self.url!r}")
         if self.timeout_s <= 0 or self.max_retries < 0 or self.concurrency < 1 \

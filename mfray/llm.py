@@ -263,6 +263,33 @@ def _top_filter(scores: Any, top_k: int, top_p: float) -> Any:
     return scores
 
 
+def chat_prompt(tokenizer: Any, system: str, user: str, model_id: str) -> str:
+    """The tokenizer's chat template over a system and a user message, ready for the reply."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(f"{model_id} has no chat template; use raw prompts")
+    msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt with the tokenizer's special tokens, never a doubled BOS (the
+    rule of every local backend)."""
+    bos = tokenizer.bos_token
+    out = []
+    for p in prompts:  # fast tokenizers are quick enough per string; keeps the BOS rule simple
+        special = not (bos and p.startswith(bos))
+        out.append(tokenizer(p, add_special_tokens=special)["input_ids"])
+    return out
+
+
+def option_ids(tokenizer: Any, options: Sequence[str]) -> list[list[int]]:
+    """Each option's token ids on its own, without special tokens."""
+    ids = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
+    if any(not t for t in ids):
+        raise ValueError(f"an option tokenises to nothing: {list(options)!r}")
+    return ids
+
+
 class HFModel:
     """A transformers causal LM behind the ``LanguageModel`` interface (CPU or GPU, batched).
 
@@ -296,25 +323,14 @@ class HFModel:
 
     def chat_prompt(self, system: str, user: str) -> str:
         """The tokenizer's chat template over a system and a user message, ready for the reply."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ModelError(f"{self.model_id} has no chat template; use raw prompts")
-        msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return chat_prompt(self.tokenizer, system, user, self.model_id)
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         """Token ids of each prompt with the tokenizer's special tokens, never a doubled BOS."""
-        bos = self.tokenizer.bos_token
-        out = []
-        for p in prompts:  # fast tokenizers are quick enough per string; keeps the BOS rule simple
-            special = not (bos and p.startswith(bos))
-            out.append(self.tokenizer(p, add_special_tokens=special)["input_ids"])
-        return out
+        return encode_prompts(self.tokenizer, prompts)
 
     def _option_ids(self, options: Sequence[str]) -> list[list[int]]:
-        ids = [self.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
-        if any(not t for t in ids):
-            raise ValueError(f"an option tokenises to nothing: {list(options)!r}")
-        return ids
+        return option_ids(self.tokenizer, options)
 
     def _check_length(self, lengths: Sequence[int]) -> None:
         """Refuse prompts (by index) whose tokens won't fit the model's positions."""
@@ -516,6 +532,23 @@ def gguf_cache_dir(gguf: Path) -> Path:
     st = gguf.stat()
     key = _digest(str(gguf.resolve()), str(st.st_size), str(st.st_mtime_ns))
     return cache_root() / f"{gguf.stem}-{key:016x}"
+
+
+def transformers_dir(spec: str | Path | None) -> Path:
+    """A transformers directory for ``spec`` (for engines that load weights themselves):
+    ``None`` or a ``.gguf`` file -> its float32 conversion in the cache (made on first use),
+    a directory -> itself."""
+    path = default_gguf() if spec is None else Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        if not (gguf_cache_dir(path) / "config.json").is_file():
+            import torch
+
+            _load_gguf(path, torch.float32)
+        return gguf_cache_dir(path)
+    if (path / "config.json").is_file():
+        return path
+    raise ModelError(f"no model at {path}: give a transformers directory (with config.json) "
+                     "or a .gguf file")
 
 
 def _from_pretrained(path: Path, dtype: Any, **kw: Any) -> tuple[Any, Any]:

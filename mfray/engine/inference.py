@@ -60,8 +60,10 @@ def _empty(n: int) -> Scored:
     return Scored([None] * n, [None] * n, [0.0] * n, [None] * n, [], [])
 
 
-def build_model(cfg: PolicyConfig, data_dir: str | None = None) -> LanguageModel:
-    """The policy model named by ``policy.model`` (served at ``policy.url`` when set)."""
+def build_model(cfg: PolicyConfig, data_dir: str | None = None,
+                more_adapters: bool = False) -> LanguageModel:
+    """The policy model named by ``policy.model`` (served at ``policy.url`` when set).
+    ``more_adapters``: an engine that switches adapters (vLLM) must allow them from the start."""
     if cfg.url:
         from mfray.openai_compat import OpenAICompatibleModel
 
@@ -76,6 +78,11 @@ def build_model(cfg: PolicyConfig, data_dir: str | None = None) -> LanguageModel
         from mfray.data.schema import read_dataset
 
         return world_rule_model(load_world(cfg.model, read_dataset(data_dir or "")))
+    if cfg.engine == "vllm":
+        from mfray.vllm_backend import VLLMModel
+
+        return VLLMModel(cfg.model, adapter=cfg.adapter, lora=more_adapters,
+                         gpu_memory_utilization=cfg.gpu_memory_utilization)
     import torch
 
     # Ray starts actors with OMP_NUM_THREADS=1; a CPU model wants every core of its node
@@ -120,13 +127,19 @@ class InferenceServer:
                  part: tuple[int, int] = (0, 1)) -> None:
         self.cfg, self.part = cfg, part
         self.prompt_log = prompt_log
-        self.model = model if model is not None else build_model(cfg, data_dir)
+        self.model = model if model is not None else \
+            build_model(cfg, data_dir, more_adapters=meanfield_adapter is not None)
         # the text mean field's model: the base model with its own adapter (or none), never
-        # the policy's adapter; loaded at the first summary
+        # the policy's adapter. An engine that switches adapters (vLLM) serves both roles;
+        # otherwise a second model is loaded at the first summary.
         self._summarizer: LanguageModel | None = self.model
         self._summarizer_args = (replace(cfg, adapter=meanfield_adapter), data_dir)
+        self._switch = None
         if model is None and (meanfield_adapter or cfg.adapter):
-            self._summarizer = None
+            if hasattr(self.model, "set_adapter"):
+                self._switch = (meanfield_adapter, cfg.adapter)
+            else:
+                self._summarizer = None
         self.options = [tuple(o) for o in label_space.values()]
         self.dims = list(label_space)
         tok = getattr(self.model, "tokenizer", None)
@@ -243,11 +256,16 @@ class InferenceServer:
             if self._summarizer is None:
                 self._summarizer = build_model(*self._summarizer_args)
             try:
+                if self._switch:
+                    self._summarizer.set_adapter(self._switch[0])  # type: ignore[attr-defined]
                 texts = self._summarizer.generate(prompts, max_new_tokens=max_new_tokens,
-                                            temperature=0.0,
-                                            repetition_penalty=repetition_penalty)
+                                                  temperature=0.0,
+                                                  repetition_penalty=repetition_penalty)
             except ModelError:
                 texts = [""] * len(chunk)
+            finally:
+                if self._switch:
+                    self._summarizer.set_adapter(self._switch[1])  # type: ignore[attr-defined]
             out.update({sim_id: clean_summary(t) for (sim_id, _), t in zip(chunk, texts,
                                                                            strict=True)})
         return out
