@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import inspect
 import os
 import shutil
 import tempfile
@@ -364,30 +363,30 @@ class HFModel:
     def _score_first(self, p_ids: list[list[int]], firsts: list[int]) -> np.ndarray:
         import torch
 
-        from mfray.prefix_cache import prefix_groups, score_first_shared, supports_sharing
+        from mfray.prefix_cache import prefill
 
         self._check_length([len(p) for p in p_ids])
         out = np.empty((len(p_ids), len(firsts)))
-        plain = list(range(len(p_ids)))
-        if self.prefix_sharing and supports_sharing(self.model):
-            plain = []
-            for shared, rows in prefix_groups(p_ids):
-                if not shared:
-                    plain += rows
-                    continue
-                out[rows] = score_first_shared(
-                    self.model, p_ids, firsts, rows, shared, pad_id=self.pad_id,
-                    device=self.device, batch_size=self.batch_size,
-                    max_batch_tokens=self.max_batch_tokens)
         cols = torch.tensor(firsts, device=self.device)
-        for batch in batches([len(p_ids[r]) for r in plain], self.batch_size,
-                             self.max_batch_tokens):
-            rows = [plain[b] for b in batch]
-            ids, mask, pos = pad([p_ids[r] for r in rows], self.pad_id, "left", self.device)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                logits_to_keep=1).logits[:, -1].float()
+        for batch in self._work(p_ids, [len(p) for p in p_ids]):
+            rows, logits = prefill(self.model, p_ids, batch, pad_id=self.pad_id,
+                                   device=self.device, keep_cache=False)[:2]
             out[rows] = torch.log_softmax(logits[:, cols], -1).double().cpu().numpy()
         return out
+
+    def _work(self, p_ids: list[list[int]], cost: list[int]) -> list[Any]:
+        """Batches for :func:`mfray.prefix_cache.prefill`: prompts that share a prefix with
+        their neighbours packed across simulations, the others by ``cost`` (their tokens)."""
+        from mfray.prefix_cache import pack, prefix_groups, supports_sharing
+
+        groups = prefix_groups(p_ids) if self.prefix_sharing and supports_sharing(self.model) \
+            else [(0, list(range(len(p_ids))))]
+        plain = [r for shared, rows in groups if not shared for r in rows]
+        work = list(pack([g for g in groups if g[0]], p_ids, self.batch_size,
+                         self.max_batch_tokens))
+        for batch in batches([cost[r] for r in plain], self.batch_size, self.max_batch_tokens):
+            work.append([(0, [plain[b] for b in batch])])
+        return work
 
     def _score_full(self, p_ids: list[list[int]], o_ids: list[list[int]]) -> np.ndarray:
         self._check_length([len(p) + max(len(o) for o in o_ids) for p in p_ids])
@@ -412,61 +411,36 @@ class HFModel:
         seeds = check_sampling(len(prompts), max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p, top_k=top_k,
                                repetition_penalty=repetition_penalty, seeds=seeds)
-        from mfray.prefix_cache import prefix_groups
-
         p_ids = self.encode(prompts)
         self._check_length([len(p) + max_new_tokens for p in p_ids])
         texts: list[str] = [""] * len(prompts)
         knobs = (max_new_tokens, temperature, top_p, top_k, repetition_penalty)
-        groups = prefix_groups(p_ids) if self.prefix_sharing else []
-        plain = [r for shared, rows in groups if not shared for r in rows] if groups \
-            else list(range(len(p_ids)))
-        work = [(shared, rows) for shared, rows in groups if shared] + [(0, plain)]
-        for shared, members in work:
-            for batch in batches([len(p_ids[r]) - shared for r in members], self.batch_size,
-                                 self.max_batch_tokens):
-                rows = [members[b] for b in batch]
-                new = self._run("generation", lambda rows=rows, shared=shared: self._sample(
-                    [p_ids[r] for r in rows], [seeds[r] for r in rows], *knobs, shared=shared))
-                for r, toks in zip(rows, new, strict=True):
-                    texts[r] = self.tokenizer.decode(toks, skip_special_tokens=True)
+        for batch in self._work(p_ids, [len(p) + max_new_tokens for p in p_ids]):
+            rows, new = self._run("generation", lambda batch=batch: self._sample(
+                p_ids, batch, seeds, *knobs))
+            for r, toks in zip(rows, new, strict=True):
+                texts[r] = self.tokenizer.decode(toks, skip_special_tokens=True)
         return texts
 
-    def _new_cache(self) -> dict[str, Any]:
-        """A fresh KV cache under the forward's keyword (``cache`` since transformers 5.24,
-        ``past_key_values`` before); updated in place by every forward call."""
-        from transformers import DynamicCache
-
-        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
-            else "past_key_values"
-        return {name: DynamicCache(config=self.model.config), "use_cache": True}
-
-    def _sample(self, p_ids: list[list[int]], seeds: list[int], max_new: int, temperature: float,
-                top_p: float, top_k: int, penalty: float, shared: int = 0) -> list[list[int]]:
-        """Decode ``p_ids`` together. ``shared`` > 0: the rows' first ``shared`` tokens are the
-        same; they are run once and their KV cache is expanded over the batch, the rest of each
-        row is left-padded after it (position ids count real tokens only, so every row sees the
-        positions of its plain computation)."""
+    def _sample(self, p_ids: list[list[int]], batch: Any, seeds: list[int], max_new: int,
+                temperature: float, top_p: float, top_k: int, penalty: float
+                ) -> tuple[list[int], list[list[int]]]:
+        """Decode one batch of :meth:`_work` together; returns its rows and their new tokens."""
         import torch
 
-        ids, mask, pos = pad([p[shared:] for p in p_ids], self.pad_id, "left", self.device)
-        cache = self._new_cache()
-        if shared:
-            from mfray.prefix_cache import expanded_prefix_cache
+        from mfray.prefix_cache import prefill
 
-            cache.update(expanded_prefix_cache(self.model, p_ids[0][:shared], len(p_ids),
-                                               self.device))
-            mask = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, shared), mask], dim=1)
-            pos = pos + shared
+        rows, logits, cache, mask, pos = prefill(self.model, p_ids, batch, pad_id=self.pad_id,
+                                                 device=self.device)
+        seeds = [seeds[r] for r in rows]
+        p_ids = [p_ids[r] for r in rows]
         rngs = [np.random.default_rng(s) for s in seeds]
         eos = torch.tensor(self.eos_ids, device=self.device, dtype=torch.long)
         out: list[list[int]] = [[] for _ in p_ids]
         done = torch.zeros(len(p_ids), dtype=torch.bool, device=self.device)
-        res = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1,
-                         **cache)
         seen = None
         for step in range(max_new):
-            scores = res.logits[:, -1].float()
+            scores = logits
             if penalty != 1.0:  # CTRL-style penalty over the row's own prompt tokens only
                 if seen is None:
                     seen = torch.zeros_like(scores, dtype=torch.bool)
@@ -492,9 +466,9 @@ class HFModel:
                 seen[torch.arange(len(p_ids)), nxt] = True
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             pos = pos[:, -1:] + 1
-            res = self.model(input_ids=nxt.unsqueeze(-1), attention_mask=mask, position_ids=pos,
-                             **cache)
-        return out
+            logits = self.model(input_ids=nxt.unsqueeze(-1), attention_mask=mask,
+                                position_ids=pos, **cache).logits[:, -1].float()
+        return rows, out
 
     def close(self) -> None:
         """Drop the weights (and the CUDA cache when on a GPU)."""

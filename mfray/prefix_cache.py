@@ -1,25 +1,26 @@
-"""Shared-prefix reuse for choice scoring (architecture.md, "Where the speed comes from").
+"""Shared-prefix reuse and batching across simulations for the transformers backend
+(architecture.md, "Where the speed comes from").
 
 The agents of one simulation and round see the same shared prompt part; only their persona and
-context differ. In the canonical order the inference actor scores them next to each other, so
+context differ. In the canonical order the inference actor gets them next to each other, so
 :func:`prefix_groups` finds runs of consecutive prompts whose token ids share a long common
 prefix, found on the token ids themselves (so a tokeniser merge across the template's
-boundary can never make the shortcut wrong). :func:`score_first_shared` runs each shared prefix
-once, then every suffix on a copy of its key/value cache expanded over the batch, and reads the
-next-token logits at each suffix's last token: the same values as the plain computation, within
-float tolerance (``tests/test_prefix_cache.py``).
+boundary can never make the shortcut wrong). :func:`pack` packs the groups of many
+simulations into token-bounded batches with bounded padding, and :func:`prefill` runs a batch:
+each group's prefix once, its key/value cache repeated for the group's rows, then every row's
+own suffix. Choice scoring reads the next-token logits at each row's last token; generation
+decodes on from the same cache. Both equal the plain computation within float tolerance
+(``tests/test_prefix_cache.py``).
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
-
 MIN_SHARED = 32  # tokens: below this, reuse is not worth a separate forward
+MAX_PADDING = 0.25  # a packed batch's padded tokens stay within 1.25x its real tokens
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -55,12 +56,10 @@ def prefix_groups(p_ids: Sequence[Sequence[int]], min_shared: int = MIN_SHARED
 
 
 def supports_sharing(model: Any) -> bool:
-    """Models whose logits are the output head applied to the decoder's last hidden state
-    (no soft-capping or other post-processing) and whose cache can be expanded."""
+    """Decoder-only models whose forward takes a KV cache and explicit position ids."""
     cfg = getattr(model, "config", None)
-    return (cfg is not None and not getattr(cfg, "final_logit_softcapping", None)
-            and callable(getattr(model, "get_decoder", None))
-            and model.get_output_embeddings() is not None)
+    return cfg is not None and not getattr(cfg, "is_encoder_decoder", False) \
+        and "position_ids" in inspect.signature(model.forward).parameters
 
 
 def _cache_kw(module: Any) -> str:
@@ -69,55 +68,78 @@ def _cache_kw(module: Any) -> str:
         else "past_key_values"
 
 
-def _prefix_cache(model: Any, ids: Sequence[int], device: Any) -> Any:
+Batch = list[tuple[int, list[int]]]  # (shared length, rows) pieces run together
+
+
+def pack(groups: Sequence[tuple[int, list[int]]], p_ids: Sequence[Sequence[int]],
+         batch_size: int, max_batch_tokens: int, max_padding: float = MAX_PADDING
+         ) -> Iterator[Batch]:
+    """Groups of :func:`prefix_groups` packed into batches across simulations. A group's rows
+    are taken longest suffix first and cut into pieces of at most ``batch_size``; pieces,
+    widest suffix first, fill a batch while it has at most ``batch_size`` rows, at most
+    ``max_batch_tokens`` padded tokens (prefixes once per piece, suffixes once per row), and
+    padded tokens at most ``1 + max_padding`` times its real tokens. A piece that breaks a
+    bound alone still runs alone."""
+    def suffix(shared: int, r: int) -> int:
+        return len(p_ids[r]) - shared
+
+    pieces = []
+    for shared, rows in groups:
+        rows = sorted(rows, key=lambda r: (-suffix(shared, r), r))
+        pieces += [(shared, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+    pieces.sort(key=lambda pc: (-suffix(pc[0], pc[1][0]), pc[1][0]))
+    batch: Batch = []
+    n_rows = real = 0
+    for shared, rows in pieces:
+        rows_after = n_rows + len(rows)
+        real_after = real + shared + sum(suffix(shared, r) for r in rows)
+        first = batch[0] if batch else (shared, rows)  # pieces come widest suffix first
+        widest = suffix(first[0], first[1][0])
+        longest = max([shared, *(s for s, _ in batch)])
+        padded = rows_after * widest + (len(batch) + 1) * longest
+        if batch and (rows_after > batch_size or padded > max_batch_tokens
+                      or padded > (1 + max_padding) * real_after):
+            yield batch
+            batch, rows_after, real_after = [], len(rows), shared + sum(suffix(shared, r)
+                                                                        for r in rows)
+        batch.append((shared, rows))
+        n_rows, real = rows_after, real_after
+    if batch:
+        yield batch
+
+
+def prefill(model: Any, p_ids: Sequence[Sequence[int]], batch: Batch, *, pad_id: int,
+            device: Any, keep_cache: bool = True) -> tuple[list[int], Any, dict[str, Any], Any,
+                                                           Any]:
+    """Run a batch's prompts: each piece's shared prefix once (all prefixes in one
+    left-padded pass), its KV cache repeated for the piece's rows, then every row's own
+    suffix, left-padded after its prefix, with position ids that continue the row's real
+    prefix. Returns the rows in batch order, the next-token logits at each row's last token,
+    the cache as forward keyword arguments, the attention mask and the position ids (for
+    decoding on). Pieces with shared length 0 must come alone: then it is the plain
+    left-padded forward. The values equal the plain computation within float tolerance."""
     import torch
     from transformers import DynamicCache
 
-    x = torch.tensor([list(ids)], dtype=torch.long, device=device)
-    cache = DynamicCache(config=model.config)
-    model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True, logits_to_keep=1,
-          **{_cache_kw(model): cache})
-    return cache  # filled in place
+    from mfray.llm import pad
 
-
-def expanded_prefix_cache(model: Any, ids: Sequence[int], n: int, device: Any) -> dict[str, Any]:
-    """The KV cache of ``ids`` run once and repeated for a batch of ``n`` rows, as the forward's
-    keyword arguments (generation continues it in place)."""
-    cache = _prefix_cache(model, ids, device)
-    cache.batch_repeat_interleave(n)
-    return {_cache_kw(model): cache}
-
-
-def score_first_shared(model: Any, p_ids: Sequence[Sequence[int]], firsts: Sequence[int],
-                       rows: Sequence[int], shared: int, *, pad_id: int, device: Any,
-                       batch_size: int, max_batch_tokens: int) -> np.ndarray:
-    """First-token option log-probabilities of ``rows`` (which share ``shared`` tokens),
-    computed with one forward of the prefix and the suffixes on its cache."""
-    import torch
-
-    from mfray.llm import batches
-
-    cache = _prefix_cache(model, p_ids[rows[0]][:shared], device)
-    cols = torch.tensor(list(firsts), device=device)
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
-    suffixes = [list(p_ids[r][shared:]) for r in rows]
-    out = np.empty((len(rows), len(firsts)))
-    for batch in batches([len(s) for s in suffixes], batch_size, max(1, max_batch_tokens)):
-        width = max(len(suffixes[b]) for b in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), shared + width), dtype=torch.long)
-        mask[:, :shared] = 1
-        for k, b in enumerate(batch):  # right padding: positions continue after the prefix
-            ids[k, :len(suffixes[b])] = torch.tensor(suffixes[b])
-            mask[k, shared:shared + len(suffixes[b])] = 1
-        pos = torch.arange(shared, shared + width).unsqueeze(0).expand(len(batch), -1)
-        past = copy.deepcopy(cache)
-        past.batch_repeat_interleave(len(batch))
-        hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device),
-                         position_ids=pos.to(device), use_cache=True,
-                         **{_cache_kw(decoder): past}).last_hidden_state
-        last = torch.tensor([len(suffixes[b]) - 1 for b in batch], device=device)
-        h = hidden[torch.arange(len(batch), device=device), last]
-        logits = head(h).float()
-        out[batch] = torch.log_softmax(logits[:, cols], -1).double().cpu().numpy()
-    return out
+    rows = [r for _, rs in batch for r in rs]
+    shared = [s for s, rs in batch for _ in rs]
+    kw = {_cache_kw(model): DynamicCache(config=model.config), "use_cache": True} \
+        if keep_cache or max(shared) else {}
+    ids, mask, pos = pad([p_ids[r][s:] for r, s in zip(rows, shared, strict=True)], pad_id,
+                         "left", device)
+    if max(shared):
+        if not min(shared):
+            raise ValueError("prefill: pieces without a shared prefix go in their own batch")
+        pre_ids, pre_mask, pre_pos = pad([p_ids[rs[0]][:s] for s, rs in batch], pad_id,
+                                         "left", device)
+        model(input_ids=pre_ids, attention_mask=pre_mask, position_ids=pre_pos,
+              logits_to_keep=1, **kw)
+        which = torch.tensor([g for g, (_, rs) in enumerate(batch) for _ in rs], device=device)
+        next(v for v in kw.values() if isinstance(v, DynamicCache)).batch_select_indices(which)
+        mask = torch.cat([pre_mask[which], mask], dim=1)
+        pos = pos + torch.tensor(shared, device=device).unsqueeze(1)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1,
+                   **kw).logits[:, -1].float()
+    return rows, logits, kw, mask, pos

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mfray.policy import prompt_parts
-from mfray.prefix_cache import common_prefix, prefix_groups
+from mfray.prefix_cache import MAX_PADDING, common_prefix, pack, prefix_groups
 
 OPTS = ("support", "deny", "query", "comment")
 
@@ -74,9 +76,9 @@ def test_shared_generation_equals_plain_generation(tiny_hf, temperature: float,
     calls: list[int] = []
     real_sample = tiny_hf._sample
 
-    def counting(*args, shared: int = 0, **kw):  # the shared path really runs
-        calls.append(shared)
-        return real_sample(*args, shared=shared, **kw)
+    def counting(p_ids, batch, *args):  # the shared path really runs
+        calls.extend(shared for shared, _ in batch)
+        return real_sample(p_ids, batch, *args)
 
     try:
         tiny_hf.prefix_sharing = False
@@ -90,3 +92,39 @@ def test_shared_generation_equals_plain_generation(tiny_hf, temperature: float,
     assert sum(1 for s in calls if s > 0) >= 3 and all(s > 30 for s in calls if s)
     assert shared == plain
     assert len(set(plain)) > 1  # the prompts' own parts matter
+
+
+@given(st.lists(st.tuples(st.integers(32, 200), st.lists(st.integers(1, 120), min_size=1,
+                                                          max_size=40)),
+                min_size=1, max_size=12),
+       st.integers(1, 64), st.integers(64, 8192))
+@settings(max_examples=300, deadline=None)
+def test_pack_bounds(spec, batch_size: int, max_tokens: int) -> None:
+    """Every row once; each batch within its row, token and padding bounds, unless it is a
+    single piece that breaks a bound alone."""
+    p_ids, groups = [], []
+    for shared, suffixes in spec:
+        rows = list(range(len(p_ids), len(p_ids) + len(suffixes)))
+        p_ids += [[7] * shared + [8] * n for n in suffixes]
+        groups.append((shared, rows))
+    seen = []
+    for batch in pack(groups, p_ids, batch_size, max_tokens):
+        rows = [r for _, rs in batch for r in rs]
+        seen += rows
+        assert len({s for s, _ in batch}) >= 1 and all(len(rs) <= batch_size for _, rs in batch)
+        if len(batch) == 1:
+            continue
+        widest = max(len(p_ids[r]) - s for s, rs in batch for r in rs)
+        longest = max(s for s, _ in batch)
+        padded = len(rows) * widest + len(batch) * longest
+        real = sum(s + sum(len(p_ids[r]) - s for r in rs) for s, rs in batch)
+        assert len(rows) <= batch_size and padded <= max_tokens
+        assert padded <= (1 + MAX_PADDING) * real
+    assert sorted(seen) == list(range(len(p_ids)))
+
+
+def test_groups_of_several_simulations_share_a_batch(tiny_hf) -> None:
+    ids = tiny_hf.encode(_prompts())
+    groups = [g for g in prefix_groups(ids) if g[0]]
+    batches = list(pack(groups, ids, batch_size=16, max_batch_tokens=16384))
+    assert max(len(b) for b in batches) >= 2  # two simulations' rows in one forward
