@@ -150,6 +150,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from mfray.sweep import load_sweep, sweep
+
+    rows = sweep(load_sweep(args.config), args.out, data=args.data)
+    print((Path(args.out) / "sweep.md").read_text(encoding="utf-8"))
+    print(f"{len({r['trial'] for r in rows})} trials; wrote {args.out}/sweep.parquet, "
+          f"sweep.md, sweep.png")
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     from mfray.config import EvalConfig
     from mfray.evaluate.compare import compare, forecast, write_comparison, write_forecast
@@ -285,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
     b.add_argument("--mode", choices=("choice", "text"), default="choice")
     b.set_defaults(func=cmd_bench)
+
+    sw = sub.add_parser("sweep", help="a grid of configs and synthetic worlds on Ray Tune "
+                        "(see mfray/sweep.py); rerun to resume")
+    sw.add_argument("--config", required=True, help="the sweep file (base, world, space)")
+    sw.add_argument("--out", required=True)
+    sw.add_argument("--data", help="a converted dataset (when the sweep has no world)")
+    sw.set_defaults(func=cmd_sweep)
 
     tr = sub.add_parser("train", help="IB-Tune: LoRA fine-tuning on Ray Train")
     tr.add_argument("kind", choices=("policy", "meanfield"))

@@ -134,8 +134,8 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     inference = _start_inference(cfg, ds, run_dir, model) if llm else []
     model_id = _get(inference[0].model_id.remote()) if inference else "none"
     store = _open_store(cfg, ds, run_dir, resume, model_id, len(specs))
-    population = ray.remote(Population).remote(metas, ds.label_space, cfg.sim)
-    shards = [ray.remote(AgentShard).remote(sims, ds.label_space, cfg.sim, store.run_id, world,
+    population = _actor(Population).remote(metas, ds.label_space, cfg.sim)
+    shards = [_actor(AgentShard).remote(sims, ds.label_space, cfg.sim, store.run_id, world,
                                             cfg.policy.mode)
               for sims in per_shard]
     del specs, per_shard, metas  # the actors own them now
@@ -152,6 +152,15 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     return store
 
 
+def _actor(cls: type, **options: Any) -> Any:
+    """``cls`` as a Ray actor class placed by the cluster's default scheduler, also when the
+    run is started inside a Ray Tune trial or a Train worker (whose placement group would
+    otherwise capture the run's actors and have no room for them)."""
+    import ray
+
+    return ray.remote(cls).options(scheduling_strategy="DEFAULT", **options)
+
+
 def _start_inference(cfg: RunConfig, ds: Dataset, run_dir: str | Path,
                      model: LanguageModel | None) -> list[Any]:
     """``resources.inference_actors`` actors; actor ``a`` serves the simulations whose
@@ -162,10 +171,9 @@ def _start_inference(cfg: RunConfig, ds: Dataset, run_dir: str | Path,
     from mfray.engine.inference import InferenceServer
 
     n = cfg.resources.inference_actors
-    actor = ray.remote(InferenceServer)
-    if cfg.policy.url is None and ray.cluster_resources().get("GPU", 0) >= n:
-        # (any explicit resource also makes an actor hold a CPU for its lifetime: none here)
-        actor = actor.options(num_gpus=1, num_cpus=0)
+    gpus = cfg.policy.url is None and ray.cluster_resources().get("GPU", 0) >= n
+    # (any explicit resource also makes an actor hold a CPU for its lifetime: none here)
+    actor = _actor(InferenceServer, **({"num_gpus": 1, "num_cpus": 0} if gpus else {}))
     actors = []
     for a in range(n):
         name = "prompts.jsonl" if n == 1 else f"prompts-{a}.jsonl"
