@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from mfray.errors import MfrayError
 
 if TYPE_CHECKING:
+    from mfray.config import RunConfig
     from mfray.data.schema import Dataset
 
 FORMATS = ("rumoureval", "rumdect", "jsonl")
@@ -82,8 +83,47 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     print(f"synthetic world: {ds.events.num_rows} events, {ds.posts.num_rows} posts in {out}")
 
 
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    """The run config of ``--config`` with the command's flags and ``--set`` applied."""
+    from mfray.config import load_config
+
+    overrides = list(args.set or [])
+    for flag, key in (("data", "sim.data"), ("model", "policy.model"),
+                      ("url", "policy.url"), ("shards", "resources.num_shards"),
+                      ("policy_adapter", "policy.adapter"),
+                      ("meanfield_adapter", "meanfield.adapter")):
+        if getattr(args, flag, None) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if args.variants:
+        overrides.append(f"sim.variants=[{args.variants}]")
+    return load_config(args.config, overrides)
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise MfrayError(f"{flag}: expected integers such as 1,10,100, got {text!r}") from None
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from mfray.plan import make_candidates, plan, plan_markdown
+
+    dim, sep, label = args.target.partition("=")
+    if not sep or not dim or not label:
+        raise MfrayError(f"--target: expected DIMENSION=LABEL such as stance=deny, got "
+                         f"{args.target!r}")
+    texts = args.texts.split("|") if args.texts else [None]
+    options = make_candidates(_ints(args.rounds, "--rounds"), _ints(args.counts, "--counts"),
+                              args.labels.split(","), texts, dimension=dim)
+    rows = plan(_run_config(args), args.out, (dim, label), lower=args.lower,
+                candidates=options, top=args.top)
+    print(plan_markdown(rows, (dim, label), args.lower, args.top))
+    print(f"wrote {args.out}/plan.md, plan.csv, plan.png; the run is {args.out}/run")
+
+
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from mfray.config import RunConfig, from_dict, load_config
+    from mfray.config import RunConfig, from_dict
     from mfray.data.schema import read_dataset
     from mfray.engine import simulate
     from mfray.store import RunStore
@@ -94,16 +134,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     else:
         if not args.out:
             raise MfrayError("simulate needs --out RUN_DIR (or --resume RUN_DIR)")
-        overrides = list(args.set or [])
-        for flag, key in (("data", "sim.data"), ("model", "policy.model"),
-                          ("url", "policy.url"), ("shards", "resources.num_shards"),
-                          ("policy_adapter", "policy.adapter"),
-                          ("meanfield_adapter", "meanfield.adapter")):
-            if getattr(args, flag) is not None:
-                overrides.append(f"{key}={getattr(args, flag)}")
-        if args.variants:
-            overrides.append(f"sim.variants=[{args.variants}]")
-        cfg = load_config(args.config, overrides)
+        cfg = _run_config(args)
         run_dir = args.out
     if not cfg.sim.data:
         raise MfrayError("no data: pass --data DIR (a converted dataset) or set sim.data")
@@ -136,11 +167,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from mfray.bench import bench_model, bench_scripted, format_model_bench
 
-    try:
-        sims = [int(x) for x in args.simulations.split(",")] if args.simulations else None
-    except ValueError:
-        raise MfrayError(f"--simulations: expected integers such as 1,10,100, got "
-                         f"{args.simulations!r}") from None
+    sims = _ints(args.simulations, "--simulations") if args.simulations else None
     if args.workload == "scripted":
         result = bench_scripted(max(sims or [1000]), args.agents or 160, shards=args.shards)
     else:
@@ -295,6 +322,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mode", choices=("choice", "text"), default="choice")
     b.set_defaults(func=cmd_bench)
 
+    pl = sub.add_parser("plan", help="search interventions for the one that best moves a "
+                        "target share, each against its twin (see mfray/plan.py)")
+    pl.add_argument("--out", required=True, help="the plan directory (rerun to resume)")
+    pl.add_argument("--data", help="a converted dataset directory")
+    pl.add_argument("--config", help="a TOML or YAML run config")
+    pl.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    pl.add_argument("--variants", help="comma-separated variants (default: the config's)")
+    pl.add_argument("--model", help="policy model (as for simulate)")
+    pl.add_argument("--target", required=True, help="DIMENSION=LABEL, e.g. stance=deny")
+    pl.add_argument("--lower", action="store_true", help="lower the share (default: raise)")
+    pl.add_argument("--rounds", required=True, help="after which rounds, e.g. 2,4")
+    pl.add_argument("--counts", required=True, help="how many posts, e.g. 8,32")
+    pl.add_argument("--labels", required=True, help="their labels, e.g. deny,query")
+    pl.add_argument("--texts", help="their texts, separated by |, e.g. 'Fake.|Source?'")
+    pl.add_argument("--top", type=int, default=5, help="candidates in the report")
+    pl.set_defaults(func=cmd_plan)
+
     sw = sub.add_parser("sweep", help="a grid of configs and synthetic worlds on Ray Tune "
                         "(see mfray/sweep.py); rerun to resume")
     sw.add_argument("--config", required=True, help="the sweep file (base, world, space)")
@@ -350,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # `mfray simulate --sim.round_size=8` is `--set sim.round_size=8`
     dotted = [a[2:] for a in extra if a.startswith("--") and "=" in a and "." in a.split("=")[0]]
-    if args.command not in ("simulate", "train") and extra or len(dotted) != len(extra):
+    if args.command not in ("simulate", "train", "plan") and extra or len(dotted) != len(extra):
         parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a[2:] not in dotted)}")
     if dotted:
         args.set = [*(args.set or []), *dotted]
