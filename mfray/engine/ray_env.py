@@ -16,7 +16,8 @@ from mfray.errors import MfrayError
 
 
 def ensure_ray(resources: ResourcesConfig) -> None:
-    """Connect to ``resources.address`` or start a local instance (dashboard off, loopback)."""
+    """Connect to ``resources.address`` (or to ``$RAY_ADDRESS``, which ``ray job submit`` sets
+    for a job's driver), or start a local instance (dashboard off, loopback)."""
     mode = os.environ.get("RAY_AUTH_MODE")
     if mode not in (None, "token"):
         raise MfrayError(f"RAY_AUTH_MODE={mode!r}: mfray runs Ray with token authentication "
@@ -29,13 +30,14 @@ def ensure_ray(resources: ResourcesConfig) -> None:
     if ray.is_initialized():
         return
     kwargs: dict = {"log_to_driver": False, "configure_logging": False}
-    if resources.address:
-        kwargs["address"] = resources.address
+    address = resources.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        kwargs["address"] = address
     else:
         kwargs.update(include_dashboard=False, num_cpus=resources.num_cpus,
                       _node_ip_address="127.0.0.1")
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = resources.address or "a local instance"
+        where = address or "a local instance"
         raise MfrayError(f"cannot start or join Ray ({where}): {exc}") from None
