@@ -10,6 +10,7 @@ together, so that one round's model requests form one large batch.
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -131,25 +132,77 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     total = max(n_rounds(s.unit.n_agents, cfg.sim.round_size) for s in specs)
     per_shard, metas, world = shard_sims(specs, ds, cfg, cfg.resources.num_shards)
     ensure_ray(cfg.resources)
-    inference = _start_inference(cfg, ds, run_dir, model) if llm else []
-    model_id = _get(inference[0].model_id.remote()) if inference else "none"
-    store = _open_store(cfg, ds, run_dir, resume, model_id, len(specs))
-    population = _actor(Population).remote(metas, ds.label_space, cfg.sim)
-    shards = [_actor(AgentShard).remote(sims, ds.label_space, cfg.sim, store.run_id, world,
-                                            cfg.policy.mode)
-              for sims in per_shard]
-    del specs, per_shard, metas  # the actors own them now
-    start = _replay(store, population) if resume else 0
-    stop = total if max_rounds is None else min(total, start + max_rounds)
+    # the actors' inputs live in the object store, so that lost actors can be rebuilt
+    inputs = (ray.put(metas), [ray.put(sims) for sims in per_shard], ray.put(world))
+    n_sims = len(specs)
+    del specs, per_shard, metas
+    n_inf = cfg.resources.inference_actors if llm else 0
+    inference = [_inference_actor(cfg, ds, run_dir, model, a) for a in range(n_inf)]
+    population, shards, stop = None, [], None
     try:
-        _round_loop(cfg, store, population, shards, inference, range(start, stop), total,
-                    progress)
+        model_id = _get(inference[0].model_id.remote()) if inference else "none"
+        store = _open_store(cfg, ds, run_dir, resume, model_id, n_sims)
+        for attempt in range(MAX_RECOVERIES + 1):
+            population, shards = _state_actors(cfg, ds, store, inputs)
+            start = _replay(store, population) if resume or attempt else 0
+            stop = stop if stop is not None else \
+                total if max_rounds is None else min(total, start + max_rounds)
+            try:
+                _round_loop(cfg, store, population, shards, inference, range(start, stop),
+                            total, progress)
+                break
+            except ActorLost as exc:
+                if attempt == MAX_RECOVERIES:
+                    store.mark("failed", str(exc))
+                    raise MfrayError(f"{exc}; gave up after {MAX_RECOVERIES} rebuilds. "
+                                     f"Completed rounds are in {store.run_dir}") from None
+                print(f"mfray: {exc}; rebuilding the run's actors from the store "
+                      f"({attempt + 1}/{MAX_RECOVERIES})", file=sys.stderr)
+                _kill([population, *shards])
+                inference = [a if _alive(a) else _inference_actor(cfg, ds, run_dir, model, k)
+                             for k, a in enumerate(inference)]
     finally:
-        for actor in [population, *shards, *inference]:
-            ray.kill(actor)
+        _kill([population, *shards, *inference])
     if stop == total:
         store.mark("complete")
     return store
+
+
+#: times a run rebuilds its actors after losing one, before it stops (resumable)
+MAX_RECOVERIES = 3
+
+
+class ActorLost(MfrayError):
+    """A Ray actor of the run died (its process, its node); the run rebuilds them."""
+
+
+def _state_actors(cfg: RunConfig, ds: Dataset, store: RunStore, inputs: tuple[Any, ...]
+                  ) -> tuple[Any, list[Any]]:
+    """The mean-field actor and the agent shards, fresh (their state is rebuilt by replay)."""
+    metas, per_shard, world = inputs
+    population = _actor(Population).remote(metas, ds.label_space, cfg.sim)
+    shards = [_actor(AgentShard).remote(sims, ds.label_space, cfg.sim, store.run_id, world,
+                                        cfg.policy.mode) for sims in per_shard]
+    return population, shards
+
+
+def _alive(actor: Any, timeout_s: float = 60.0) -> bool:
+    import ray
+
+    try:
+        ray.get(actor.model_id.remote(), timeout=timeout_s)
+        return True
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        ray.kill(actor)
+        return False
+
+
+def _kill(actors: list[Any]) -> None:
+    import ray
+
+    for actor in actors:
+        if actor is not None:
+            ray.kill(actor)
 
 
 def _actor(cls: type, **options: Any) -> Any:
@@ -161,11 +214,11 @@ def _actor(cls: type, **options: Any) -> Any:
     return ray.remote(cls).options(scheduling_strategy="DEFAULT", **options)
 
 
-def _start_inference(cfg: RunConfig, ds: Dataset, run_dir: str | Path,
-                     model: LanguageModel | None) -> list[Any]:
-    """``resources.inference_actors`` actors; actor ``a`` serves the simulations whose
-    ``sim_id ≡ a`` (mod their number), so a simulation's prompts, and the prefixes they share,
-    always meet the same model. One GPU each where the cluster has one per actor."""
+def _inference_actor(cfg: RunConfig, ds: Dataset, run_dir: str | Path,
+                     model: LanguageModel | None, a: int) -> Any:
+    """Inference actor ``a`` of ``resources.inference_actors``: it serves the simulations
+    whose ``sim_id ≡ a`` (mod their number), so a simulation's prompts, and the prefixes they
+    share, always meet the same model. One GPU each where the cluster has one per actor."""
     import ray
 
     from mfray.engine.inference import InferenceServer
@@ -174,14 +227,10 @@ def _start_inference(cfg: RunConfig, ds: Dataset, run_dir: str | Path,
     gpus = cfg.policy.url is None and ray.cluster_resources().get("GPU", 0) >= n
     # (any explicit resource also makes an actor hold a CPU for its lifetime: none here)
     actor = _actor(InferenceServer, **({"num_gpus": 1, "num_cpus": 0} if gpus else {}))
-    actors = []
-    for a in range(n):
-        name = "prompts.jsonl" if n == 1 else f"prompts-{a}.jsonl"
-        log = str(Path(run_dir) / name) if cfg.policy.log_prompts else None
-        actors.append(actor.remote(
-            cfg.policy, ds.label_space, cfg.sim.data, model, log, cfg.meanfield.adapter,
-            part=(a, n)))
-    return actors
+    name = "prompts.jsonl" if n == 1 else f"prompts-{a}.jsonl"
+    log = str(Path(run_dir) / name) if cfg.policy.log_prompts else None
+    return actor.remote(cfg.policy, ds.label_space, cfg.sim.data, model, log,
+                        cfg.meanfield.adapter, part=(a, n))
 
 
 def _replay(store: RunStore, population: Any) -> int:
@@ -267,17 +316,26 @@ def _round_loop(cfg: RunConfig, store: RunStore, population: Any, shards: list[A
 
 
 def _get(refs: Any) -> Any:
-    """``ray.get``, with mfray's own errors raised in an actor re-raised as themselves."""
+    """``ray.get``, with mfray's own errors raised in an actor re-raised as themselves, and a
+    lost actor (also one whose answer another actor was waiting for) as :class:`ActorLost`."""
     import ray
 
+    lost = ray.exceptions.RayActorError
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, MfrayError):
             raise exc.cause from None
+        if isinstance(exc, lost) or isinstance(exc.cause, lost):
+            raise ActorLost(f"a Ray actor of the run died: {_first_line(exc.cause)}") from exc
         raise
-    except ray.exceptions.ActorDiedError as exc:
-        raise MfrayError(f"a Ray actor of the run died: {str(exc).splitlines()[0]}") from exc
+    except lost as exc:
+        raise ActorLost(f"a Ray actor of the run died: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _check_failures(cfg: RunConfig, store: RunStore, r: int, decisions: pa.Table) -> None:
