@@ -382,18 +382,32 @@ class RunStore:
         done = self.completed_rounds()
         return done[-1] if done else None
 
+    def first_damaged_round(self) -> int | None:
+        """The first complete round with a file that is not readable Parquet (truncated or
+        overwritten after it was written), or None."""
+        for r in self.completed_rounds():
+            for table in _TABLES:
+                try:
+                    pq.read_metadata(self._file(table, r))
+                except (OSError, pa.ArrowException):
+                    return r
+        return None
+
     def discard_incomplete(self) -> list[Path]:
         """Remove what an interrupted write left: decision files of rounds that have no rounds
-        file, and temporary files. Returns the removed files. Call before resuming."""
-        complete = set(self.completed_rounds())
+        file, and temporary files; and a damaged round (:meth:`first_damaged_round`) with every
+        round after it, since later rounds were simulated from its state. Returns the removed
+        files. Call before resuming: what is removed is simulated again."""
+        damaged = self.first_damaged_round()
+        complete = {r for r in self.completed_rounds() if damaged is None or r < damaged}
         removed: list[Path] = [p for p in self.run_dir.iterdir() if _TMP_MARK in p.name]
-        for table in _TABLES:
+        for table in reversed(_TABLES):  # rounds files (the completion marks) go first
             base = self.run_dir / table
             for d in sorted(base.iterdir()) if base.is_dir() else []:
                 m = _ROUND_DIR.match(d.name)
                 if not m or not d.is_dir():
                     continue
-                incomplete = table == "decisions" and int(m.group(1)) not in complete
+                incomplete = int(m.group(1)) not in complete
                 removed += [p for p in d.iterdir() if incomplete or _TMP_MARK in p.name]
         for path in removed:
             with _os_errors("remove", path):

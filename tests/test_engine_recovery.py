@@ -82,3 +82,18 @@ def test_a_killed_actor_is_rebuilt_and_nothing_is_lost(title: str, small_world_d
     assert rows == _stable(full)  # none lost, none changed
     cols = ["sim_id", "round", "meanfield_text", "meanfield_shares", "counts"]
     assert hit.read_rounds(columns=cols).to_pylist() == full.read_rounds(columns=cols).to_pylist()
+
+
+def test_a_damaged_round_is_simulated_again_on_resume(small_world_dir: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    ds = read_dataset(small_world_dir)
+    full = simulate(_cfg(small_world_dir, 1), ds, tmp_path / "full", progress=False)
+    part = simulate(_cfg(small_world_dir, 1), ds, tmp_path / "part", progress=False,
+                    max_rounds=6)
+    target = part.run_dir / "decisions" / "round=000003" / "part-0.parquet"
+    target.write_bytes(target.read_bytes()[:-100])  # the footer is gone
+    resumed = simulate(_cfg(small_world_dir, 1), ds, tmp_path / "part", progress=False,
+                       resume=True)
+    assert "round 3 of" in capsys.readouterr().err
+    assert resumed.run_info()["status"] == "complete"
+    assert _stable(resumed) == _stable(full)

@@ -261,6 +261,22 @@ def test_truncated_parquet_is_a_clear_error(tmp_path: Path) -> None:
         RunStore.open(st.run_dir)
 
 
+def test_damaged_round_and_later_ones_are_discarded_for_resume(tmp_path: Path) -> None:
+    st = new_store(tmp_path)
+    for r in range(4):
+        st.write_round(r, *rows_for(r))
+    assert st.first_damaged_round() is None and st.discard_incomplete() == []
+    target = st.run_dir / "rounds" / "round=000002" / "part-0.parquet"
+    target.write_bytes(target.read_bytes()[:40])  # a truncated completion mark
+    assert st.first_damaged_round() == 2
+    removed = st.discard_incomplete()
+    assert {p.parent.name for p in removed} == {"round=000002", "round=000003"}
+    assert len(removed) == 4 and st.completed_rounds() == [0, 1]
+    assert st.read_decisions().num_rows == 8  # rounds 0 and 1 intact
+    st.write_round(2, *rows_for(2))  # and the round can be written again
+    assert st.completed_rounds() == [0, 1, 2]
+
+
 def test_status_transitions(tmp_path: Path) -> None:
     st = new_store(tmp_path)
     info = st.run_info()

@@ -236,8 +236,13 @@ def _inference_actor(cfg: RunConfig, ds: Dataset, run_dir: str | Path,
 def _replay(store: RunStore, population: Any) -> int:
     """Drop an incomplete round, rebuild the population state from the stored decisions and
     return the first round still to run."""
+    before = store.completed_rounds()
     store.discard_incomplete()
     done = store.completed_rounds()
+    if len(done) < len(before):
+        print(f"mfray: round {before[len(done)]} of {store.run_dir} has an unreadable file; it "
+              f"and the {len(before) - len(done) - 1} rounds after it are simulated again",
+              file=sys.stderr)
     if not done:
         return 0
     table = store.read_decisions()
