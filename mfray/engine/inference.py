@@ -98,8 +98,15 @@ def _sparing(call: Callable[[list[int]], Sequence[Any]], n: int
     at fault (``ModelError.indices``), call again on the others. Returns the results (None where
     failed) and the error text of each failed item."""
     everything = list(range(n))
+
+    def checked(idx: list[int]) -> list[Any]:
+        got = list(call(idx))
+        if len(got) != len(idx):  # a malformed answer fails the whole call, never shifts rows
+            raise ModelError(f"the model answered {len(got)} of {len(idx)} prompts")
+        return got
+
     try:
-        return list(call(everything)), {}
+        return checked(everything), {}
     except ModelError as exc:
         message = f"model error: {exc}"
         if not exc.indices:
@@ -107,7 +114,7 @@ def _sparing(call: Callable[[list[int]], Sequence[Any]], n: int
         bad = set(exc.indices)
     rest = [k for k in everything if k not in bad]
     try:
-        got = list(call(rest)) if rest else []
+        got = checked(rest) if rest else []
     except ModelError as again:
         return [None] * n, dict.fromkeys(everything, f"model error: {again}")
     out: list[Any] = [None] * n
@@ -236,10 +243,14 @@ class InferenceServer:
         for n, (s, j) in enumerate(chunk):
             out[s].latency_s[j] = per
             out[s].tokens_in[j] = tokens[n] if tokens else None
-            if n in failed:
+            row = None if n in failed else np.asarray(scores[n], dtype=float)
+            if row is None:
                 out[s].errors[j] = failed[n]
+            elif row.shape != (len(options),) or np.isnan(row).any() \
+                    or not np.isfinite(row).any():
+                out[s].errors[j] = f"model error: invalid option scores {row.tolist()!r}"
             else:
-                out[s].log_scores[j] = np.asarray(scores[n], dtype=float)
+                out[s].log_scores[j] = row
 
     def summarize(self, requests: list[tuple[int, str]], max_new_tokens: int,
                   repetition_penalty: float = 1.0) -> dict[int, str | None]:
