@@ -38,6 +38,6 @@ def ensure_ray(resources: ResourcesConfig) -> None:
                       _node_ip_address="127.0.0.1")
     try:
         ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:  # OSError includes ConnectionError
         where = address or "a local instance"
         raise MfrayError(f"cannot start or join Ray ({where}): {exc}") from None
