@@ -31,7 +31,8 @@ OPTIONS = ("support", "deny", "query", "comment")  # the synthetic world's stanc
 
 
 class PeakMemory:
-    """Samples the proportional set size (PSS) of this process and every Ray process."""
+    """Samples the proportional set size (PSS) of this process and its descendants (the local
+    Ray instance it started), not of other Ray sessions on the machine."""
 
     def __init__(self, every_s: float = 0.5) -> None:
         self.every_s, self.peak_bytes = every_s, 0
@@ -41,12 +42,11 @@ class PeakMemory:
     def _total(self) -> int:
         import psutil
 
+        me = psutil.Process()
         total = 0
-        for proc in psutil.process_iter(["pid", "cmdline"]):
+        for proc in [me, *me.children(recursive=True)]:
             try:
-                cmd = " ".join(proc.info["cmdline"] or [])
-                if proc.pid == psutil.Process().pid or "ray" in cmd:
-                    total += proc.memory_full_info().pss
+                total += proc.memory_full_info().pss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         return total
@@ -99,10 +99,13 @@ def bench_scripted(simulations: int = 1000, agents: int = 160, warmup: int = 50,
         store = simulate(cfg, ds, work / "run", progress=True)
         wall = time.perf_counter() - t0
     loop_s = _loop_seconds(store)
-    dec = store.read_decisions(columns=["template_hash"])
+    dec = store.read_decisions(columns=["template_hash", "sim_id", "agent_index"])
     n_model = pc.sum(pc.is_valid(dec["template_hash"])).as_py()
+    unique = len(set(zip(dec["sim_id"].to_pylist(), dec["agent_index"].to_pylist(),
+                         strict=True)))
     return {"workload": "scripted", "simulations": simulations, "agents_per_simulation": agents,
-            "shards": shards, "decisions": dec.num_rows, "model_decisions": n_model,
+            "shards": shards, "decisions": dec.num_rows, "distinct_agents": unique,
+            "rounds": len(store.completed_rounds()), "model_decisions": n_model,
             "wall_s": round(wall, 2), "round_loop_s": round(loop_s, 2),
             "decisions_per_s": round(dec.num_rows / loop_s),
             "decisions_per_s_incl_startup": round(dec.num_rows / wall),
