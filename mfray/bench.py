@@ -84,13 +84,15 @@ def _loop_seconds(store: Any) -> float:
 
 
 def bench_scripted(simulations: int = 1000, agents: int = 160, warmup: int = 50,
-                   shards: int = 1, workdir: Path | None = None) -> dict[str, Any]:
+                   shards: int = 1, round_size: int = 16, workdir: Path | None = None
+                   ) -> dict[str, Any]:
     """``simulations`` events × 1 variant (``mf``) × 1 seed with the scripted model."""
     from mfray.engine import simulate
 
     work = Path(workdir or tempfile.mkdtemp(prefix="mfray-bench-"))
     data = _world(work / "data", simulations, agents, warmup)
-    cfg = RunConfig(sim=SimConfig(data=str(data), variants=("mf",), warmup=warmup),
+    cfg = RunConfig(sim=SimConfig(data=str(data), variants=("mf",), warmup=warmup,
+                                  round_size=round_size),
                     policy=PolicyConfig(model="scripted"),
                     resources=ResourcesConfig(num_shards=shards))
     ds = read_dataset(data)

@@ -12,9 +12,9 @@ from mfray.bench import bench_scripted
 
 @pytest.mark.slow
 def test_thousand_simulations_twenty_rounds(tmp_path: Path) -> None:
-    r = bench_scripted(simulations=1000, agents=320, warmup=50, workdir=tmp_path)
-    assert r["decisions"] == r["distinct_agents"] == 1000 * 320  # none lost, none twice
-    assert r["model_decisions"] == 1000 * (320 - 50)
+    r = bench_scripted(simulations=1000, agents=160, warmup=40, round_size=8, workdir=tmp_path)
+    assert r["decisions"] == r["distinct_agents"] == 1000 * 160  # none lost, none twice
+    assert r["model_decisions"] == 1000 * (160 - 40)
     assert r["rounds"] == 20
     print(f"peak memory {r['peak_memory_gib']} GiB, {r['decisions_per_s']} decisions/s")
     assert 0 < r["peak_memory_gib"] < 8
