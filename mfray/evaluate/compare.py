@@ -44,8 +44,9 @@ def variant_order(variants: Sequence[str]) -> list[str]:
 
 
 def is_meanfield(variant: str) -> bool:
-    """Mean-field variants are the ones whose name starts with ``mf``."""
-    return variant.startswith("mf")
+    """Mean-field variants are the ones whose name starts with ``mf``; an intervened twin
+    (``mf+name``) is not compared with the baselines, its untouched twin is."""
+    return variant.startswith("mf") and "+" not in variant
 
 
 @dataclass(frozen=True)
