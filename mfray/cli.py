@@ -24,6 +24,9 @@ FORMATS = ("rumoureval", "rumdect", "jsonl")
 
 
 def _load(src: str, fmt: str) -> Dataset:
+    """The dataset at ``src`` (a folder, a file, or an archive of either) in format ``fmt``."""
+    from mfray.data.archive import is_archive, load_archive
+
     if not Path(src).exists():
         raise MfrayError(f"{src}: no such file or directory")
     if fmt == "rumoureval":
@@ -32,7 +35,7 @@ def _load(src: str, fmt: str) -> Dataset:
         from mfray.data.rumdect import load_rumdect as load
     else:
         from mfray.data.jsonl import load_jsonl as load
-    return load(src)
+    return load_archive(src, load) if is_archive(src) else load(src)
 
 
 def cmd_data_convert(args: argparse.Namespace) -> None:
@@ -120,6 +123,21 @@ def cmd_plan(args: argparse.Namespace) -> None:
                 candidates=options, top=args.top)
     print(plan_markdown(rows, (dim, label), args.lower, args.top))
     print(f"wrote {args.out}/plan.md, plan.csv, plan.png; the run is {args.out}/run")
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    from mfray.data.schema import read_dataset
+    from mfray.engine.inference import build_model
+    from mfray.probe import probe
+
+    cfg = _run_config(args)
+    if not cfg.sim.data:
+        raise MfrayError("no data: pass --data DIR (a converted dataset) or set sim.data")
+    result = probe(build_model(cfg.policy, cfg.sim.data), read_dataset(cfg.sim.data), cfg.sim,
+                   n=args.n, strength=args.strength)
+    print(f"mean probabilities of {args.n} real agents' options when the mean field shows "
+          f"{args.strength:.0%} of one option:\n")
+    print(result.markdown())
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
@@ -243,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="convert and inspect datasets").add_subparsers(
         dest="data_command", required=True)
     c = data.add_parser("convert", help="convert a dataset in a known format to Parquet")
-    c.add_argument("src")
+    c.add_argument("src", help="a folder or file, or a .zip, .tar, .tar.gz/.tgz, .tar.bz2 or "
+                   ".tar.xz archive of one (unpacked safely into a temporary folder)")
     c.add_argument("--format", required=True, choices=FORMATS)
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_data_convert)
@@ -339,6 +358,18 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--top", type=int, default=5, help="candidates in the report")
     pl.set_defaults(func=cmd_plan)
 
+    pr = sub.add_parser("probe", help="does the policy read the mean field? (see "
+                        "mfray/probe.py)")
+    pr.add_argument("--data", help="a converted dataset directory (agents are drawn from it)")
+    pr.add_argument("--config", help="a TOML or YAML run config")
+    pr.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    pr.add_argument("--model", help="policy model (as for simulate)")
+    pr.add_argument("--policy-adapter", help="a LoRA adapter from `mfray train policy`")
+    pr.add_argument("--n", type=int, default=24, help="real agents to show")
+    pr.add_argument("--strength", type=float, default=0.85,
+                    help="share of the favoured option in the mean field shown")
+    pr.set_defaults(func=cmd_probe, variants=None)
+
     sw = sub.add_parser("sweep", help="a grid of configs and synthetic worlds on Ray Tune "
                         "(see mfray/sweep.py); rerun to resume")
     sw.add_argument("--config", required=True, help="the sweep file (base, world, space)")
@@ -394,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # `mfray simulate --sim.round_size=8` is `--set sim.round_size=8`
     dotted = [a[2:] for a in extra if a.startswith("--") and "=" in a and "." in a.split("=")[0]]
-    if args.command not in ("simulate", "train", "plan") and extra or len(dotted) != len(extra):
+    if args.command not in ("simulate", "train", "plan", "probe") and extra or len(dotted) != len(extra):
         parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a[2:] not in dotted)}")
     if dotted:
         args.set = [*(args.set or []), *dotted]
