@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -163,6 +164,8 @@ class EvalConfig:
             raise ConfigError(f"eval.level must be in [0.5, 1), got {self.level}")
         if self.n_bootstrap < 100:
             raise ConfigError(f"eval.n_bootstrap must be >= 100, got {self.n_bootstrap}")
+        if self.seed < 0:  # numpy's generators take non-negative seeds only
+            raise ConfigError(f"eval.seed must be >= 0, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
                           f"{type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
+    # YAML keys may be numbers or null too: sort them after the text keys, never against them
+    unknown = sorted(set(data) - names, key=lambda k: (not isinstance(k, str), str(k)))
     if unknown:
         raise ConfigError(f"unknown key {where}{unknown[0]!s}; known keys here: "
                           + ", ".join(sorted(names)))
@@ -229,8 +233,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return str(value)
         try:
             value = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{key}: unreadable value {str(value)!r} ({exc})") from None
+        except _YAML_ERRORS as exc:
+            raise ConfigError(f"{key}: unreadable value {str(value)[:80]!r} "
+                              f"({_short(exc)})") from None
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key + ".")
@@ -252,10 +257,27 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return tuple(_coerce(typing.get_args(tp)[0], v, f"{key}[{i}]")
                      for i, v in enumerate(value))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}: {str(value)[:20]}... is too large a number") from None
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {str(value)[:80]!r}")
+    if tp is float and not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value}")
+    if tp is int and not -(2**63) <= value < 2**63:  # the run tables store ints as int64
+        raise ConfigError(f"{key}: {str(value)[:20]}... is out of range (|n| < 2^63)")
     return value
+
+
+#: what yaml.safe_load raises besides YAMLError: ValueError for a date such as 2001-13-01,
+#: RecursionError for deep nesting
+_YAML_ERRORS = (yaml.YAMLError, ValueError, OverflowError, RecursionError)
+
+
+def _short(exc: BaseException) -> str:
+    """An exception's message on one line, at most 200 characters."""
+    return " ".join(str(exc).split())[:200]
 
 
 def parse_override(text: str) -> tuple[list[str], RawOverride]:
@@ -275,14 +297,17 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     if path is not None:
         p = Path(path)
         try:
-            text = p.read_text()
+            text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{p}: cannot read config ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: a config file is UTF-8 text ({exc.reason} at byte "
+                              f"{exc.start})") from None
         try:
             loaded = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
-        except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        except (tomllib.TOMLDecodeError, *_YAML_ERRORS) as exc:
             raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: "
-                              f"{exc}") from None
+                              f"{_short(exc)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -55,7 +55,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mfray.data.schema import PROFILE_FIELDS, Dataset, build_dataset, to_utc
+from mfray.data.schema import PROFILE_FIELDS, Dataset, build_dataset, id_key, to_utc
 from mfray.errors import DataError
 
 DEFAULT_SOURCE = "jsonl"
@@ -121,6 +121,12 @@ def _parse_line(line: str, file: str, n: int) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise DataError(f"broken JSON: {exc.msg} at column {exc.colno}", file=file,
                         record=f"line {n}", field="(syntax)") from None
+    except RecursionError:
+        raise DataError("JSON nested too deeply", file=file, record=f"line {n}",
+                        field="(syntax)") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise DataError(f"unreadable JSON ({exc})", file=file, record=f"line {n}",
+                        field="(syntax)") from None
     if not isinstance(rec, dict):
         raise DataError(f"expected a JSON object, got {type(rec).__name__}", file=file,
                         record=f"line {n}", field="(record)")
@@ -211,8 +217,7 @@ def _derive_topics(events: dict[str, dict[str, Any]], posts: list[dict[str, Any]
         eid = p["event_id"]
         if eid in missing and p.get("parent_id") is None:
             t = to_utc(p["time"], file=p["_file"], record=p["_record"], field_name="time")
-            pid = str(p["post_id"])
-            key = (t, (0, int(pid), "") if pid.isdigit() else (1, 0, pid), p["text"])
+            key = (t, id_key(str(p["post_id"])), p["text"])
             if eid not in best or key[:2] < best[eid][:2]:
                 best[eid] = key
     for eid in missing:

@@ -88,7 +88,11 @@ def _locate(root: Path) -> tuple[list[Path], Path | None]:
 def _read_labels(file: Path) -> dict[str, bool]:
     """Event id -> is rumour, from ``Weibo.txt``."""
     out: dict[str, bool] = {}
-    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"unreadable label file ({exc})", file=str(file)) from None
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()  # tab-separated in the release; post ids are space-separated
@@ -114,6 +118,11 @@ def _read_event(file: Path, rumour: bool | None) -> tuple[dict[str, Any], list[d
     except UnicodeDecodeError as exc:
         raise DataError(f"not UTF-8 text ({exc.reason})", file=str(file),
                         record=f"byte {exc.start}", field="(encoding)") from None
+    except RecursionError:
+        raise DataError("JSON nested too deeply", file=str(file), record="top level",
+                        field="(syntax)") from None
+    except (OSError, ValueError) as exc:  # a folder named *.json; an int of > 4,300 digits
+        raise DataError(f"unreadable event file ({exc})", file=str(file)) from None
     if not isinstance(records, list):
         raise DataError(f"expected a JSON array of posts, got {type(records).__name__}",
                         file=str(file), record="top level", field="(array)")
@@ -185,11 +194,21 @@ def _time(rec: Mapping[str, Any], where: dict[str, str]) -> int | float:
     value = rec.get("t")
     if value is None or value == "":
         raise DataError("required field is missing", **where, field="t")
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+    seconds = _seconds(value)
+    if seconds is not None:
+        return seconds
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise DataError(f"expected Unix seconds, got {value!r}", **where, field="t")
+        raise DataError(f"expected Unix seconds, got {str(value)[:40]!r}", **where, field="t")
     return value
+
+
+def _seconds(value: Any) -> int | None:
+    """Unix seconds written as a string of ASCII digits (``"²".isdigit()`` is true too, but
+    ``int("²")`` fails); None for anything else, or for more digits than any time has."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() \
+            and len(value.strip()) <= 18:
+        return int(value)
+    return None
 
 
 def _profile(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -198,7 +217,7 @@ def _profile(rec: Mapping[str, Any]) -> dict[str, Any]:
     # only m/f carry information; Weibo writes "n" (or nothing) for undisclosed
     if out["gender"] not in ("m", "f"):
         out["gender"] = None
-    created = out["created_at"]
-    if isinstance(created, str) and created.strip().isdigit():
-        out["created_at"] = int(created)
+    seconds = _seconds(out["created_at"])
+    if seconds is not None:
+        out["created_at"] = seconds
     return out

@@ -157,7 +157,10 @@ def _read_json(path: Path, record: str | None) -> Any:
     except json.JSONDecodeError as exc:
         raise DataError(f"broken JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
                         file=str(path), record=record, field="json") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise DataError("JSON nested too deeply", file=str(path), record=record,
+                        field="json") from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError; an int of > 4,300 digits
         raise DataError(f"unreadable file ({exc})", file=str(path), record=record) from None
 
 

@@ -99,7 +99,15 @@ def label_space_of(schema: pa.Schema) -> dict[str, tuple[str, ...]]:
     raw = (schema.metadata or {}).get(LABEL_SPACE_KEY)
     if raw is None:
         raise DataError("posts table has no declared label space", field="labels")
-    return {d: tuple(o) for d, o in json.loads(raw).items()}
+    try:
+        space = json.loads(raw)
+    except (ValueError, RecursionError):
+        space = None
+    if not (isinstance(space, dict) and all(isinstance(o, list) and all(isinstance(x, str)
+                                                                          for x in o)
+                                            for o in space.values())):
+        raise DataError("posts table has an unreadable label space", field="labels")
+    return {d: tuple(o) for d, o in space.items()}
 
 
 @dataclass(frozen=True)
@@ -128,8 +136,22 @@ class Dataset:
 
 
 def id_key(post_id: str) -> tuple[int, int, str]:
-    """Order ids numerically where they are numbers (tweet ids), else as text."""
-    return (0, int(post_id), "") if post_id.isascii() and post_id.isdigit() else (1, 0, post_id)
+    """Order ids numerically where they are numbers (tweet ids), else as text. Numbers compare
+    by length, then digits: no int() conversion, which refuses ids of more than 4,300 digits."""
+    if post_id.isascii() and post_id.isdigit():
+        digits = post_id.lstrip("0")
+        return (0, len(digits), digits)
+    return (1, 0, post_id)
+
+
+def check_text(value: str, *, file: str | None, record: str | None, field: str) -> None:
+    """Refuse text that cannot be stored as UTF-8: JSON's ``\\ud800`` escapes and file names
+    with undecodable bytes give Python strings with lone surrogates."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"text is not valid Unicode (a lone surrogate at character "
+                        f"{exc.start})", file=file, record=record, field=field) from None
 
 
 def to_utc(value: Any, *, file: str | None, record: str | None, field_name: str) -> datetime:
@@ -151,12 +173,12 @@ def to_utc(value: Any, *, file: str | None, record: str | None, field_name: str)
                 out = datetime.fromisoformat(text)
         else:
             raise TypeError(f"expected a time, got {type(value).__name__}")
+        if out.tzinfo is None:
+            out = out.replace(tzinfo=UTC)
+        return out.astimezone(UTC)  # an offset can move year 1 or 9999 out of range
     except (ValueError, TypeError, OverflowError, OSError) as exc:
         raise DataError(f"unreadable time {value!r} ({exc})", file=file, record=record,
                         field=field_name) from None
-    if out.tzinfo is None:
-        out = out.replace(tzinfo=UTC)
-    return out.astimezone(UTC)
 
 
 def _where(rec: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -178,6 +200,9 @@ def build_dataset(
     messages. Raises :class:`DataError` naming file, record and field on the first problem.
     """
     space = {d: tuple(o) for d, o in label_space.items()}
+    for dim, options in space.items():
+        for text in (dim, *options):
+            check_text(text, file=None, record=None, field=f"label_space.{dim}")
     event_rows = [dict(e) for e in events]
     event_index = {}
     for e in event_rows:
@@ -190,6 +215,9 @@ def build_dataset(
                 raise DataError(f"expected a string or null, got {type(e[key]).__name__}",
                                 file=e.get("_file"), record=e.get("_record") or e["event_id"],
                                 field=key)
+        for key in ("event_id", "topic", "topic_origin", "source", "split", "metadata"):
+            if e.get(key) is not None:
+                check_text(e[key], file=e.get("_file"), record=e.get("_record"), field=key)
         if e["event_id"] in event_index:
             raise DataError("duplicate event id", file=e.get("_file"),
                             record=e.get("_record") or e["event_id"], field="event_id")
@@ -211,6 +239,9 @@ def build_dataset(
             if rec.get(key) is not None and not isinstance(rec[key], str):
                 raise DataError(f"expected a string, got {type(rec[key]).__name__}", file=file,
                                 record=record, field=key)
+        for key in ("event_id", "thread_id", "post_id", "parent_id", "user_id", "text"):
+            if rec.get(key) is not None:
+                check_text(rec[key], file=file, record=record, field=key)
         rec["time"] = to_utc(rec["time"], file=file, record=record, field_name="time")
         labels = rec.get("labels") or {}
         if not isinstance(labels, Mapping):
@@ -261,15 +292,7 @@ def _clean_profile(profile: Any, file: str | None, record: str | None) -> dict[s
         if value is None:
             out[f.name] = None
         elif pa.types.is_integer(f.type):
-            if isinstance(value, bool) or not isinstance(value, int | float | str):
-                raise DataError(f"expected a whole number, got {value!r}", **where)
-            try:
-                number = float(value)
-            except ValueError:
-                raise DataError(f"expected a whole number, got {value!r}", **where) from None
-            if not math.isfinite(number) or number != int(number) or number < 0:
-                raise DataError(f"expected a non-negative whole number, got {value!r}", **where)
-            out[f.name] = int(number)
+            out[f.name] = _count(value, where)
         elif pa.types.is_boolean(f.type):
             if isinstance(value, bool):
                 out[f.name] = value
@@ -281,7 +304,32 @@ def _clean_profile(profile: Any, file: str | None, record: str | None) -> dict[s
             out[f.name] = to_utc(value, file=file, record=record, field_name=f"profile.{f.name}")
         else:
             out[f.name] = value if isinstance(value, str) else str(value)
+            check_text(out[f.name], **where)
     return out
+
+
+def _count(value: Any, where: dict[str, Any]) -> int:
+    """A profile count: a non-negative whole number that fits the int64 column, given as a
+    number or as text (``"120"``, ``"1e3"``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise DataError(f"expected a whole number, got {value!r}", **where)
+    number: int | float
+    try:
+        text = value.strip() if isinstance(value, str) else ""
+        if isinstance(value, int):
+            number = value
+        elif text.isascii() and text.isdigit():
+            number = int(text)  # exact, where float() would round a long count
+        else:
+            number = float(value)
+    except ValueError:  # not a number, or an integer of more than 4,300 digits
+        raise DataError(f"expected a whole number, got {str(value)[:40]!r}", **where) from None
+    if isinstance(number, float) and not (math.isfinite(number) and number == int(number)):
+        raise DataError(f"expected a whole number, got {value!r}", **where)
+    if not 0 <= number < 2**63:
+        raise DataError(f"expected a whole number from 0 to 2^63 - 1, got {str(value)[:40]}",
+                        **where)
+    return int(number)
 
 
 def _order_event(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -304,6 +352,11 @@ def _order_event(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     f"({sources[rec['thread_id']]} and {rec['post_id']})",
                     file=file, record=record, field="parent_id")
             sources[rec["thread_id"]] = rec["post_id"]
+    for rec in group:  # a reply's context is its thread's source: every thread needs one
+        if rec["thread_id"] not in sources:
+            file, record = _where(rec)
+            raise DataError(f"thread {rec['thread_id']} has no source post (a post without "
+                            "parent_id)", file=file, record=record, field="thread_id")
     for rec in group:
         parent = by_id.get(rec.get("parent_id") or "")
         if parent is not None and rec["time"] < parent["time"]:
@@ -314,7 +367,7 @@ def _order_event(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 file=file, record=record, field="time")
         # a reply's context is its thread's source post (method.md §1); the source has none
         rec["context_post_id"] = (None if rec.get("parent_id") is None
-                                  else sources.get(rec["thread_id"]))
+                                  else sources[rec["thread_id"]])
     group = sorted(group, key=lambda r: (r["time"], id_key(r["post_id"])))
     start = group[0]["time"]
     for rec in group:
@@ -372,11 +425,29 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
     if not manifest_path.exists():
         raise DataError("not an mfray dataset (no dataset.json); convert it first with "
                         "'mfray data convert'", file=str(root))
-    manifest = json.loads(manifest_path.read_text())
-    posts = pq.read_table(root / "posts.parquet")
-    events = pq.read_table(root / "events.parquet")
-    return Dataset(name=manifest["name"], label_space=label_space_of(posts.schema),
-                   events=events, posts=posts, notes=manifest.get("notes", {}))
+    damaged = "damaged dataset ({}); convert it again with 'mfray data convert'"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        posts = pq.read_table(root / "posts.parquet")
+        events = pq.read_table(root / "events.parquet")
+    except (OSError, ValueError, RecursionError, pa.ArrowException) as exc:
+        raise DataError(damaged.format(exc), file=str(root)) from None
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("name"), str)
+            and isinstance(manifest.get("notes", {}), dict)):
+        raise DataError(damaged.format("dataset.json is not a manifest"), file=str(root))
+    space = label_space_of(posts.schema)
+    if not space:
+        raise DataError(damaged.format("no action dimension declared"), file=str(root))
+    # the columns every reader relies on, with their types (nullability and metadata aside)
+    for table, expected, name in ((events, EVENTS_SCHEMA, "events"),
+                                  (posts, posts_schema(space), "posts")):
+        for f in expected:
+            if f.name not in table.schema.names or not table.schema.field(f.name).type.equals(
+                    f.type):
+                raise DataError(damaged.format(f"{name}.parquet lacks column {f.name} of type "
+                                               f"{f.type}"), file=str(root))
+    return Dataset(name=manifest["name"], label_space=space, events=events, posts=posts,
+                   notes=manifest.get("notes", {}))
 
 
 # --------------------------------------------------------------------------------------------
