@@ -96,7 +96,7 @@ class SweepConfig:
 def load_sweep(path: str | Path) -> SweepConfig:
     try:
         doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read the sweep file {path}: {exc}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a sweep file is a mapping (base, world, space, ...)")
