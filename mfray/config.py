@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -256,6 +257,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return tuple(_coerce(typing.get_args(tp)[0], v, f"{key}[{i}]")
                      for i, v in enumerate(value))
+    if tp is float and isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads `2e-3` (no dot) as text, not a number
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         try:
             value = float(value)
@@ -269,6 +272,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         raise ConfigError(f"{key}: {str(value)[:20]}... is out of range (|n| < 2^63)")
     return value
 
+
+_EXPONENT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 #: what yaml.safe_load raises besides YAMLError: ValueError for a date such as 2001-13-01,
 #: RecursionError for deep nesting

@@ -188,6 +188,15 @@ def test_literal_values_are_checked(data: dict, where: str) -> None:
         from_dict(RunConfig, data)
 
 
+def test_exponent_floats_without_a_dot(tmp_path: Path) -> None:
+    # YAML 1.1 reads 2e-3 as text; for a float setting it is the number a researcher meant
+    assert load_config(None, ["eval.level=95e-2"]).eval.level == 0.95
+    (tmp_path / "c.yaml").write_text("eval:\n  level: 9e-1\n")
+    assert load_config(tmp_path / "c.yaml").eval.level == 0.9
+    with pytest.raises(ConfigError, match="expected float"):
+        load_config(None, ["eval.level=e-3"])
+
+
 def test_on_off_options_are_not_yaml_booleans(tmp_path: Path) -> None:
     # YAML 1.1 reads `on`/`off` as booleans; for an on/off/auto option they mean the option
     assert load_config(None, ["policy.bf16=on"]).policy.bf16 == "on"
