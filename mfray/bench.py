@@ -157,9 +157,10 @@ def _model_point(plain: Any, policy: PolicyConfig, n: int, agents: int, work: Pa
     cfg = RunConfig(sim=SimConfig(data=str(data), variants=("mf",), warmup=0), policy=policy)
     store = simulate(cfg, read_dataset(data), work / "run", progress=True)
     loop_s = _loop_seconds(store)
-    dec = store.read_decisions(columns=["round", "latency_s", "tokens_in", "template_hash"])
+    dec = store.read_decisions(columns=["latency_s", "tokens_in", "template_hash"])
     asked = dec.filter(pc.is_valid(dec["template_hash"]))
-    model_s = _model_seconds(store)
+    # each decision's latency_s is its share of its model call: their sum is the model's time
+    model_s = pc.sum(asked["latency_s"]).as_py() or 0.0
     logged = [json.loads(line)
               for line in (store.run_dir / "prompts.jsonl").read_text().splitlines()]
     by_key_round = _rounds_of(logged)
@@ -180,14 +181,6 @@ def _model_point(plain: Any, policy: PolicyConfig, n: int, agents: int, work: Pa
             "plain_model_decisions_per_s": round(plain_rate, 2),
             "efficiency": round(e2e / plain_rate, 3), "run_dir": str(store.run_dir),
             "_rounds": by_key_round}
-
-
-def _model_seconds(store: Any) -> float:
-    """Time the inference actor spent in the model: each decision's ``latency_s`` is its share
-    of its model call, so their sum over a round is the round's model time."""
-    dec = store.read_decisions(columns=["latency_s", "template_hash"])
-    asked = dec.filter(pc.is_valid(dec["template_hash"]))
-    return pc.sum(asked["latency_s"]).as_py() or 0.0
 
 
 def _rounds_of(logged: list[dict[str, Any]]) -> list[list[str]]:

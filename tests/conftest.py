@@ -67,3 +67,11 @@ def tiny_model_dir(tiny_hf, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tiny_hf.model.save_pretrained(path)
     tiny_hf.tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def herding_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic world whose agents follow the crowd strongly (herding 3)."""
+    _, ds = generate(WorldParams(n_events=2, min_agents=96, max_agents=96, warmup=32,
+                                 herding=3.0))
+    return write_dataset(ds, tmp_path_factory.mktemp("herding") / "data")

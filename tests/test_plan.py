@@ -9,18 +9,9 @@ import pytest
 
 from mfray.cli import main
 from mfray.config import PolicyConfig, ResourcesConfig, RunConfig, SimConfig
-from mfray.data.schema import write_dataset
-from mfray.data.synthetic import WorldParams, generate
 from mfray.errors import ConfigError
 from mfray.interventions import Intervention
 from mfray.plan import make_candidates, plan
-
-
-@pytest.fixture(scope="module")
-def herding_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    _, ds = generate(WorldParams(n_events=2, min_agents=96, max_agents=96, warmup=32,
-                                 herding=3.0))
-    return write_dataset(ds, tmp_path_factory.mktemp("plan") / "data")
 
 
 def _cfg(data: Path) -> RunConfig:
