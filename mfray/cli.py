@@ -97,7 +97,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
                       ("meanfield_adapter", "meanfield.adapter")):
         if getattr(args, flag, None) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
-    if args.variants:
+    if getattr(args, "variants", None):
         overrides.append(f"sim.variants=[{args.variants}]")
     return load_config(args.config, overrides)
 
@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--n", type=int, default=24, help="real agents to show")
     pr.add_argument("--strength", type=float, default=0.85,
                     help="share of the favoured option in the mean field shown")
-    pr.set_defaults(func=cmd_probe, variants=None)
+    pr.set_defaults(func=cmd_probe)
 
     sw = sub.add_parser("sweep", help="a grid of configs and synthetic worlds on Ray Tune "
                         "(see mfray/sweep.py); rerun to resume")
