@@ -32,6 +32,7 @@ from mfray.errors import ConfigError, MfrayError
 from mfray.schedule import build_units
 from mfray.train.config import TrainConfig
 from mfray.train.data import build_examples, read_examples, write_examples
+from mfray.train.mix import mix_events
 
 STATE_FILE = "state.json"
 
@@ -59,8 +60,16 @@ def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
     run = RunConfig(sim=cfg.sim, policy=cfg.policy, meanfield=cfg.meanfield)
     if summarize is None and cfg.train.prompt_variant in TEXT_MEANFIELD:
         summarize = _summarizer(cfg, ds)
+    events = training_events(cfg, ds)
+    if cfg.train.mix_copies:
+        ds, events = mix_events(ds, events, cfg.train.mix_copies, alpha=cfg.train.mix_alpha,
+                                seed=cfg.train.seed,
+                                min_agents=max(cfg.sim.min_replies, 4 * cfg.sim.round_size))
+        if not events:
+            raise MfrayError("train.mix_copies: no training event has enough labelled replies "
+                             "for a resampled copy")
     policy, meanfield = build_examples(run, ds, cfg.train.prompt_variant,
-                                       events=training_events(cfg, ds), summarize=summarize,
+                                       events=events, summarize=summarize,
                                        from_agent=cfg.train.from_agent, progress=True)
     table = policy if kind == "policy" else meanfield
     if table.num_rows == 0:

@@ -1,0 +1,88 @@
+"""Resampled training events: the same real replies, in other label mixes.
+
+Real events often share one base rate (on RumourEval every event is about two-thirds
+``comment``), and an event's topic names it. A policy tuned on them lowers its loss most
+cheaply by learning each topic's label mix, not by reading the mean field: ``mfray probe``
+measures this (tuned sensitivity about +0.01). method.md §5 warns against exactly that.
+
+:func:`mix_events` makes the mean field the only way to the label mix. Each copy of a training
+event draws a target mix ``p ~ Dirichlet(alpha)`` over the options of one dimension and keeps,
+of each option ``l``, ``round(N·p_l)`` of the event's real replies labelled ``l`` (drawn
+without replacement, original arrival order kept), with ``N`` as large as the event's counts
+allow. Texts, personas, contexts and the time order are real; only who is in the population
+changes. A copy's topic is its event's, so the topic no longer tells the mix: the numeric mean
+field, built from the copy's own earlier replies by the simulator's code, does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mfray.data.schema import Dataset
+from mfray.errors import ConfigError
+
+SEPARATOR = "~mix"
+MAX_DRAWS = 100  # redraws of a mix whose feasible size is below min_agents
+
+
+def copy_sizes(counts: np.ndarray, mix: np.ndarray) -> np.ndarray:
+    """Replies kept per option: the largest population with shares ``mix`` that the counts
+    allow (rounded per option, never more than there are)."""
+    live = mix > 0
+    n = float(np.min(counts[live] / mix[live])) if live.any() else 0.0
+    return np.minimum(np.round(n * mix).astype(int), counts)
+
+
+def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float = 1.0,
+               seed: int = 0, dimension: str | None = None, min_agents: int = 64
+               ) -> tuple[Dataset, list[str]]:
+    """``ds`` plus ``copies`` resampled copies of each of ``events``; returns the dataset and
+    the ids of the copies (``event~mixK``). Copies smaller than ``min_agents`` replies are
+    redrawn (up to ``MAX_DRAWS`` times, then left out)."""
+    if copies < 0 or alpha <= 0 or min_agents < 1:
+        raise ConfigError("need copies >= 0, alpha > 0 and min_agents >= 1")
+    dim = dimension or next(iter(ds.label_space))
+    if dim not in ds.label_space:
+        raise ConfigError(f"unknown dimension {dim!r}; the data has {list(ds.label_space)}")
+    options = list(ds.label_space[dim])
+    rng = np.random.default_rng(seed)
+    new_events, new_posts, ids = [], [], []
+    for event in events:
+        posts = ds.posts_of(event)
+        labels = pc.struct_field(posts["labels"], dim).to_pylist()
+        is_reply = pc.is_valid(posts["parent_id"]).to_pylist()
+        sources = [i for i, r in enumerate(is_reply) if not r]
+        by_option = [np.array([i for i, (r, lab) in enumerate(zip(is_reply, labels, strict=True))
+                               if r and lab == o], dtype=int) for o in options]
+        counts = np.array([len(b) for b in by_option])
+        row = ds.events.filter(pc.equal(ds.events["event_id"], event)).slice(0, 1)
+        for k in range(copies):
+            for _ in range(MAX_DRAWS):
+                sizes = copy_sizes(counts, rng.dirichlet(np.full(len(options), alpha)))
+                if sizes.sum() >= min_agents:
+                    break
+            else:
+                continue
+            kept = [rng.choice(b, size=s, replace=False) for b, s in zip(by_option, sizes,
+                                                                          strict=True) if s]
+            take = np.sort(np.concatenate([np.array(sources, dtype=int), *kept]))
+            copy_id = f"{event}{SEPARATOR}{k}"
+            new_posts.append(_renamed(posts.take(pa.array(take)), copy_id))
+            new_events.append(_renamed(row, copy_id))
+            ids.append(copy_id)
+    if not ids:
+        return ds, []
+    return replace(ds, events=pa.concat_tables([ds.events, *new_events]),
+                   posts=pa.concat_tables([ds.posts, *new_posts])), ids
+
+
+def _renamed(table: pa.Table, event_id: str) -> pa.Table:
+    """``table`` with every row's ``event_id`` set to ``event_id`` (schema kept)."""
+    k = table.schema.get_field_index("event_id")
+    return table.set_column(k, table.schema.field(k),
+                            pa.array([event_id] * table.num_rows, pa.string()))

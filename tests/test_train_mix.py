@@ -1,0 +1,101 @@
+"""Resampled training events: real replies of one event in drawn label mixes, whose mean field
+then tells the mix (the topic no longer can)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from mfray.config import PolicyConfig, RunConfig, SimConfig
+from mfray.data.schema import read_dataset
+from mfray.errors import ConfigError
+from mfray.train.config import TrainParams
+from mfray.train.data import build_examples
+from mfray.train.mix import copy_sizes, mix_events
+
+
+def _replies(ds, event: str):
+    posts = ds.posts_of(event)
+    return posts.filter(pc.is_valid(posts["parent_id"]))
+
+
+def test_copy_sizes_take_the_largest_population_the_counts_allow() -> None:
+    assert copy_sizes(np.array([10, 50]), np.array([0.5, 0.5])).tolist() == [10, 10]
+    assert copy_sizes(np.array([4, 100, 7]), np.array([0.2, 0.8, 0.0])).tolist() == [4, 16, 0]
+    assert copy_sizes(np.array([3, 3]), np.array([0.0, 1.0])).tolist() == [0, 3]
+
+
+def test_copies_are_ordered_subsets_of_the_real_replies_in_varied_mixes(
+        small_world_dir: Path) -> None:
+    ds = read_dataset(small_world_dir)
+    events = ds.event_ids()[:2]
+    mixed, ids = mix_events(ds, events, 4, seed=1, min_agents=20)
+    expected = [f"{e}~mix{k}" for e in events for k in range(4)]
+    assert len(ids) >= 6 and ids == [i for i in expected if i in ids]  # few too small to fill
+    assert mixed.posts.schema == ds.posts.schema and mixed.events.schema == ds.events.schema
+    assert ds.posts.num_rows < mixed.posts.num_rows  # the originals are kept, untouched
+    comment_shares = []
+    for copy_id in ids:
+        event = copy_id.split("~mix")[0]
+        real = _replies(ds, event)["post_id"].to_pylist()
+        kept = _replies(mixed, copy_id)["post_id"].to_pylist()
+        assert len(kept) >= 20 and len(set(kept)) == len(kept)
+        assert kept == [p for p in real if p in set(kept)]  # arrival order kept
+        sources = ds.posts_of(event).filter(pc.is_null(ds.posts_of(event)["parent_id"]))
+        assert set(sources["post_id"].to_pylist()) <= set(
+            mixed.posts_of(copy_id)["post_id"].to_pylist())  # every context is still there
+        labels = Counter(x["stance"] for x in _replies(mixed, copy_id)["labels"].to_pylist())
+        comment_shares.append(labels["comment"] / len(kept))
+    assert max(comment_shares) - min(comment_shares) > 0.3  # the mixes really differ
+    again, _ = mix_events(ds, events, 4, seed=1, min_agents=20)
+    assert again.posts.equals(mixed.posts)
+    other, _ = mix_events(ds, events, 4, seed=2, min_agents=20)
+    assert not other.posts.equals(mixed.posts)
+
+
+def test_a_copy_the_counts_cannot_fill_is_left_out(small_world_dir: Path) -> None:
+    ds = read_dataset(small_world_dir)
+    assert mix_events(ds, ds.event_ids()[:1], 3, min_agents=10_000) == (ds, [])
+    with pytest.raises(ConfigError):
+        mix_events(ds, ds.event_ids(), 1, alpha=0)
+    with pytest.raises(ConfigError):
+        mix_events(ds, ds.event_ids(), 1, dimension="mood")
+    with pytest.raises(ConfigError):
+        TrainParams(mix_copies=-1)
+
+
+def test_the_mean_field_of_a_copy_reports_the_copy_s_own_mix(small_world_dir: Path) -> None:
+    ds = read_dataset(small_world_dir)
+    mixed, ids = mix_events(ds, ds.event_ids()[:1], 3, seed=0, min_agents=20)
+    cfg = RunConfig(sim=SimConfig(data=str(small_world_dir), round_size=8),
+                    policy=PolicyConfig(model="scripted"))
+    policy, _ = build_examples(cfg, mixed, "mf", events=ids)
+    assert set(policy["event_id"].to_pylist()) == set(ids)
+    for copy_id in ids:
+        rows = policy.filter(pc.equal(policy["event_id"], copy_id)).to_pylist()
+        last = rows[-1]
+        seen = [r["label"] for r in rows if r["round"] < last["round"]]  # earlier rounds
+        shown = dict(re.findall(r"(support|deny|query|comment) (\d+)%", last["prompt"]))
+        for option in ("support", "deny", "query", "comment"):
+            assert int(shown[option]) == round(100 * seen.count(option) / len(seen))
+
+
+def test_training_with_mix_copies_reads_only_copies_of_training_events(
+        small_world_dir: Path, tmp_path: Path) -> None:
+    from mfray.train.config import TrainConfig
+    from mfray.train.data import read_examples
+    from mfray.train.run import prepare_examples
+
+    ds = read_dataset(small_world_dir)
+    held = ds.event_ids()[0]
+    cfg = TrainConfig(sim=SimConfig(data=str(small_world_dir), round_size=4),
+                      policy=PolicyConfig(model="scripted"),
+                      train=TrainParams(variant="mf", held_out=(held,), mix_copies=3))
+    table = read_examples(prepare_examples(cfg, ds, tmp_path, "policy"))
+    events = set(table["event_id"].to_pylist())
+    assert events and all("~mix" in e and not e.startswith(held) for e in events)
