@@ -48,13 +48,19 @@ class NumericMeanField:
         return c / c.sum() if c.sum() else np.full(len(c), 1.0 / len(c))
 
     def render(self, label_space: LabelSpace) -> str:
-        """The prompt form: ``stance: support 19%, deny 7%, query 8%, comment 65% (n=120)``."""
+        """The prompt form, most common option first (ties in label order):
+        ``stance: comment 65%, support 19%, query 8%, deny 7% (n=120)``.
+
+        The order matters to a small model: SmolLM2-135M shown the options in label order
+        barely reacts to the shares (``mfray probe`` sensitivity +0.007 on RumourEval agents),
+        and copies the first option it reads (+0.25 with this order)."""
         lines = []
         for dim, options in label_space.items():
             if self.n(dim) == 0:
                 lines.append(f"{dim}: {NO_REACTIONS}")
                 continue
-            parts = ", ".join(f"{o} {s:.0%}" for o, s in zip(options, self.shares(dim),
-                                                              strict=True))
+            shares = self.shares(dim)
+            order = np.argsort(-np.asarray(self.counts[dim]), kind="stable")
+            parts = ", ".join(f"{options[k]} {shares[k]:.0%}" for k in order)
             lines.append(f"{dim}: {parts} (n={self.n(dim)})")
         return "\n".join(lines)

@@ -46,15 +46,15 @@ def test_none_labels_are_not_counted() -> None:
 def test_render_exact() -> None:
     mf = NumericMeanField.empty(SPACE).update(
         SPACE, {"stance": ["support", "support", "comment", None], "emotion": ["pos"]})
-    assert mf.render(SPACE) == ("stance: support 67%, deny 0%, query 0%, comment 33% (n=3)\n"
-                                "emotion: pos 100%, neg 0% (n=1)")
+    assert mf.render(SPACE) == ("stance: support 67%, comment 33%, deny 0%, query 0% (n=3)\n"
+                                "emotion: pos 100%, neg 0% (n=1)")  # most common first
 
 
 def test_render_empty_and_partly_empty() -> None:
     mf = NumericMeanField.empty(SPACE)
     assert mf.render(SPACE) == f"stance: {NO_REACTIONS}\nemotion: {NO_REACTIONS}"
     mf = mf.update(SPACE, {"emotion": ["neg", "neg", "pos", "neg"]})
-    assert mf.render(SPACE) == f"stance: {NO_REACTIONS}\nemotion: pos 25%, neg 75% (n=4)"
+    assert mf.render(SPACE) == f"stance: {NO_REACTIONS}\nemotion: neg 75%, pos 25% (n=4)"
 
 
 def test_immutability() -> None:
