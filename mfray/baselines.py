@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mfray.config import SURROGATE_VARIANTS, SimConfig
-from mfray.data.schema import Dataset
+from mfray.data.schema import STANCE_OPTIONS, Dataset
 from mfray.data.synthetic import BASE_SHARES, SCEPTIC_DESCRIPTION, SyntheticWorld
 from mfray.errors import ConfigError
 from mfray.llm import ScriptedModel
@@ -87,7 +87,8 @@ def reweight(q: np.ndarray, shares: np.ndarray) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
-_SHARES = re.compile(r"stance: support (\d+)%, deny (\d+)%, query (\d+)%, comment (\d+)%")
+_STANCE_LINE = re.compile(r"^stance: (.*) \(n=\d+\)$", re.MULTILINE)
+_SHARE = re.compile(r"(\w+) (\d+)%")
 #: a representative follower count for each persona bucket (geometric middle)
 _FOLLOWERS = {label: (10.0 if bound == 100 else math.sqrt(bound * bound / 10))
               for bound, label in FOLLOWER_BUCKETS if math.isfinite(bound)}
@@ -110,12 +111,21 @@ def world_rule_model(world: SyntheticWorld) -> ScriptedModel:
             (np.log10(_followers(prompt) + 1.0) - 2.5) / 1.5,
         ]])
         q = world.persona_probs(x)[0]
-        m = _SHARES.search(prompt)
-        if m is None:
-            return q
-        return reweight(q, np.array([float(v) for v in m.groups()]) / 100.0)[0]
+        shares = _stance_shares(prompt)
+        return q if shares is None else reweight(q, shares)[0]
 
     return ScriptedModel(fn=fn, model_id="scripted-world")
+
+
+def _stance_shares(prompt: str) -> np.ndarray | None:
+    """The mean field's stance shares in label order, whatever order the prompt lists them in;
+    None without a mean field (or before any reaction)."""
+    line = _STANCE_LINE.search(prompt)
+    if line is None:
+        return None
+    shown = {o: float(v) / 100.0 for o, v in _SHARE.findall(line.group(1))}
+    return np.array([shown[o] for o in STANCE_OPTIONS]) if set(shown) == set(STANCE_OPTIONS) \
+        else None
 
 
 def _followers(prompt: str) -> float:
