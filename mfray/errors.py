@@ -21,12 +21,18 @@ class DataError(MfrayError):
         self.file, self.record, self.field, self.detail = file, record, field, message
         where = []
         if file is not None:
-            where.append(f"{file}")
+            where.append(printable(file))
         if record is not None:
-            where.append(f"record {record}")
+            where.append(f"record {printable(record)}")
         if field is not None:
-            where.append(f"field '{field}'")
+            where.append(f"field '{printable(field)}'")
         super().__init__(": ".join(where + [message]) if where else message)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``), so that a name taken from the
+    input (a JSON key, a file name) cannot break the one-line error message."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 class ConfigError(MfrayError):
