@@ -54,11 +54,10 @@ def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float 
     new_events, new_posts, ids = [], [], []
     for event in events:
         posts = ds.posts_of(event)
-        labels = pc.struct_field(posts["labels"], dim).to_pylist()
-        is_reply = pc.is_valid(posts["parent_id"]).to_pylist()
-        sources = [i for i, r in enumerate(is_reply) if not r]
-        by_option = [np.array([i for i, (r, lab) in enumerate(zip(is_reply, labels, strict=True))
-                               if r and lab == o], dtype=int) for o in options]
+        labels = np.array(pc.struct_field(posts["labels"], dim).to_pylist(), dtype=object)
+        is_reply = pc.is_valid(posts["parent_id"]).to_numpy(zero_copy_only=False)
+        sources = np.flatnonzero(~is_reply)
+        by_option = [np.flatnonzero(is_reply & (labels == o)) for o in options]
         counts = np.array([len(b) for b in by_option])
         row = ds.events.filter(pc.equal(ds.events["event_id"], event)).slice(0, 1)
         for k in range(copies):
@@ -70,7 +69,7 @@ def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float 
                 continue
             kept = [rng.choice(b, size=s, replace=False) for b, s in zip(by_option, sizes,
                                                                           strict=True) if s]
-            take = np.sort(np.concatenate([np.array(sources, dtype=int), *kept]))
+            take = np.sort(np.concatenate([sources, *kept]))
             copy_id = f"{event}{SEPARATOR}{k}"
             new_posts.append(_renamed(posts.take(pa.array(take)), copy_id))
             new_events.append(_renamed(row, copy_id))
