@@ -193,3 +193,29 @@ def test_runs_of_different_events_pool_into_one_table(small_world_dir: Path,
     assert rows["mf"]["n_events"] == 2 and rows["mf"]["interval_over"] == "events"
     assert rows["mf"]["kl"] == pytest.approx(np.mean([r["kl"] for r in alone
                                                       if r["variant"] == "mf"]))
+
+
+def test_runs_of_other_seeds_pool_and_a_repeated_seed_is_refused(small_world_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """Seeds added in a later run join the earlier one's; the same seed twice is an error."""
+    from mfray.errors import DataError
+    from mfray.evaluate.report import evaluate
+
+    def run(seeds: tuple[int, ...], name: str) -> Path:
+        cfg = RunConfig(sim=SimConfig(data=str(small_world_dir), variants=("mf",), seeds=seeds,
+                                      events=("synth-00",), round_size=16, warmup=20),
+                        policy=PolicyConfig(model="scripted"),
+                        resources=ResourcesConfig(num_cpus=2))
+        simulate(cfg, read_dataset(small_world_dir), tmp_path / name, progress=False)
+        return tmp_path / name
+
+    first, later, again = run((0,), "s0"), run((1, 2), "s12"), run((2,), "s2")
+    together = run((0, 1, 2), "s012")
+    pooled = evaluate([first, later], CFG)
+    want = evaluate(together, CFG)
+    assert len(pooled.per_sim) == 3
+    assert {r["seed"]: r["kl"] for r in pooled.per_sim} == \
+        pytest.approx({r["seed"]: r["kl"] for r in want.per_sim})
+    assert pooled.summary[0]["kl"] == pytest.approx(want.summary[0]["kl"])
+    with pytest.raises(DataError, match=r"\['mf'\] of the same event\(s\) and seed"):
+        evaluate([later, again], CFG)

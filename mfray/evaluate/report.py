@@ -109,8 +109,9 @@ def read_runs(runs: RunSpec, columns: Sequence[str]
               ) -> tuple[dict[str, tuple[str, ...]], pa.Table, dict[str, Any]]:
     """The label space, the decisions (``columns``) and the first run's sim config of one run
     or several runs read as one: variants renamed, simulation ids kept apart; the runs must
-    share their label space and may not repeat a variant on the same event (runs of other
-    events, e.g. the folds of a leave-one-event-out experiment, pool into one table)."""
+    share their label space and may not repeat a simulation (variant, event, seed): runs of
+    other events (the folds of a leave-one-event-out experiment) or of other seeds (more seeds
+    added later) pool into one table."""
     specs = [runs] if isinstance(runs, str | Path) else list(runs)
     if not specs:
         raise DataError("no run to read")
@@ -124,14 +125,17 @@ def read_runs(runs: RunSpec, columns: Sequence[str]
             raise DataError(f"{path}: another label space than {specs[0]}", file=str(path))
         space = mine
         table = store.read_decisions(columns=list(dict.fromkeys(["sim_id", "variant",
-                                                                 "event_id", *columns])))
+                                                                 "event_id", "seed",
+                                                                 *columns])))
         variants = [renames.get(v, v) for v in table["variant"].to_pylist()]
-        pairs = set(zip(variants, table["event_id"].to_pylist(), strict=True))
-        clash = sorted({v for v, _ in pairs & seen})
+        sims = set(zip(variants, table["event_id"].to_pylist(), table["seed"].to_pylist(),
+                       strict=True))
+        clash = sorted({v for v, _, _ in sims & seen})
         if clash:
-            raise DataError(f"{path}: variant(s) {clash} of the same event(s) already come "
-                            "from an earlier run; rename them with DIR:old=new", file=str(path))
-        seen |= pairs
+            raise DataError(f"{path}: variant(s) {clash} of the same event(s) and seed(s) "
+                            "already come from an earlier run; rename them with DIR:old=new",
+                            file=str(path))
+        seen |= sims
         sim_ids = [k * 10**7 + s for s in table["sim_id"].to_pylist()]
         table = table.set_column(table.schema.get_field_index("variant"), "variant",
                                  pa.array(variants, pa.string()))
