@@ -219,3 +219,24 @@ def test_runs_of_other_seeds_pool_and_a_repeated_seed_is_refused(small_world_dir
     assert pooled.summary[0]["kl"] == pytest.approx(want.summary[0]["kl"])
     with pytest.raises(DataError, match=r"\['mf'\] of the same event\(s\) and seed"):
         evaluate([later, again], CFG)
+
+
+def test_an_unfinished_run_is_read_with_a_note(small_world_dir: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Evaluating a run that is still going (or stopped) says how much of it is read."""
+    from mfray.evaluate.report import evaluate
+
+    cfg = RunConfig(sim=SimConfig(data=str(small_world_dir), variants=("mf",), seeds=(0,),
+                                  events=("synth-00",), round_size=16, warmup=20),
+                    policy=PolicyConfig(model="scripted"), resources=ResourcesConfig(num_cpus=2))
+    simulate(cfg, read_dataset(small_world_dir), tmp_path / "part", progress=False,
+             max_rounds=2)
+    capsys.readouterr()
+    assert evaluate(tmp_path / "part", CFG).per_sim
+    assert f"run {tmp_path / 'part'} is running; reading its 2 completed rounds" in \
+        capsys.readouterr().err
+    simulate(cfg, read_dataset(small_world_dir), tmp_path / "part", progress=False,
+             resume=True)
+    capsys.readouterr()
+    evaluate(tmp_path / "part", CFG)
+    assert "note" not in capsys.readouterr().err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,10 @@ def read_runs(runs: RunSpec, columns: Sequence[str]
     for k, spec in enumerate(specs):
         path, renames = parse_run(spec)
         store = RunStore.open(path)
+        status = store.run_info()["status"]
+        if status != "complete":  # a run still going, stopped or failed: say what is read
+            print(f"mfray: note: run {path} is {status}; reading its "
+                  f"{len(store.completed_rounds())} completed rounds", file=sys.stderr)
         mine = {d: tuple(o) for d, o in json.loads(store.run_info()["label_space_json"]).items()}
         if space is not None and mine != space:
             raise DataError(f"{path}: another label space than {specs[0]}", file=str(path))
