@@ -14,6 +14,7 @@ from mfray.engine import simulate
 from mfray.evaluate.compare import (
     PNG_MAGIC,
     compare,
+    comparison_markdown,
     forecast,
     relative_change,
     variant_order,
@@ -191,6 +192,7 @@ def test_runs_of_different_events_pool_into_one_table(small_world_dir: Path,
         sorted((r["event_id"], r["variant"], r["kl"]) for r in alone)  # each as alone
     rows = {r["variant"]: r for r in pooled.summary}
     assert rows["mf"]["n_events"] == 2 and rows["mf"]["interval_over"] == "events"
+    assert rows["mf"]["n_sims"] == 2
     assert rows["mf"]["kl"] == pytest.approx(np.mean([r["kl"] for r in alone
                                                       if r["variant"] == "mf"]))
 
@@ -217,6 +219,8 @@ def test_runs_of_other_seeds_pool_and_a_repeated_seed_is_refused(small_world_dir
     assert {r["seed"]: r["kl"] for r in pooled.per_sim} == \
         pytest.approx({r["seed"]: r["kl"] for r in want.per_sim})
     assert pooled.summary[0]["kl"] == pytest.approx(want.summary[0]["kl"])
+    assert pooled.summary[0]["n_events"] == 1 and pooled.summary[0]["n_sims"] == 3
+    assert "| mf | 1 | 3 |" in comparison_markdown(compare([first, later], CFG), "stance")
     with pytest.raises(DataError, match=r"\['mf'\] of the same event\(s\) and seed"):
         evaluate([later, again], CFG)
 

@@ -145,12 +145,12 @@ def _change_cell(row: dict[str, Any], tag: str) -> str:
 
 def comparison_markdown(comp: Comparison, dim: str) -> str:
     """One dimension of the comparison as a Markdown table, mean [interval] per metric."""
-    head = ["variant", "events", *METRICS, "ΔKL vs best LLM (%)", "ΔKL vs best reference (%)"]
+    head = ["variant", "events", "sims", *METRICS, "ΔKL vs best LLM (%)", "ΔKL vs best reference (%)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = [r for r in comp.rows if r["dimension"] == dim]
     for r in rows:
         name = f"*{r['variant']}*" if r["variant"] in REFERENCES else r["variant"]
-        cells = [name, str(r["n_events"]), *(_cell(r, m) for m in METRICS),
+        cells = [name, str(r["n_events"]), str(r["n_sims"]), *(_cell(r, m) for m in METRICS),
                  _change_cell(r, "llm"), _change_cell(r, "ref")]
         lines.append("| " + " | ".join(cells) + " |")
     level = "intervals over seeds (one event)" if any(

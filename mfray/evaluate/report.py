@@ -196,6 +196,7 @@ def summarise(per_sim: list[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, 
     for (variant, dim), events in groups.items():
         over = "events" if len(events) > 1 else "seeds"
         entry: dict[str, Any] = {"variant": variant, "dimension": dim, "n_events": len(events),
+                                 "n_sims": sum(map(len, events.values())),
                                  "interval_over": over}
         units = list(events.values()) if over == "events" else [[r] for r in
                                                                  next(iter(events.values()))]
@@ -247,11 +248,11 @@ def markdown_table(summary: list[dict[str, Any]], dim: str) -> str:
         return f"{e[c]:.3f} [{e[c + '_lo']:.3f}, {e[c + '_hi']:.3f}]"
 
     cols = list(METRICS) + [f"kl_{h}" for h in HORIZONS]
-    lines = ["| variant | events | " + " | ".join(cols) + " |",
-             "|---|---|" + "---|" * len(cols)]
+    lines = ["| variant | events | sims | " + " | ".join(cols) + " |",
+             "|---|---|---|" + "---|" * len(cols)]
     rows = [e for e in summary if e["dimension"] == dim]
     for e in rows:
-        lines.append(f"| {e['variant']} | {e['n_events']} | "
+        lines.append(f"| {e['variant']} | {e['n_events']} | {e['n_sims']} | "
                      + " | ".join(cell(e, c) for c in cols) + " |")
     if any(e["interval_over"] == "seeds" for e in rows):
         lines.append("\nOne event: intervals are over its seeds, not over events.")
