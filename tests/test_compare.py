@@ -237,7 +237,7 @@ def test_an_unfinished_run_is_read_with_a_note(small_world_dir: Path, tmp_path: 
              max_rounds=2)
     capsys.readouterr()
     assert evaluate(tmp_path / "part", CFG).per_sim
-    assert f"run {tmp_path / 'part'} is running; reading its 2 completed rounds" in \
+    assert f"run {tmp_path / 'part'} has status 'running'; reading its 2 completed rounds" in \
         capsys.readouterr().err
     simulate(cfg, read_dataset(small_world_dir), tmp_path / "part", progress=False,
              resume=True)

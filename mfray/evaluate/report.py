@@ -121,11 +121,11 @@ def read_runs(runs: RunSpec, columns: Sequence[str]
     for k, spec in enumerate(specs):
         path, renames = parse_run(spec)
         store = RunStore.open(path)
-        status = store.run_info()["status"]
-        if status != "complete":  # a run still going, stopped or failed: say what is read
-            print(f"mfray: note: run {path} is {status}; reading its "
+        info = store.run_info()
+        if info["status"] != "complete":  # a run still going, stopped or failed: say so
+            print(f"mfray: note: run {path} has status '{info['status']}'; reading its "
                   f"{len(store.completed_rounds())} completed rounds", file=sys.stderr)
-        mine = {d: tuple(o) for d, o in json.loads(store.run_info()["label_space_json"]).items()}
+        mine = {d: tuple(o) for d, o in json.loads(info["label_space_json"]).items()}
         if space is not None and mine != space:
             raise DataError(f"{path}: another label space than {specs[0]}", file=str(path))
         space = mine
