@@ -145,7 +145,8 @@ def _change_cell(row: dict[str, Any], tag: str) -> str:
 
 def comparison_markdown(comp: Comparison, dim: str) -> str:
     """One dimension of the comparison as a Markdown table, mean [interval] per metric."""
-    head = ["variant", "events", "sims", *METRICS, "ΔKL vs best LLM (%)", "ΔKL vs best reference (%)"]
+    head = ["variant", "events", "sims", *METRICS, "ΔKL vs best LLM (%)",
+            "ΔKL vs best reference (%)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = [r for r in comp.rows if r["dimension"] == dim]
     for r in rows:
