@@ -124,8 +124,9 @@ def _stance_shares(prompt: str) -> np.ndarray | None:
     if line is None:
         return None
     shown = {o: float(v) / 100.0 for o, v in _SHARE.findall(line.group(1))}
-    return np.array([shown[o] for o in STANCE_OPTIONS]) if set(shown) == set(STANCE_OPTIONS) \
-        else None
+    if set(shown) != set(STANCE_OPTIONS):
+        return None
+    return np.array([shown[o] for o in STANCE_OPTIONS])
 
 
 def _followers(prompt: str) -> float:
