@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mfray.data.topics import EARLIEST
+from mfray.data.topics import RULES as TOPIC_RULES
 from mfray.errors import MfrayError
 
 if TYPE_CHECKING:
@@ -40,9 +42,12 @@ def _load(src: str, fmt: str) -> Dataset:
 
 def cmd_data_convert(args: argparse.Namespace) -> None:
     from mfray.data.schema import write_dataset
+    from mfray.data.topics import retopic
 
     t0 = time.perf_counter()
     ds = _load(args.src, args.format)
+    if args.topic_rule != EARLIEST:
+        ds = retopic(ds, args.topic_rule)
     out = write_dataset(ds, args.out)
     print(f"converted {ds.events.num_rows} events, {ds.posts.num_rows} posts into {out} "
           f"in {time.perf_counter() - t0:.1f} s")
@@ -265,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                    ".tar.xz archive of one (unpacked safely into a temporary folder)")
     c.add_argument("--format", required=True, choices=FORMATS)
     c.add_argument("--out", required=True)
+    c.add_argument("--topic-rule", choices=TOPIC_RULES, default=EARLIEST,
+                   help="how an event without topic text gets one from its source posts: the "
+                   "earliest one (default) or the one whose words the others share most")
     c.set_defaults(func=cmd_data_convert)
     i = data.add_parser("info", help="counts and label distributions of a converted dataset")
     i.add_argument("dir")
