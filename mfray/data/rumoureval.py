@@ -51,15 +51,15 @@ from typing import Any, NamedTuple
 from tqdm import tqdm
 
 from mfray.data.schema import STANCE, STANCE_OPTIONS, Dataset, build_dataset, id_key, to_utc
+from mfray.data.topics import EARLIEST, clean
 from mfray.errors import DataError
 
 NAME = "rumoureval"
 VERACITY_OPTIONS: tuple[str, ...] = ("true", "false", "unverified")
-TOPIC_ORIGIN = "earliest-source-post"
+TOPIC_ORIGIN = EARLIEST
 DELETED_TEXT = "[deleted]"
 _PROFILE_KEYS = ("screen_name", "name", "description", "location", "verified", "followers_count",
                  "friends_count", "statuses_count", "favourites_count", "created_at")
-_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _REDDIT_PREFIX = re.compile(r"^t\d_")
 _KEY_DIMS = {"subtaskaenglish": "stance", "subtaskbenglish": "veracity"}
 
@@ -385,8 +385,7 @@ def _event_row(event_id: str, threads: list[_Thread], stance: Mapping[str, _Labe
                veracity: Mapping[str, _Label], event_dir: Path) -> dict[str, Any]:
     """The event record: derived topic, split and metadata (veracity labels, layout)."""
     sources = sorted((t.source for t in threads), key=lambda s: (s["time"], id_key(s["post_id"])))
-    topic = next((t for t in (" ".join(_URL.sub(" ", s["text"]).split()) for s in sources) if t),
-                 event_id)
+    topic = next((t for t in (clean(s["text"]) for s in sources) if t), event_id)
     # the labels of a thread's posts say which split and which release it comes from
     thread_labels = {
         t.source["post_id"]: [stance[p] for p in t.post_ids if p in stance]
