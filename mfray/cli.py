@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mfray.data.topics import EARLIEST
+from mfray.data.topics import EARLIEST, retopic
 from mfray.data.topics import RULES as TOPIC_RULES
 from mfray.errors import MfrayError
 
@@ -42,7 +42,6 @@ def _load(src: str, fmt: str) -> Dataset:
 
 def cmd_data_convert(args: argparse.Namespace) -> None:
     from mfray.data.schema import write_dataset
-    from mfray.data.topics import retopic
 
     t0 = time.perf_counter()
     ds = _load(args.src, args.format)

@@ -21,8 +21,12 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mfray.errors import MfrayError
+
+if TYPE_CHECKING:
+    from mfray.data.schema import Dataset
 
 EARLIEST = "earliest-source-post"
 TYPICAL = "typical-source-post"
@@ -82,10 +86,12 @@ def choose_topic(source_texts: Sequence[str], rule: str) -> str:
     return clean(usable[0] if rule == EARLIEST else usable[typical_index(usable)])
 
 
-def retopic(ds, rule: str):
+def retopic(ds: Dataset, rule: str) -> Dataset:
     """The dataset with every derived topic re-derived by ``rule`` (given topics are kept).
 
     Source posts are the posts without a parent, in the posts table's order (time, then id).
+    Only topics derived by a rule of this module change: given topics and the ``source-post``
+    topics of Weibo events (one source post each) stay as they are.
     """
     import pyarrow as pa
 
