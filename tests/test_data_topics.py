@@ -85,3 +85,14 @@ def test_real_ottawashooting_topic_is_a_headline(tmp_path: Path) -> None:
     # performed on the soldier now..."); the typical one names what happened and where
     assert "CPR" not in topics["ottawashooting"]
     assert "Parliament" in topics["ottawashooting"] and "War Memorial" in topics["ottawashooting"]
+
+
+def test_retopic_keeps_a_topic_it_cannot_derive(tmp_path: Path) -> None:
+    # the only source post is a bare URL: the loader takes it as it is, the rule has nothing
+    lines = ['{"type": "dataset", "name": "u", "label_space": {"stance": ["support", "deny"]}}',
+             '{"type": "event", "event_id": "e"}',
+             ('{"type": "post", "event_id": "e", "thread_id": "t", "post_id": "p", '
+              '"time": "2016-01-01T00:00:00Z", "text": "http://t.co/x"}')]
+    (tmp_path / "u.jsonl").write_text("\n".join(lines) + "\n")
+    ds = load_jsonl(tmp_path / "u.jsonl")
+    assert retopic(ds, TYPICAL).events.to_pylist() == ds.events.to_pylist()

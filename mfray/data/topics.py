@@ -76,10 +76,14 @@ def typical_index(texts: Sequence[str]) -> int:
     return best
 
 
-def choose_topic(source_texts: Sequence[str], rule: str) -> str:
-    """The topic of an event whose source posts (in time order) have these texts."""
+def _check(rule: str) -> None:
     if rule not in RULES:
         raise MfrayError(f"unknown topic rule {rule!r}: use one of {', '.join(RULES)}")
+
+
+def choose_topic(source_texts: Sequence[str], rule: str) -> str:
+    """The topic of an event whose source posts (in time order) have these texts."""
+    _check(rule)
     usable = [t for t in source_texts if clean(t)]
     if not usable:
         raise ValueError("no source post with text to derive a topic from")
@@ -91,12 +95,12 @@ def retopic(ds: Dataset, rule: str) -> Dataset:
 
     Source posts are the posts without a parent, in the posts table's order (time, then id).
     Only topics derived by a rule of this module change: given topics and the ``source-post``
-    topics of Weibo events (one source post each) stay as they are.
+    topics of Weibo events (one source post each) stay as they are, and so does the topic of an
+    event none of whose source posts has text left once URLs are removed.
     """
     import pyarrow as pa
 
-    if rule not in RULES:
-        raise MfrayError(f"unknown topic rule {rule!r}: use one of {', '.join(RULES)}")
+    _check(rule)
     posts = ds.posts.select(["event_id", "parent_id", "text"]).to_pylist()
     sources: dict[str, list[str]] = {}
     for p in posts:
@@ -104,8 +108,9 @@ def retopic(ds: Dataset, rule: str) -> Dataset:
             sources.setdefault(p["event_id"], []).append(p["text"])
     events = ds.events.to_pylist()
     for e in events:
-        if e["topic_origin"] in RULES and e["event_id"] in sources:
-            e["topic"] = choose_topic(sources[e["event_id"]], rule)
+        texts = sources.get(e["event_id"], [])
+        if e["topic_origin"] in RULES and any(clean(t) for t in texts):
+            e["topic"] = choose_topic(texts, rule)
             e["topic_origin"] = rule
     table = pa.Table.from_pylist(events, schema=ds.events.schema)
     return dataclasses.replace(ds, events=table)
