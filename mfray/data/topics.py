@@ -57,7 +57,7 @@ def typical_index(texts: Sequence[str]) -> int:
     """Index of the text closest to the others (first of the best on ties; 0 for one text).
 
     Each text's word set is compared, by cosine similarity, with the word counts of all the other
-    texts together.
+    texts together. :func:`choose_topic` passes only texts with something left once URLs go.
     """
     if not texts:
         raise ValueError("no texts to choose a topic from")
@@ -65,8 +65,6 @@ def typical_index(texts: Sequence[str]) -> int:
     total = Counter(w for s in sets for w in s)
     best, best_score = 0, -1.0
     for i, s in enumerate(sets):
-        if not clean(texts[i]):
-            continue
         others = total - Counter(s)
         dot = sum(others[w] for w in s)
         norm = math.sqrt(len(s)) * math.sqrt(sum(c * c for c in others.values()))
