@@ -213,10 +213,10 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from mfray.evaluate.compare import compare, forecast, write_comparison, write_forecast
 
     cfg = EvalConfig(source=args.source)
-    from mfray.evaluate.report import parse_run
+    from mfray.evaluate.report import parse_run, read_runs
 
-    runs = args.run_dir
-    out = Path(args.out or parse_run(runs[0])[0] / "compare")
+    out = Path(args.out or parse_run(args.run_dir[0])[0] / "compare")
+    runs = read_runs(args.run_dir)  # once, for the table and the forecast
     comp_paths = write_comparison(compare(runs, cfg), out)
     fc_paths = write_forecast(forecast(runs, cfg), out)
     print(comp_paths["markdown"].read_text())

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mfray.cli import main
 from mfray.config import EvalConfig, PolicyConfig, ResourcesConfig, RunConfig, SimConfig
 from mfray.data.schema import read_dataset
 from mfray.engine import simulate
@@ -239,6 +240,10 @@ def test_an_unfinished_run_is_read_with_a_note(small_world_dir: Path, tmp_path: 
     assert evaluate(tmp_path / "part", CFG).per_sim
     assert f"run {tmp_path / 'part'} has status 'running'; reading its 2 completed rounds" in \
         capsys.readouterr().err
+    # `mfray compare` reads the runs once for its table and its forecast: one note
+    assert main(["compare", str(tmp_path / "part"), "--out", str(tmp_path / "cmp")]) == 0
+    assert capsys.readouterr().err.count("has status 'running'") == 1
+    assert (tmp_path / "cmp" / "forecast.md").is_file()
     simulate(cfg, read_dataset(small_world_dir), tmp_path / "part", progress=False,
              resume=True)
     capsys.readouterr()

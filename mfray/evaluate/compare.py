@@ -25,7 +25,14 @@ from scipy import stats
 from mfray.config import EvalConfig
 from mfray.errors import DataError
 from mfray.evaluate import metrics as M
-from mfray.evaluate.report import METRICS, Evaluation, RunSpec, evaluate, read_runs
+from mfray.evaluate.report import (
+    METRICS,
+    Evaluation,
+    RunRead,
+    RunSpec,
+    evaluate,
+    read_runs,
+)
 
 #: Row order of the comparison table; variants not listed follow in name order.
 ORDER = ("state", "recent", "popular", "mf", "mf-text", "mf-hybrid", "sft",
@@ -108,7 +115,7 @@ def _change(ev: Evaluation, by_variant: dict[str, dict[str, Any]], variant: str,
     return {"base": best, "change": change, "lo": lo, "hi": hi}
 
 
-def compare(run_dir: RunSpec, cfg: EvalConfig | None = None) -> Comparison:
+def compare(run_dir: RunSpec | RunRead, cfg: EvalConfig | None = None) -> Comparison:
     """The comparison table of a run: every variant × metric with bootstrap intervals over
     events, plus for mean-field variants the relative KL change (in %) against the best
     non-mean-field LLM variant (``rel_kl_llm*``) and the best reference (``rel_kl_ref*``)."""
@@ -246,7 +253,7 @@ def _shares(mass: np.ndarray) -> np.ndarray:
         return np.where(total > 0, mass / np.where(total > 0, total, 1.0), np.nan)
 
 
-def forecast(run_dir: RunSpec, cfg: EvalConfig | None = None) -> Forecast:
+def forecast(run_dir: RunSpec | RunRead, cfg: EvalConfig | None = None) -> Forecast:
     """Real vs simulated shares after the warm-up, per round and per horizon.
 
     Real shares come from every rollout agent of the run, once per (event, agent), whatever
@@ -255,13 +262,12 @@ def forecast(run_dir: RunSpec, cfg: EvalConfig | None = None) -> Forecast:
     Horizons are thirds of the pooled rollout rounds, so they match the curves' x-axis (the
     evaluation report's ``kl_short`` etc. instead average per-simulation KLs)."""
     cfg = cfg or EvalConfig()
-    space, table, _ = read_runs(run_dir, ["event_id", "variant", "round", "agent_index",
-                                          "is_warmup", "ok", "action", "probs", "real"])
-    data = table.to_pydict()
+    read = read_runs(run_dir)
+    space, data = read.label_space, read.table.to_pydict()
     roll = [i for i, w in enumerate(data["is_warmup"]) if not w]
     if not roll:
         raise DataError("no rollout decision to forecast (is the warm-up longer than every "
-                        "simulation?)", file=str(run_dir))
+                        "simulation?)", file=read.name)
     rounds = np.array(sorted({data["round"][i] for i in roll}))
     pos = {r: k for k, r in enumerate(rounds.tolist())}
     agents: dict[tuple[Any, int], int] = {}  # one real label per agent, not one per simulation

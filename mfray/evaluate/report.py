@@ -106,13 +106,29 @@ def parse_run(spec: str | Path) -> tuple[Path, dict[str, str]]:
     return Path(head), renames
 
 
-def read_runs(runs: RunSpec, columns: Sequence[str]
-              ) -> tuple[dict[str, tuple[str, ...]], pa.Table, dict[str, Any]]:
-    """The label space, the decisions (``columns``) and the first run's sim config of one run
-    or several runs read as one: variants renamed, simulation ids kept apart; the runs must
-    share their label space and may not repeat a simulation (variant, event, seed): runs of
-    other events (the folds of a leave-one-event-out experiment) or of other seeds (more seeds
-    added later) pool into one table."""
+#: the decision columns that :func:`evaluate` and the comparison's forecast read
+RUN_COLUMNS = ("sim_id", "event_id", "variant", "seed", "round", "agent_index", "is_warmup",
+               "ok", "action", "probs", "real")
+
+
+@dataclass(frozen=True)
+class RunRead:
+    """One run, or several read as one (:func:`read_runs`): read once, evaluated many ways."""
+
+    label_space: dict[str, tuple[str, ...]]
+    table: pa.Table  # RUN_COLUMNS of every decision, variants renamed, sim ids kept apart
+    sim: dict[str, Any]  # the first run's sim config
+    name: str  # for messages
+
+
+def read_runs(runs: RunSpec | RunRead) -> RunRead:
+    """The label space, the decisions (:data:`RUN_COLUMNS`) and the first run's sim config of
+    one run or several runs read as one: variants renamed, simulation ids kept apart; the runs
+    must share their label space and may not repeat a simulation (variant, event, seed): runs
+    of other events (the folds of a leave-one-event-out experiment) or of other seeds (more
+    seeds added later) pool into one table. A :class:`RunRead` is returned as it is."""
+    if isinstance(runs, RunRead):
+        return runs
     specs = [runs] if isinstance(runs, str | Path) else list(runs)
     if not specs:
         raise DataError("no run to read")
@@ -129,9 +145,7 @@ def read_runs(runs: RunSpec, columns: Sequence[str]
         if space is not None and mine != space:
             raise DataError(f"{path}: another label space than {specs[0]}", file=str(path))
         space = mine
-        table = store.read_decisions(columns=list(dict.fromkeys(["sim_id", "variant",
-                                                                 "event_id", "seed",
-                                                                 *columns])))
+        table = store.read_decisions(columns=list(RUN_COLUMNS))
         variants = [renames.get(v, v) for v in table["variant"].to_pylist()]
         sims = set(zip(variants, table["event_id"].to_pylist(), table["seed"].to_pylist(),
                        strict=True))
@@ -146,21 +160,21 @@ def read_runs(runs: RunSpec, columns: Sequence[str]
                                  pa.array(variants, pa.string()))
         table = table.set_column(table.schema.get_field_index("sim_id"), "sim_id",
                                  pa.array(sim_ids, pa.int64()))
-        tables.append(table.select(list(dict.fromkeys(["sim_id", "variant", *columns]))))
+        tables.append(table)
         if k == 0:
             cfg_sim = store.config().get("sim", {})
-    return space or {}, pa.concat_tables(tables), cfg_sim
+    name = str(specs[0]) if len(specs) == 1 else f"{specs[0]} and {len(specs) - 1} more"
+    return RunRead(space or {}, pa.concat_tables(tables), cfg_sim, name)
 
 
-def evaluate(run_dir: RunSpec, cfg: EvalConfig | None = None) -> Evaluation:
+def evaluate(run_dir: RunSpec | RunRead, cfg: EvalConfig | None = None) -> Evaluation:
     """Compute every metric of a run (or of several runs read as one, :func:`read_runs`)."""
     cfg = cfg or EvalConfig()
-    space, table, cfg_sim = read_runs(run_dir, ["sim_id", "event_id", "variant", "seed",
-                                                "round", "is_warmup", "ok", "action", "probs",
-                                                "real"])
-    if table.num_rows == 0:
-        raise DataError("the run has no complete round yet", file=str(run_dir))
-    data = table.to_pydict()
+    read = read_runs(run_dir)
+    space, cfg_sim = read.label_space, read.sim
+    if read.table.num_rows == 0:
+        raise DataError("the run has no complete round yet", file=read.name)
+    data = read.table.to_pydict()
     by_sim: dict[int, list[int]] = {}
     for i, sim in enumerate(data["sim_id"]):
         by_sim.setdefault(sim, []).append(i)
@@ -176,7 +190,7 @@ def evaluate(run_dir: RunSpec, cfg: EvalConfig | None = None) -> Evaluation:
                            | sim_metrics(rows, dim, options, cfg.source))
     if not per_sim:
         raise DataError("no rollout decision to evaluate (is the warm-up longer than every "
-                        "simulation?)", file=str(run_dir))
+                        "simulation?)", file=read.name)
     warm_rounds = cfg_sim.get("warmup", 0) / max(cfg_sim.get("round_size", 1), 1)
     return Evaluation(space, per_sim, summarise(per_sim, cfg), _curves(data, space, cfg.source),
                       warm_rounds)
