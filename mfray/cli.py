@@ -211,10 +211,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from mfray.config import EvalConfig
     from mfray.evaluate.compare import compare, forecast, write_comparison, write_forecast
-
-    cfg = EvalConfig(source=args.source)
     from mfray.evaluate.report import parse_run, read_runs
 
+    cfg = EvalConfig(source=args.source)
     out = Path(args.out or parse_run(args.run_dir[0])[0] / "compare")
     runs = read_runs(args.run_dir)  # once, for the table and the forecast
     comp_paths = write_comparison(compare(runs, cfg), out)

@@ -263,7 +263,7 @@ def forecast(run_dir: RunSpec | RunRead, cfg: EvalConfig | None = None) -> Forec
     evaluation report's ``kl_short`` etc. instead average per-simulation KLs)."""
     cfg = cfg or EvalConfig()
     read = read_runs(run_dir)
-    space, data = read.label_space, read.table.to_pydict()
+    space, data = read.label_space, read.columns
     roll = [i for i, w in enumerate(data["is_warmup"]) if not w]
     if not roll:
         raise DataError("no rollout decision to forecast (is the warm-up longer than every "

@@ -9,6 +9,7 @@ first, then each variant gets the mean over events with a bootstrap interval (me
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -120,6 +121,11 @@ class RunRead:
     sim: dict[str, Any]  # the first run's sim config
     name: str  # for messages
 
+    @functools.cached_property
+    def columns(self) -> dict[str, list[Any]]:
+        """The decisions as Python lists, converted once for every reader of this read."""
+        return self.table.to_pydict()
+
 
 def read_runs(runs: RunSpec | RunRead) -> RunRead:
     """The label space, the decisions (:data:`RUN_COLUMNS`) and the first run's sim config of
@@ -174,7 +180,7 @@ def evaluate(run_dir: RunSpec | RunRead, cfg: EvalConfig | None = None) -> Evalu
     space, cfg_sim = read.label_space, read.sim
     if read.table.num_rows == 0:
         raise DataError("the run has no complete round yet", file=read.name)
-    data = read.table.to_pydict()
+    data = read.columns
     by_sim: dict[int, list[int]] = {}
     for i, sim in enumerate(data["sim_id"]):
         by_sim.setdefault(sim, []).append(i)
