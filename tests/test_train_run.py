@@ -4,6 +4,7 @@ failure, adapters in the simulator, and the mean-field model's information-bottl
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -147,3 +148,17 @@ def test_bf16_base_keeps_float32_adapters(small_world_dir: Path, tiny_model_dir:
     loss, _ = task.loss(task.model, [0, 1, 2, 3])
     loss.backward()
     assert all(p.grad is not None for n, p in task.model.named_parameters() if "lora_B" in n)
+
+
+def test_relative_paths_reach_the_workers(small_world_dir: Path, tiny_model_dir: Path,
+                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray Train's workers do not run in the driver's directory: a run given relative paths
+    (as `mfray train --data d --model m` passes them) still finds its data and model."""
+    monkeypatch.chdir(tiny_model_dir.parent)
+    cfg = _cfg(Path(os.path.relpath(small_world_dir)), Path(tiny_model_dir.name),
+               num_workers=1, max_steps=2)
+    train(cfg, "policy", tmp_path / "rel")
+    assert len(_losses(tmp_path / "rel")) == 2
+    saved = json.loads((tmp_path / "rel" / "train_config.json").read_text())
+    assert saved["sim"]["data"] == str(small_world_dir.resolve())
+    assert saved["policy"]["model"] == str(tiny_model_dir.resolve())

@@ -234,6 +234,23 @@ def latest_checkpoint(out: Path) -> Path | None:
 # ------------------------------------------------------------------------------ driver
 
 
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """The config with its local relative paths (data, models, adapters) made absolute: Ray
+    Train's workers do not run in the driver's working directory. A name that is not a local
+    path (a hub id, ``scripted``) is left as it is."""
+    def local(p: str | None) -> str | None:
+        if p is None or not Path(p).expanduser().exists():
+            return p
+        return str(Path(p).expanduser().resolve())
+
+    return replace(cfg, sim=replace(cfg.sim, data=local(cfg.sim.data)),
+                   policy=replace(cfg.policy, model=local(cfg.policy.model),
+                                  adapter=local(cfg.policy.adapter)),
+                   meanfield=replace(cfg.meanfield, adapter=local(cfg.meanfield.adapter)),
+                   train=replace(cfg.train, policy_adapter=local(cfg.train.policy_adapter)))
+
+
+
 def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = None,
           summarize: Any = None, fail_at_step: int | None = None,
           num_threads: int | None = None) -> Path:
@@ -244,6 +261,7 @@ def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = 
 
     if kind not in ("policy", "meanfield"):
         raise ConfigError(f"unknown training kind {kind!r}: policy or meanfield")
+    cfg = absolute_paths(cfg)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "train_config.json"
