@@ -141,9 +141,11 @@ class _FixedLogits(torch.nn.Module):
         super().__init__()
         self.table = torch.nn.Parameter(torch.randn(batch, width, VOCAB))
 
-    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0):
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep=0):
         del attention_mask, position_ids
         logits = self.table[:, :input_ids.shape[1]]
+        if isinstance(logits_to_keep, torch.Tensor):  # positions, as transformers takes them
+            return SimpleNamespace(logits=logits[:, logits_to_keep])
         return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
 
 
@@ -178,7 +180,7 @@ def test_add_lora_trains_only_the_adapters():
     assert b_norm > 0
     assert a_norm == 0
     assert all(grads[n].abs().sum() > 0 for n in grads if "lora_B" in n)
-    # the wrapper passes position ids and logits_to_keep (left padding) through
+    # the wrapper passes position ids and logits_to_keep (positions) through
     with torch.no_grad():
         left = sequence_logprobs(peft_model, SEQS, TARGETS, PAD, "left")
         right = sequence_logprobs(peft_model, SEQS, TARGETS, PAD, "right")
@@ -186,7 +188,7 @@ def test_add_lora_trains_only_the_adapters():
 
 
 def test_single_token_options_fast_path_equals_hand_values(model):
-    """One-token options take one left-padded forward per prompt (the simulator's rule); the
+    """One-token options take one right-padded forward per prompt (the simulator's rule); the
     values are the hand-computed option log-likelihoods renormalised over the options."""
     prompts = [[3, 14, 15, 9, 2, 6], [27, 18], [31, 41, 59, 26, 53]]
     options = [[10], [20], [30], [40]]
@@ -230,3 +232,30 @@ def test_add_lora_on_the_last_layers_only():
     assert trainable and all(".layers.1." in n for n in trainable)
     with pytest.raises(ValueError, match="last_layers"):
         add_lora(_tiny_model(), last_layers=3)
+
+
+class _MaskRecorder(torch.nn.Module):
+    """The tiny model, recording each attention mask it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.masks = _tiny_model(), []
+
+    def forward(self, **kw):
+        self.masks.append(kw["attention_mask"])
+        return self.inner(**kw)
+
+
+def test_training_losses_pad_on_the_right():
+    """No query row is fully masked in training (each padding query sees the real tokens before
+    it): left padding gave NaN gradients through SDPA on an H100. Values as in the tests above."""
+    rec = _MaskRecorder()
+    prompts = [[3, 14, 15, 9, 2, 6], [27, 18], [31, 41, 59, 26, 53]]
+    choice_loss(rec, prompts, [[10], [20], [30]], [0, 1, 2], PAD)  # one-token options
+    choice_loss(rec, prompts, [[10], [20, 21]], [0, 1, 1], PAD)
+    text_nll(rec, prompts, [[17, 8], [7], [30]], PAD)
+    sequence_logprobs(rec, SEQS, TARGETS, PAD)
+    assert len(rec.masks) == 4
+    assert all(bool(m[:, 0].all()) and bool((m.diff(dim=-1) <= 0).all()) for m in rec.masks)
+    nothing = sequence_logprobs(rec, [[3, 4], [5, 6, 7]], [0, 0], PAD)
+    assert nothing.tolist() == [0.0, 0.0]

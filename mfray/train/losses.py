@@ -5,9 +5,16 @@ the logits at position ``j - 1`` scoring token ``j``. Prompt and padding tokens 
 loss. Position ids count from 0 at each sequence's first real token, so left and right padding
 give the same values (up to float rounding). Log-probabilities are float32 and keep their graph.
 
-The model is anything called as ``model(input_ids=, attention_mask=, position_ids=).logits``
-(a transformers causal LM, with or without a peft wrapper). With left padding the scoring
-functions also pass ``logits_to_keep``, so that only the last columns go through the LM head.
+The model is anything called as ``model(input_ids=, attention_mask=, position_ids=,
+logits_to_keep=).logits`` (a transformers causal LM, with or without a peft wrapper);
+``logits_to_keep`` is a 1-D tensor of positions, so that only the scored positions go through
+the LM head whatever the padding side.
+
+Training pads on the right. With left padding, each padding position is a query that may attend
+to nothing; with PyTorch's SDPA on an H100 (cuDNN attention), the backward pass through such
+fully masked rows turned the LoRA gradients to NaN after 43 good steps of the leave-one-event-out
+recipe, where eager attention stayed finite. Right padding has no such rows: a padding query
+sees the real tokens before it.
 """
 
 from __future__ import annotations
@@ -85,17 +92,21 @@ def _continuation_logprobs(model: Any, seqs: Sequence[Sequence[int]], targets: S
                            pad_id: int, side: Side) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat float32 log-probs of every continuation token, and the row each belongs to.
 
-    One forward pass; only the scored positions' logits go through the log-softmax.
+    One forward pass; only the logits of the positions from the first to the last one that
+    scores a continuation token go through the LM head and the log-softmax.
     """
     ids, mask, target_mask, pos = (t.to(_device(model))
                                    for t in pad_batch(seqs, targets, pad_id, side))
-    # left padding: every continuation ends at the last column, so the last max+1 logits suffice
-    keep = {"logits_to_keep": max(targets) + 1} if side == "left" else {}
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **keep).logits
-    first = ids.shape[1] - logits.shape[1]  # sequence position of the first returned logit
-    scored = target_mask[:, first + 1:].bool()  # token at first + 1 + k, scored by logit k
-    logp = torch.log_softmax(logits[:, :-1][scored].float(), dim=-1)
-    tok_lp = logp.gather(-1, ids[:, first + 1:][scored].unsqueeze(-1)).squeeze(-1)
+    scoring = target_mask[:, 1:].any(0).nonzero()[:, 0]  # logit at j scores token j + 1
+    if scoring.numel() == 0:
+        return torch.zeros(0, device=ids.device), torch.zeros(0, dtype=torch.long,
+                                                              device=ids.device)
+    lo, hi = int(scoring.min()), int(scoring.max()) + 1
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                   logits_to_keep=torch.arange(lo, hi, device=ids.device)).logits
+    scored = target_mask[:, lo + 1:hi + 1].bool()  # token lo + 1 + k, scored by logit k
+    logp = torch.log_softmax(logits[scored].float(), dim=-1)
+    tok_lp = logp.gather(-1, ids[:, lo + 1:hi + 1][scored].unsqueeze(-1)).squeeze(-1)
     return tok_lp, scored.nonzero()[:, 0]
 
 
@@ -145,14 +156,15 @@ def choice_loss(model: Any, prompt_ids: Sequence[Sequence[int]],
 
 def _single_token_option_logprobs(model: Any, prompt_ids: Sequence[Sequence[int]],
                                   options: Sequence[int], pad_id: int) -> torch.Tensor:
-    """Options of one token each: ONE sequence per prompt (left-padded), only the last
-    position's logits, restricted to the options and log-softmaxed: the simulator's scoring
-    rule (``HFModel._score_first``) and the same values as the general path, at 1/n_options
-    of its cost and without materialising logits at every position."""
+    """Options of one token each: ONE sequence per prompt (right-padded), only the logits at
+    each prompt's last token, restricted to the options and log-softmaxed: the simulator's
+    scoring rule (``HFModel._score_first``) and the same values as the general path, at
+    1/n_options of its cost and without materialising logits at every position."""
     ids, mask, _, pos = (t.to(_device(model)) for t in pad_batch(
-        prompt_ids, [0] * len(prompt_ids), pad_id, "left"))
+        prompt_ids, [0] * len(prompt_ids), pad_id, "right"))
+    keep, col = torch.unique(mask.sum(-1) - 1, sorted=True, return_inverse=True)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                   logits_to_keep=1).logits[:, -1].float()
+                   logits_to_keep=keep).logits[torch.arange(len(prompt_ids)), col].float()
     cols = torch.tensor(list(options), dtype=torch.long, device=logits.device)
     return torch.log_softmax(logits[:, cols], dim=-1)
 
