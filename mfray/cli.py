@@ -422,8 +422,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     adapter = train(cfg, args.kind, args.out)
     out = Path(args.out)
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    skipped = last.get("skipped_steps", 0)
     print(f"adapter: {adapter}\nsteps {last['step']}, last loss {last['loss']:.4f}, "
-          f"{last['examples_per_s']:.1f} examples/s\nloss curve: {out / 'loss.png'}")
+          f"{last['examples_per_s']:.1f} examples/s\nloss curve: {out / 'loss.png'}"
+          + (f"\n{skipped} step(s) skipped: non-finite gradient (metrics.jsonl)"
+             if skipped else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

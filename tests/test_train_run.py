@@ -162,3 +162,37 @@ def test_relative_paths_reach_the_workers(small_world_dir: Path, tiny_model_dir:
     saved = json.loads((tmp_path / "rel" / "train_config.json").read_text())
     assert saved["sim"]["data"] == str(small_world_dir.resolve())
     assert saved["policy"]["model"] == str(tiny_model_dir.resolve())
+
+
+def test_a_non_finite_gradient_is_skipped_and_counted(small_world_dir: Path, tiny_model_dir: Path,
+                                                      tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step whose gradient is NaN (as SDPA's backward gave on an H100 with left padding) is
+    not applied: the adapter stays finite, the step is counted in the metrics and the run goes
+    on. A run where every step is NaN fails instead of returning an untrained adapter."""
+    import torch
+    from safetensors.torch import load_file
+
+    from mfray.train.tasks import PolicyTask
+
+    calls = {"n": 0}
+    real_loss = PolicyTask.loss
+
+    def loss(self, model, idx):
+        calls["n"] += 1
+        total, extra = real_loss(self, model, idx)
+        return (total * float("nan") if calls["n"] in poisoned else total), extra
+
+    monkeypatch.setattr(PolicyTask, "loss", loss)
+    poisoned = {3}
+    adapter = train(_cfg(small_world_dir, tiny_model_dir), "policy", tmp_path / "nan")
+    history = [json.loads(x) for x in (tmp_path / "nan" / "metrics.jsonl").read_text()
+               .splitlines()]
+    assert [r["skipped_steps"] for r in history] == [0, 0, 1, 1, 1, 1]
+    assert np.isnan(history[2]["loss"]) and all(np.isfinite(r["loss"]) for r in history[3:])
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert weights and all(bool(torch.isfinite(w).all()) for w in weights.values())
+    assert any(bool(w.abs().sum() > 0) for k, w in weights.items() if "lora_B" in k)  # trained
+    calls["n"], poisoned = 0, set(range(1, 7))
+    with pytest.raises(MfrayError, match="every one of the 6 steps"):
+        train(_cfg(small_world_dir, tiny_model_dir), "policy", tmp_path / "all-nan")

@@ -157,6 +157,7 @@ def _worker(config: dict[str, Any]) -> None:
             sched.load_state_dict(torch.load(Path(d) / "scheduler.pt", weights_only=True))
             state = json.loads((Path(d) / STATE_FILE).read_text())
             step, history = state["step"], state["history"]
+    skipped = history[-1].get("skipped_steps", 0) if history else 0
     model = task.model
     if world > 1:
         model = ray.train.torch.prepare_model(model, move_to_device=False)
@@ -168,7 +169,10 @@ def _worker(config: dict[str, Any]) -> None:
         loss_sum, extra = task.loss(model, mine)  # the sum over this worker's examples
         (loss_sum * world / len(batch)).backward()
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
-        opt.step()
+        if torch.isfinite(norm):
+            opt.step()
+        else:  # a NaN/inf gradient would poison the adapter: the step is skipped and counted
+            skipped += 1
         sched.step()
         step += 1
         seen += len(batch)
@@ -176,14 +180,15 @@ def _worker(config: dict[str, Any]) -> None:
         if world > 1:
             torch.distributed.all_reduce(stats)
         row = {"step": step, "loss": float(stats[0]) / len(batch), "lr": sched.get_last_lr()[0],
-               "grad_norm": float(norm),
+               "grad_norm": float(norm), "skipped_steps": skipped,
                "examples_per_s": seen / max(1e-9, time.perf_counter() - t0)}
         row |= {name: float(v) / len(batch) for name, v in zip(task.extra_names, stats[1:],
                                                                strict=True)}
         history.append(row)
         if rank == 0 and (step % cfg.train.log_every == 0 or step == total):
             print(f"[{config['kind']}] step {step}/{total}  loss {row['loss']:.4f}  "
-                  f"lr {row['lr']:.2e}  {row['examples_per_s']:.2f} examples/s", flush=True)
+                  f"lr {row['lr']:.2e}  {row['examples_per_s']:.2f} examples/s"
+                  + (f"  {skipped} skipped (non-finite gradient)" if skipped else ""), flush=True)
         if step % cfg.train.checkpoint_every == 0 or step == total:
             _checkpoint(task, opt, sched, step, history, rank, Path(config["checkpoints"]))
         elif step % cfg.train.log_every == 0:
@@ -306,6 +311,10 @@ def _finish(checkpoint: Any, out: Path) -> Path:
     with open(out / "metrics.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in history)
     plot_history(history, out / "loss.png")
+    skipped = history[-1].get("skipped_steps", 0) if history else 0
+    if history and skipped == len(history):
+        raise MfrayError(f"every one of the {skipped} steps had a non-finite gradient and was "
+                         f"skipped: the adapter in {adapter} is untrained (see metrics.jsonl)")
     return adapter
 
 
