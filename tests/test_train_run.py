@@ -49,12 +49,21 @@ def test_schedule_is_seeded_and_covers_every_example() -> None:
 
 
 def test_policy_training_outputs_and_adapter_in_simulation(
-        small_world_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+        small_world_dir: Path, tiny_model_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray.train
+
     from mfray.engine import simulate
     from mfray.llm import load_model
 
+    reports = []  # Ray Train takes one report per 2 s: only checkpoints are reported
+    real_report = ray.train.report
+    monkeypatch.setattr(ray.train, "report", lambda metrics, **kw: (
+        reports.append((metrics["step"], kw.get("checkpoint") is not None)),
+        real_report(metrics, **kw)))
     out = tmp_path / "t"
     adapter = train(_cfg(small_world_dir, tiny_model_dir), "policy", out)
+    assert reports == [(2, True), (4, True), (6, True)]  # log_every=1, checkpoint_every=2
     assert (adapter / "adapter_config.json").is_file()
     assert len(_losses(out)) == 6 and (out / "loss.png").stat().st_size > 1000
     assert (out / "examples" / "policy.parquet").is_file()

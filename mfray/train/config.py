@@ -50,8 +50,9 @@ class TrainParams:
     # Ray Train
     num_workers: int = 1  # 0: in-process (Ray Train's local mode)
     use_gpu: bool = False
-    checkpoint_every: int = 50  # steps
-    log_every: int = 5
+    # steps; each checkpoint is a ray.train.report, of which Ray Train takes one per 2 s poll
+    checkpoint_every: int = 50
+    log_every: int = 5  # steps between progress lines (metrics.jsonl has every step)
     # mean-field model (information bottleneck)
     estimator: Literal["reinforce", "best-of-k"] = "reinforce"
     k: int = 4
