@@ -501,11 +501,18 @@ def cache_root() -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "mfray") / "models"
 
 
-def gguf_cache_dir(gguf: Path) -> Path:
-    """The cache directory of one GGUF file: a hash of its path, size and mtime."""
-    st = gguf.stat()
-    key = _digest(str(gguf.resolve()), str(st.st_size), str(st.st_mtime_ns))
-    return cache_root() / f"{gguf.stem}-{key:016x}"
+def gguf_cache_dir(gguf: Path, sample: int = 1 << 20) -> Path:
+    """The cache directory of one GGUF file: a hash of its size and of ``sample`` bytes at its
+    start, middle and end. The content, not the path or mtime: every fresh install of the same
+    model package (a new virtual environment, a CI clone) finds the one conversion instead of
+    adding another copy of the weights."""
+    size = gguf.stat().st_size
+    h = hashlib.blake2b(str(size).encode(), digest_size=8)
+    with open(gguf, "rb") as f:
+        for at in sorted({0, max(0, size // 2 - sample // 2), max(0, size - sample)}):
+            f.seek(at)
+            h.update(f.read(sample))
+    return cache_root() / f"{gguf.stem}-{int.from_bytes(h.digest(), 'little'):016x}"
 
 
 def transformers_dir(spec: str | Path | None) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 
 import numpy as np
@@ -300,3 +301,21 @@ def test_smollm2_loads_scores_and_caches(tmp_path, monkeypatch):
     np.testing.assert_allclose(np.exp(s2).sum(), 1.0)
     np.testing.assert_allclose(s1, s2, atol=1e-5)
     assert second.chat_prompt("S", "U").endswith("<|im_start|>assistant\n")
+
+
+def test_gguf_cache_dir_follows_the_content_not_the_path(tmp_path, monkeypatch):
+    """A reinstall (new path, new mtime) of the same file finds the same conversion; another
+    file, even of the same size and stem, gets its own."""
+    monkeypatch.setenv("MFRAY_CACHE", str(tmp_path / "cache"))
+    data = bytes(range(256)) * 20_000  # 5 MB: start, middle and end are sampled apart
+    a, b = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf"
+    for f in (a, b):
+        f.parent.mkdir()
+        f.write_bytes(data)
+    os.utime(b, (1_000_000, 1_000_000))
+    assert llm.gguf_cache_dir(a) == llm.gguf_cache_dir(b)
+    assert llm.gguf_cache_dir(a).parent == tmp_path / "cache" / "models"
+    changed = bytearray(data)
+    changed[len(data) // 2] ^= 1  # one byte in the middle
+    b.write_bytes(bytes(changed))
+    assert llm.gguf_cache_dir(a) != llm.gguf_cache_dir(b)
