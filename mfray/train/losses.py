@@ -164,7 +164,8 @@ def _single_token_option_logprobs(model: Any, prompt_ids: Sequence[Sequence[int]
         prompt_ids, [0] * len(prompt_ids), pad_id, "right"))
     keep, col = torch.unique(mask.sum(-1) - 1, sorted=True, return_inverse=True)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                   logits_to_keep=keep).logits[torch.arange(len(prompt_ids)), col].float()
+                   logits_to_keep=keep).logits
+    logits = logits[torch.arange(len(prompt_ids), device=ids.device), col].float()
     cols = torch.tensor(list(options), dtype=torch.long, device=logits.device)
     return torch.log_softmax(logits[:, cols], dim=-1)
 

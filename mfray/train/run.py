@@ -255,7 +255,6 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
                    train=replace(cfg.train, policy_adapter=local(cfg.train.policy_adapter)))
 
 
-
 def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = None,
           summarize: Any = None, fail_at_step: int | None = None,
           num_threads: int | None = None) -> Path:
