@@ -11,10 +11,10 @@ logits_to_keep=).logits`` (a transformers causal LM, with or without a peft wrap
 the LM head whatever the padding side.
 
 Training pads on the right. With left padding, each padding position is a query that may attend
-to nothing; with PyTorch's SDPA on an H100 (cuDNN attention), the backward pass through such
-fully masked rows turned the LoRA gradients to NaN after 43 good steps of the leave-one-event-out
-recipe, where eager attention stayed finite. Right padding has no such rows: a padding query
-sees the real tokens before it.
+to nothing; with PyTorch 2.11's SDPA on an H100, the backward pass through such fully masked
+rows turned the LoRA gradients to NaN after 43 good steps of the leave-one-event-out recipe,
+where eager attention stayed finite. Right padding has no such rows: a padding query sees the
+real tokens before it.
 """
 
 from __future__ import annotations
