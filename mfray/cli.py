@@ -407,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> None:
     from mfray.config import load_config
     from mfray.train.config import TrainConfig
-    from mfray.train.run import train
+    from mfray.train.run import loss_summary, train
 
     overrides = list(args.set or [])
     for flag, key in (("data", "sim.data"), ("model", "policy.model"),
@@ -421,9 +421,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise MfrayError("no data: pass --data DIR (a converted dataset) or set sim.data")
     adapter = train(cfg, args.kind, args.out)
     out = Path(args.out)
-    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    last = history[-1]
     skipped = last.get("skipped_steps", 0)
-    print(f"adapter: {adapter}\nsteps {last['step']}, last loss {last['loss']:.4f}, "
+    print(f"adapter: {adapter}\nsteps {last['step']}, {loss_summary(history)}, "
           f"{last['examples_per_s']:.1f} examples/s\nloss curve: {out / 'loss.png'}"
           + (f"\n{skipped} step(s) skipped: non-finite gradient (metrics.jsonl)"
              if skipped else ""))

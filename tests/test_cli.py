@@ -194,7 +194,7 @@ def test_train_then_simulate_with_the_adapter(small_world_dir: Path, tiny_model_
             "train.batch_size=4", "--set", "train.max_prompt_tokens=128"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "steps 2, last loss" in printed and str(out / "adapter") in printed
+    assert "steps 2, loss " in printed and "(mean of the first and last 1 steps)" in printed and str(out / "adapter") in printed
     import pyarrow.parquet as pq
 
     examples = pq.read_table(out / "examples" / "policy.parquet")

@@ -15,7 +15,7 @@ from mfray.config import MeanFieldConfig, PolicyConfig, ResourcesConfig, RunConf
 from mfray.data.schema import read_dataset
 from mfray.errors import MfrayError
 from mfray.train.config import TrainConfig, TrainParams
-from mfray.train.run import global_batch, lr_factor, total_steps, train
+from mfray.train.run import global_batch, loss_summary, lr_factor, total_steps, train
 
 pytest.importorskip("peft")
 
@@ -33,6 +33,18 @@ def _cfg(data: Path, model: Path, **train_kw) -> TrainConfig:
 
 def _losses(out: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_summary_averages_the_first_and_last_steps() -> None:
+    """One batch's loss is noise; the summary compares means of the first and last steps."""
+    rows = [{"loss": x} for x in (2.0, 1.0, 3.0, 0.5, 0.4, 9.0, 0.2, 0.4)]
+    assert loss_summary(rows, n=3) == ("loss 2.0000 -> 3.2000 (mean of the first and last 3 "
+                                       "steps)")
+    assert loss_summary(rows[:3], n=8) == "loss 2.0000 -> 3.0000 (mean of the first and last 1 steps)"
+    nan = [{"loss": float("nan")}, {"loss": 1.0}, {"loss": 0.5}, {"loss": 0.25}]
+    assert loss_summary(nan, n=2) == "loss 1.0000 -> 0.3750 (mean of the first and last 2 steps)"
+    assert loss_summary([{"loss": 0.7}]) == "loss 0.7000 (one step)"
+    assert loss_summary([]) == "no steps"
 
 
 def test_schedule_is_seeded_and_covers_every_example() -> None:

@@ -317,6 +317,24 @@ def _finish(checkpoint: Any, out: Path) -> Path:
     return adapter
 
 
+def loss_summary(history: list[dict[str, Any]], n: int = 8) -> str:
+    """The loss at the start and at the end of training, each the mean of ``n`` steps (fewer
+    when the run is short, so that the two never overlap): one step's batch is too noisy to
+    say whether a run learnt. Non-finite losses are left out of the means."""
+    losses = np.array([r["loss"] for r in history], dtype=float)
+    if losses.size == 0:
+        return "no steps"
+    k = max(1, min(n, losses.size // 2))
+
+    def mean(xs: np.ndarray) -> str:
+        finite = xs[np.isfinite(xs)]
+        return f"{finite.mean():.4f}" if finite.size else "nan"
+
+    if losses.size == 1:
+        return f"loss {mean(losses)} (one step)"
+    return f"loss {mean(losses[:k])} -> {mean(losses[-k:])} (mean of the first and last {k} steps)"
+
+
 def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
     """The loss curve (raw and a moving average) and the learning rate."""
     import matplotlib
