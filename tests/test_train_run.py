@@ -15,7 +15,7 @@ from mfray.config import MeanFieldConfig, PolicyConfig, ResourcesConfig, RunConf
 from mfray.data.schema import read_dataset
 from mfray.errors import MfrayError
 from mfray.train.config import TrainConfig, TrainParams
-from mfray.train.run import global_batch, loss_summary, lr_factor, total_steps, train
+from mfray.train.run import LiveProgress, global_batch, loss_summary, lr_factor, total_steps, train
 
 pytest.importorskip("peft")
 
@@ -45,6 +45,19 @@ def test_loss_summary_averages_the_first_and_last_steps() -> None:
     assert loss_summary(nan, n=2) == "loss 1.0000 -> 0.3750 (mean of the first and last 2 steps)"
     assert loss_summary([{"loss": 0.7}]) == "loss 0.7000 (one step)"
     assert loss_summary([]) == "no steps"
+
+
+def test_live_progress_reads_complete_rows_only(tmp_path: Path) -> None:
+    """The bar follows the last complete row; a row being written is left for the next read."""
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": 1, "loss": 2.0, "examples_per_s": 1.5},
+            {"step": 2, "loss": 1.0, "examples_per_s": 2.5, "skipped_steps": 1}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo')
+    progress = LiveProgress(path, total=10, desc="train policy", poll_s=60)
+    progress.update()
+    assert progress.bar.n == 2
+    assert progress.bar.postfix == "loss=1.5000, examples_per_s=2.50, skipped=1"
+    progress.bar.close()
 
 
 def test_schedule_is_seeded_and_covers_every_example() -> None:
@@ -107,14 +120,23 @@ def test_one_and_two_workers_reach_the_same_loss(small_world_dir: Path, tiny_mod
 
 
 def test_killed_run_resumes_from_its_checkpoint(small_world_dir: Path, tiny_model_dir: Path,
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
     """A Ray Train worker dies after step 5 (checkpoint at 4); the rerun resumes at step 5
-    and ends where an uninterrupted run ends."""
+    and ends where an uninterrupted run ends. The run directory's metrics.jsonl grows step by
+    step, so a failed run shows how far it got, and the driver's progress bar follows it."""
     cfg = _cfg(small_world_dir, tiny_model_dir, num_workers=1)
     train(cfg, "policy", tmp_path / "straight")
     with pytest.raises(MfrayError, match="resume"):
         train(cfg, "policy", tmp_path / "killed", fail_at_step=5)  # checkpoint at step 4
+    live = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text()
+            .splitlines()]
+    assert live == [1, 2, 3, 4, 5]
+    capsys.readouterr()
     train(cfg, "policy", tmp_path / "killed")
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert any(line.startswith("train policy: 100%") and "6/6" in line for line in bar)
+    assert any("4/6" in line for line in bar)  # the resumed run starts at its checkpoint
     history = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text()
                .splitlines()]
     assert [r["step"] for r in history] == [1, 2, 3, 4, 5, 6]

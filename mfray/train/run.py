@@ -16,13 +16,15 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mfray.config import RunConfig, from_dict
 from mfray.data.schema import Dataset, read_dataset
@@ -158,6 +160,12 @@ def _worker(config: dict[str, Any]) -> None:
             state = json.loads((Path(d) / STATE_FILE).read_text())
             step, history = state["step"], state["history"]
     skipped = history[-1].get("skipped_steps", 0) if history else 0
+    # the run directory's live history: rank 0 rewrites it from the restored state, then
+    # appends a row per step (the driver's progress bar follows it; _finish rewrites it from
+    # the last checkpoint)
+    live = Path(config["metrics"]) if rank == 0 and config.get("metrics") else None
+    if live is not None:
+        live.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
     model = task.model
     if world > 1:
         model = ray.train.torch.prepare_model(model, move_to_device=False)
@@ -185,6 +193,9 @@ def _worker(config: dict[str, Any]) -> None:
         row |= {name: float(v) / len(batch) for name, v in zip(task.extra_names, stats[1:],
                                                                strict=True)}
         history.append(row)
+        if live is not None:
+            with open(live, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
         if rank == 0 and (step % cfg.train.log_every == 0 or step == total):
             print(f"[{config['kind']}] step {step}/{total}  loss {row['loss']:.4f}  "
                   f"lr {row['lr']:.2e}  {row['examples_per_s']:.2f} examples/s"
@@ -283,20 +294,86 @@ def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = 
         train_loop_config={"cfg": cfg.to_dict(), "kind": kind, "examples": str(examples),
                            "fail_at_step": fail_at_step, "num_threads": num_threads,
                            "checkpoints": str(out / "checkpoints"),
+                           "metrics": str(out / "metrics.jsonl"),
                            "resume_from": str(resume) if resume else None},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers,
                                                use_gpu=cfg.train.use_gpu),
         run_config=ray.train.RunConfig(name=kind, storage_path=str(out / "ray"),
                                        failure_config=ray.train.FailureConfig(max_failures=0)))
+    # metrics.jsonl starts as the history of the checkpoint the run resumes from (empty for
+    # a new run), not as the rows a failed attempt wrote after it
+    restored = json.loads((resume / STATE_FILE).read_text())["history"] if resume else []
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in restored),
+                                       encoding="utf-8")
     if resume is not None:
         print(f"resuming from {resume}")
+    total = total_steps(pq.ParquetFile(examples).metadata.num_rows, cfg)
     try:
-        result = trainer.fit()
+        with LiveProgress(out / "metrics.jsonl", total, f"train {kind}"):
+            result = trainer.fit()
     except Exception as exc:  # Ray wraps the worker's error; keep its first line
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise MfrayError(f"training failed: {first}. Run the same command again to resume "
                          f"from the last checkpoint in {out / 'ray'}") from exc
     return _finish(result.checkpoint, out)
+
+
+class LiveProgress:
+    """A progress bar that follows ``metrics.jsonl`` while Ray Train runs: rank 0 appends a
+    row per step there, and the workers' own output does not reach the driver (mfray starts
+    Ray with ``log_to_driver`` off). It shows the step, the mean loss of the last 8 steps and
+    the examples/s; it polls once a second and reads the file a last time on exit."""
+
+    def __init__(self, path: Path, total: int, desc: str, poll_s: float = 1.0) -> None:
+        from tqdm import tqdm
+
+        self.path, self.poll_s, self._size = path, poll_s, -1
+        self.bar = tqdm(total=total, desc=desc, unit="step")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.update()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.update()
+        self.bar.close()
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.update()
+
+    def update(self) -> None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except OSError:
+            return  # not written yet (or on another node's disk)
+        if len(text) == self._size:
+            return
+        self._size = len(text)
+        rows = []
+        for line in text.splitlines(keepends=True):
+            if line.endswith("\n"):  # a line being written is read next time
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue
+        if not rows:
+            return
+        last = rows[-1]
+        losses = np.array([r["loss"] for r in rows[-8:]], dtype=float)
+        losses = losses[np.isfinite(losses)]
+        self.bar.n = int(last["step"])
+        postfix = {"loss": f"{losses.mean():.4f}" if losses.size else "nan",
+                   "examples_per_s": f"{last['examples_per_s']:.2f}"}
+        if last.get("skipped_steps"):
+            postfix["skipped"] = last["skipped_steps"]
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.refresh()
 
 
 def _finish(checkpoint: Any, out: Path) -> Path:
