@@ -165,7 +165,11 @@ def _worker(config: dict[str, Any]) -> None:
     # the last checkpoint)
     live = Path(config["metrics"]) if rank == 0 and config.get("metrics") else None
     if live is not None:
-        live.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
+        try:  # rank 0 on another node writes its own copy (as it does its checkpoints)
+            live.parent.mkdir(parents=True, exist_ok=True)
+            live.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
+        except OSError:
+            live = None
     model = task.model
     if world > 1:
         model = ray.train.torch.prepare_model(model, move_to_device=False)
