@@ -281,6 +281,22 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
     return out
 
 
+class LastEncoding:
+    """:func:`encode_prompts` that keeps its last call's prompts and ids. The inference actor
+    counts the tokens of the prompts it has just scored; with the ids kept, that is not a
+    second tokenisation of every prompt (0.1–0.4 ms a prompt, outside the model's time)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._last: tuple[list[str], list[list[int]]] | None = None
+
+    def __call__(self, prompts: Sequence[str]) -> list[list[int]]:
+        prompts = list(prompts)
+        if self._last is None or self._last[0] != prompts:
+            self._last = (prompts, encode_prompts(self.tokenizer, prompts))
+        return list(self._last[1])
+
+
 def option_ids(tokenizer: Any, options: Sequence[str]) -> list[list[int]]:
     """Each option's token ids on its own, without special tokens."""
     ids = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
@@ -306,6 +322,7 @@ class HFModel:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.tokenizer, self.model_id = tokenizer, model_id
+        self._encode = LastEncoding(tokenizer)
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.first_token_scoring = first_token_scoring
         self.prefix_sharing = prefix_sharing  # reuse the KV cache of shared prompt prefixes
@@ -326,7 +343,7 @@ class HFModel:
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         """Token ids of each prompt with the tokenizer's special tokens, never a doubled BOS."""
-        return encode_prompts(self.tokenizer, prompts)
+        return self._encode(prompts)
 
     def _option_ids(self, options: Sequence[str]) -> list[list[int]]:
         return option_ids(self.tokenizer, options)

@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 
 from mfray.llm import (
+    LastEncoding,
     ModelError,
     chat_prompt,
     check_options,
     check_sampling,
-    encode_prompts,
     option_ids,
     transformers_dir,
 )
@@ -63,6 +63,7 @@ class VLLMModel:
             max_lora_rank=max_lora_rank, logprobs_mode="processed_logprobs",
             gpu_memory_utilization=gpu_memory_utilization, trust_remote_code=False)
         self.tokenizer = self.llm.get_tokenizer()
+        self._encode = LastEncoding(self.tokenizer)
         self._lora: Any = None
         self._lora_ids = 0
         self.set_adapter(adapter)
@@ -86,7 +87,7 @@ class VLLMModel:
         return chat_prompt(self.tokenizer, system, user, self.model_id)
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
-        return encode_prompts(self.tokenizer, prompts)
+        return self._encode(prompts)
 
     def _run(self, what: str, prompts: list[list[int]], params: Any) -> list[Any]:
         vllm = _vllm()

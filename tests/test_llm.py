@@ -319,3 +319,25 @@ def test_gguf_cache_dir_follows_the_content_not_the_path(tmp_path, monkeypatch):
     changed[len(data) // 2] ^= 1  # one byte in the middle
     b.write_bytes(bytes(changed))
     assert llm.gguf_cache_dir(a) != llm.gguf_cache_dir(b)
+
+
+def test_the_inference_actor_tokenises_each_prompt_once(tiny, monkeypatch):
+    from mfray.config import PolicyConfig
+    from mfray.engine.inference import InferenceServer
+    from mfray.engine.shard import Requests
+
+    calls: list[list[str]] = []
+    real = llm.encode_prompts
+    monkeypatch.setattr(llm, "encode_prompts",
+                        lambda tok, ps: calls.append(list(ps)) or real(tok, ps))
+    model = HFModel(*tiny, model_id="tiny", device="cpu", batch_size=3)
+    server = InferenceServer(PolicyConfig(), {"stance": ("yes", "no")}, model=model)
+    prompts = PROMPTS[:2] + PROMPTS[3:]  # the third is too long for 128 positions with the
+    keys = [(0, i, 0) for i in range(len(prompts))]  # system prompt
+    scored = server.score_one(Requests(keys, prompts, [0] * len(prompts), [""] * len(prompts)))
+    assert scored.errors == [None] * len(prompts)
+    formatted = [server.format(p) for p in prompts]
+    assert calls == [formatted]  # scoring encodes them; counting the tokens does not again
+    assert scored.tokens_in == [len(ids) for ids in real(tiny[1], formatted)]
+    assert model.encode(PROMPTS) == real(tiny[1], PROMPTS)  # other prompts: encoded anew
+    assert len(calls) == 2
