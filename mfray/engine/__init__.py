@@ -178,11 +178,14 @@ class ActorLost(MfrayError):
 
 def _state_actors(cfg: RunConfig, ds: Dataset, store: RunStore, inputs: tuple[Any, ...]
                   ) -> tuple[Any, list[Any]]:
-    """The mean-field actor and the agent shards, fresh (their state is rebuilt by replay)."""
+    """The mean-field actor and the agent shards, fresh (their state is rebuilt by replay),
+    once they have started: a new worker process each, whose start-up (2 s on a loaded 2-core
+    CPU) would otherwise be counted in the first round's time, as the model's load is not."""
     metas, per_shard, world = inputs
     population = _actor(Population).remote(metas, ds.label_space, cfg.sim)
     shards = [_actor(AgentShard).remote(sims, ds.label_space, cfg.sim, store.run_id, world,
                                         cfg.policy.mode) for sims in per_shard]
+    _get([a.__ray_ready__.remote() for a in (population, *shards)])
     return population, shards
 
 
