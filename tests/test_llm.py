@@ -341,3 +341,19 @@ def test_the_inference_actor_tokenises_each_prompt_once(tiny, monkeypatch):
     assert scored.tokens_in == [len(ids) for ids in real(tiny[1], formatted)]
     assert model.encode(PROMPTS) == real(tiny[1], PROMPTS)  # other prompts: encoded anew
     assert len(calls) == 2
+
+
+def test_prompts_encoded_in_a_batch_as_one_by_one(tiny):
+    import copy
+
+    from tokenizers import processors
+
+    tok = copy.deepcopy(tiny[1])  # one that adds a BOS, as SmolLM2's and Llama's do
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", 2)])
+    prompts = ["<bos>the cat", "the cat", "<bos>a", "a", "Hello world"]
+    ids = llm.encode_prompts(tok, prompts)
+    assert ids == [tok(p, add_special_tokens=not p.startswith("<bos>"))["input_ids"]
+                   for p in prompts]
+    assert [x.count(2) for x in ids] == [1] * len(prompts)  # one BOS each, never two
+    assert ids[0] == ids[1] and ids[2] == ids[3]
