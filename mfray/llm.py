@@ -282,7 +282,7 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
         if rows:
             ids = tokenizer([prompts[i] for i in rows], add_special_tokens=special)["input_ids"]
             for i, x in zip(rows, ids, strict=True):
-                out[i] = list(x)
+                out[i] = x
     return out
 
 
