@@ -108,7 +108,7 @@ def bench_scripted(simulations: int = 1000, agents: int = 160, warmup: int = 50,
     return {"workload": "scripted", "simulations": simulations, "agents_per_simulation": agents,
             "shards": shards, "decisions": dec.num_rows, "distinct_agents": unique,
             "rounds": len(store.completed_rounds()), "model_decisions": n_model,
-            "wall_s": round(wall, 2), "round_loop_s": round(loop_s, 2),
+            "wall_s": round(wall, 2), "round_loop_s": round(loop_s, 3),
             "decisions_per_s": round(dec.num_rows / loop_s),
             "decisions_per_s_incl_startup": round(dec.num_rows / wall),
             "peak_memory_gib": round(mem.peak_bytes / 2**30, 2), "run_dir": str(store.run_dir)}
@@ -171,7 +171,7 @@ def _model_point(plain: Any, policy: PolicyConfig, n: int, agents: int, work: Pa
     ids = plain.encode(by_key_round[0]) if hasattr(plain, "encode") else []
     shared = [s for s, rows in prefix_groups(ids) for _ in rows]
     e2e = asked.num_rows / loop_s
-    return {"simulations": n, "decisions": asked.num_rows, "round_loop_s": round(loop_s, 2),
+    return {"simulations": n, "decisions": asked.num_rows, "round_loop_s": round(loop_s, 3),
             "end_to_end_decisions_per_s": round(e2e, 2),
             "prompt_tokens_per_s": round((pc.sum(asked["tokens_in"]).as_py() or 0) / loop_s),
             "mean_prompt_tokens": round(pc.mean(asked["tokens_in"]).as_py() or 0),

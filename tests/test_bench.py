@@ -21,7 +21,8 @@ def test_model_bench_curve_efficiency_and_simple_way(tmp_path: Path,
     for p in r["points"]:
         assert p["decisions"] == p["simulations"] * 32  # no warm-up: all model decisions
         e2e = p["decisions"] / p["round_loop_s"]
-        assert abs(p["end_to_end_decisions_per_s"] - e2e) <= 0.01 * e2e + 0.01
+        # round_loop_s is rounded to the millisecond, which a short loop's rate feels
+        assert abs(p["end_to_end_decisions_per_s"] - e2e) <= e2e * 0.0006 / p["round_loop_s"] + 0.01
         assert abs(p["efficiency"] - e2e / p["plain_model_decisions_per_s"]) < 0.01 * e2e + 0.01
         assert 0 < p["model_share_of_round_time"] <= 1
         assert abs(p["model_share_of_round_time"] + p["orchestration_share_of_round_time"]
