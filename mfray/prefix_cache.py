@@ -109,15 +109,16 @@ def pack(groups: Sequence[tuple[int, list[int]]], p_ids: Sequence[Sequence[int]]
 
 
 def prefill(model: Any, p_ids: Sequence[Sequence[int]], batch: Batch, *, pad_id: int,
-            device: Any, keep_cache: bool = True) -> tuple[list[int], Any, dict[str, Any], Any,
-                                                           Any]:
+            device: Any, keep_cache: bool = True, multiple: int = 1
+            ) -> tuple[list[int], Any, dict[str, Any], Any, Any]:
     """Run a batch's prompts: each piece's shared prefix once (all prefixes in one
     left-padded pass), its KV cache repeated for the piece's rows, then every row's own
     suffix, left-padded after its prefix, with position ids that continue the row's real
     prefix. Returns the rows in batch order, the next-token logits at each row's last token,
     the cache as forward keyword arguments, the attention mask and the position ids (for
     decoding on). Pieces with shared length 0 must come alone: then it is the plain
-    left-padded forward. The values equal the plain computation within float tolerance."""
+    left-padded forward. Both passes' widths are rounded up to ``multiple``. The values equal
+    the plain computation within float tolerance."""
     import torch
     from transformers import DynamicCache
 
@@ -128,12 +129,12 @@ def prefill(model: Any, p_ids: Sequence[Sequence[int]], batch: Batch, *, pad_id:
     kw = {_cache_kw(model): DynamicCache(config=model.config), "use_cache": True} \
         if keep_cache or max(shared) else {}
     ids, mask, pos = pad([p_ids[r][s:] for r, s in zip(rows, shared, strict=True)], pad_id,
-                         "left", device)
+                         "left", device, multiple)
     if max(shared):
         if not min(shared):
             raise ValueError("prefill: pieces without a shared prefix go in their own batch")
         pre_ids, pre_mask, pre_pos = pad([p_ids[rs[0]][:s] for s, rs in batch], pad_id,
-                                         "left", device)
+                                         "left", device, multiple)
         model(input_ids=pre_ids, attention_mask=pre_mask, position_ids=pre_pos,
               logits_to_keep=1, **kw)
         which = torch.tensor([g for g, (_, rs) in enumerate(batch) for _ in rs], device=device)

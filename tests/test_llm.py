@@ -201,6 +201,26 @@ def test_continuation_logprobs_match_a_hand_computation(tiny, side):
         assert g == pytest.approx(_token_logprobs(model, s)[-n:].sum(), abs=1e-4)
 
 
+def test_padded_widths_follow_the_device():
+    assert llm.pad_multiple("cpu") == 1
+    assert llm.pad_multiple("cuda:1") == llm.pad_multiple(torch.device("cuda")) == 64
+    assert llm.padded_width([3, 7, 5], 1) == 7 and llm.padded_width([3, 7, 5], 4) == 8
+    assert llm.padded_width([64], 64) == 64
+    with pytest.raises(ValueError, match="multiple"):
+        llm.padded_width([3], 0)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_continuation_logprobs_do_not_depend_on_the_padded_width(tiny, side):
+    model, tok = tiny
+    seqs = [tok(p)["input_ids"] for p in PROMPTS]
+    with torch.inference_mode():
+        exact = llm.continuation_logprobs(model, seqs, [2, 1, 3, 2], pad_id=0, side=side)
+        wide = llm.continuation_logprobs(model, seqs, [2, 1, 3, 2], pad_id=0, side=side,
+                                         multiple=64)
+    np.testing.assert_allclose(wide, exact, atol=1e-4, rtol=0)
+
+
 def test_colliding_first_tokens_use_the_full_likelihood(tiny, hf):
     model, tok = tiny
     options = [" support", " sup", " s"]  # same first token

@@ -66,6 +66,26 @@ def test_shared_scores_equal_plain_scores(tiny_hf, batch_size: int) -> None:
         tiny_hf.prefix_sharing, tiny_hf.batch_size = True, 8
 
 
+def test_padding_to_a_multiple_changes_no_score_nor_text(tiny_hf) -> None:
+    """On CUDA widths are rounded up to 64 tokens (fewer shapes for the attention kernels);
+    with the prefix and the suffix passes both wider, scores and greedy texts stay the same."""
+    prompts = _prompts()
+    assert tiny_hf.pad_multiple == 1  # the CPU keeps exact widths
+    try:
+        out = {}
+        for multiple in (1, 64):
+            tiny_hf.pad_multiple = multiple
+            out[multiple] = [tiny_hf.score(prompts, OPTS)]
+            for sharing in (False, True):
+                tiny_hf.prefix_sharing = sharing
+                out[multiple].append(tiny_hf.generate(prompts[:9], max_new_tokens=8,
+                                                      temperature=0))
+    finally:
+        tiny_hf.pad_multiple, tiny_hf.prefix_sharing = 1, True
+    np.testing.assert_allclose(out[64][0], out[1][0], atol=2e-5, rtol=0)
+    assert out[64][1:] == out[1][1:] and len(set(out[1][1])) > 1
+
+
 @pytest.mark.parametrize(("temperature", "penalty"), [(0.0, 1.0), (0.8, 1.2)])
 def test_shared_generation_equals_plain_generation(tiny_hf, temperature: float,
                                                    penalty: float) -> None:

@@ -76,6 +76,51 @@ def test_pad_batch_layout():
         pad_batch([[1, 2]], [2], PAD, "right")
 
 
+def test_pad_batch_rounds_the_width_up_to_a_multiple():
+    seqs, targets = [[7, 8, 9], [4, 5, 6, 7, 8]], [1, 2]
+    ids, mask, tmask, pos = pad_batch(seqs, targets, PAD, "right", multiple=4)
+    assert ids.tolist() == [[7, 8, 9, 0, 0, 0, 0, 0], [4, 5, 6, 7, 8, 0, 0, 0]]
+    assert mask.sum(-1).tolist() == [3, 5] and tmask.tolist()[1] == [0, 0, 0, 1, 1, 0, 0, 0]
+    ids, mask, tmask, pos = pad_batch(seqs, targets, PAD, "left", multiple=4)
+    assert ids.tolist() == [[0, 0, 0, 0, 0, 7, 8, 9], [0, 0, 0, 4, 5, 6, 7, 8]]
+    assert pos[mask.bool()].tolist() == [0, 1, 2, 0, 1, 2, 3, 4]
+    assert pad_batch(seqs, targets, PAD, "right", multiple=5)[0].shape == (2, 5)  # no extra
+    with pytest.raises(ValueError, match="multiple"):
+        pad_batch(seqs, targets, PAD, "right", multiple=0)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_a_wider_padding_changes_no_value_nor_gradient(side):
+    """The GPU rounds padded widths up to 64 (fewer shapes for the attention kernels): the
+    log-probs, the choice loss, the text NLL and the LoRA gradients stay the same."""
+    lora = add_lora(_tiny_model(init=0.5), r=4)
+    lora.train()
+    prompts = [[3, 14, 15, 9, 2, 6], [27, 18], [31, 41, 59, 26, 53]]
+    labels = [2, 0, 1]
+    for options in ([[10], [20], [30]], [[10], [20, 21], [30, 31, 32]]):
+        grads = []
+        for multiple in (1, 64):
+            lora.zero_grad()
+            loss, logp = choice_loss(lora, prompts, options, labels, PAD, side, multiple=multiple)
+            loss.backward()
+            grads.append((loss.detach(), logp.detach(), [p.grad.clone() for p in
+                                                         lora.parameters() if p.requires_grad]))
+        (l1, p1, g1), (l64, p64, g64) = grads
+        torch.testing.assert_close(l64, l1, atol=1e-5, rtol=0)
+        torch.testing.assert_close(p64, p1, atol=1e-5, rtol=0)
+        assert any(g.abs().sum() > 0 for g in g1)
+        for a, b in zip(g1, g64, strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(sequence_logprobs(lora, SEQS, TARGETS, PAD, side, multiple=64),
+                                   sequence_logprobs(lora, SEQS, TARGETS, PAD, side, multiple=1),
+                                   atol=1e-5, rtol=0)
+        targets = [[4, 5], [6], [7, 8, 9]]
+        torch.testing.assert_close(text_nll(lora, prompts, targets, PAD, side, multiple=64),
+                                   text_nll(lora, prompts, targets, PAD, side, multiple=1),
+                                   atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("side", SIDES)
 def test_sequence_logprobs_match_hand_computation(model, side):
     got = sequence_logprobs(model, SEQS, TARGETS, PAD, side)

@@ -15,6 +15,10 @@ to nothing; with PyTorch 2.11's SDPA on an H100, the backward pass through such 
 rows turned the LoRA gradients to NaN after 43 good steps of the leave-one-event-out recipe,
 where eager attention stayed finite. Right padding has no such rows: a padding query sees the
 real tokens before it.
+
+On CUDA the padded width is rounded up to a multiple of 64 (:data:`mfray.llm.CUDA_PAD_MULTIPLE`;
+``multiple=`` overrides it): batches of a new width each cost cuDNN's attention a new plan, and
+rounded widths repeat. Wider padding changes no value (the extra positions are padding).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from mfray.llm import pad_multiple, padded_width
+
 Side = Literal["left", "right"]
 
 # Linear projections that get LoRA adapters by default: Llama-family names, and the fused
@@ -34,8 +40,10 @@ LORA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pro
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], targets: Sequence[int], pad_id: int,
-              side: Side = "right") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad ``seqs`` (prompt + continuation ids) into one batch, on the CPU.
+              side: Side = "right", multiple: int = 1
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad ``seqs`` (prompt + continuation ids) into one batch, on the CPU, its width the
+    longest sequence rounded up to a multiple of ``multiple``.
 
     ``targets[i]`` is how many of the last tokens of ``seqs[i]`` are its continuation; it must be
     below ``len(seqs[i])`` (the first token has no logits to score it). Returns ``(input_ids,
@@ -53,7 +61,7 @@ def pad_batch(seqs: Sequence[Sequence[int]], targets: Sequence[int], pad_id: int
         if not 0 <= n < len(s):
             raise ValueError(f"sequence {i}: {n} target tokens in a sequence of {len(s)} "
                              "(need 0 <= targets < length: the first token cannot be scored)")
-    width = max(len(s) for s in seqs)
+    width = padded_width([len(s) for s in seqs], multiple)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     target_mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -88,15 +96,21 @@ def _device(model: Any) -> torch.device:
     return dev if isinstance(dev, torch.device) else next(model.parameters()).device
 
 
+def _multiple(model: Any, multiple: int | None) -> int:
+    """The padding multiple: the device's rule (:func:`mfray.llm.pad_multiple`) unless given."""
+    return pad_multiple(_device(model)) if multiple is None else multiple
+
+
 def _continuation_logprobs(model: Any, seqs: Sequence[Sequence[int]], targets: Sequence[int],
-                           pad_id: int, side: Side) -> tuple[torch.Tensor, torch.Tensor]:
+                           pad_id: int, side: Side, multiple: int | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat float32 log-probs of every continuation token, and the row each belongs to.
 
     One forward pass; only the logits of the positions from the first to the last one that
     scores a continuation token go through the LM head and the log-softmax.
     """
-    ids, mask, target_mask, pos = (t.to(_device(model))
-                                   for t in pad_batch(seqs, targets, pad_id, side))
+    ids, mask, target_mask, pos = (t.to(_device(model)) for t in pad_batch(
+        seqs, targets, pad_id, side, _multiple(model, multiple)))
     scoring = target_mask[:, 1:].any(0).nonzero()[:, 0]  # logit at j scores token j + 1
     if scoring.numel() == 0:
         return torch.zeros(0, device=ids.device), torch.zeros(0, dtype=torch.long,
@@ -111,20 +125,23 @@ def _continuation_logprobs(model: Any, seqs: Sequence[Sequence[int]], targets: S
 
 
 def sequence_logprobs(model: Any, seqs: Sequence[Sequence[int]], targets: Sequence[int],
-                      pad_id: int, side: Side = "right") -> torch.Tensor:
+                      pad_id: int, side: Side = "right", multiple: int | None = None
+                      ) -> torch.Tensor:
     """``[B]`` float32 sum of the log-probs of the last ``targets[i]`` tokens of each sequence.
 
     One forward pass over the padded batch; prompt and padding are never counted, so the values do
-    not depend on ``side`` or on the other sequences in the batch. Keeps the graph.
+    not depend on ``side``, the padded width or the other sequences in the batch. Keeps the
+    graph. ``multiple``: the padded width's multiple (None: the device's rule).
     """
-    tok_lp, rows = _continuation_logprobs(model, seqs, targets, pad_id, side)
+    tok_lp, rows = _continuation_logprobs(model, seqs, targets, pad_id, side, multiple)
     return torch.zeros(len(seqs), dtype=tok_lp.dtype, device=tok_lp.device).index_add(
         0, rows, tok_lp)
 
 
 def choice_loss(model: Any, prompt_ids: Sequence[Sequence[int]],
                 option_ids: Sequence[Sequence[int]], label_index: Sequence[int], pad_id: int,
-                side: Side = "right") -> tuple[torch.Tensor, torch.Tensor]:
+                side: Side = "right", multiple: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of the labelled option among the options, and the option log-probs.
 
     Each option's log-likelihood after each prompt (the sum over its tokens) is computed in one
@@ -144,24 +161,25 @@ def choice_loss(model: Any, prompt_ids: Sequence[Sequence[int]],
     labels = torch.tensor(list(label_index), dtype=torch.long)
     if all(len(o) == 1 for o in option_ids):
         logp = _single_token_option_logprobs(model, prompt_ids, [o[0] for o in option_ids],
-                                             pad_id)
+                                             pad_id, multiple)
     else:
         seqs = [[*p, *o] for p in prompt_ids for o in option_ids]
         targets = [len(o) for _ in prompt_ids for o in option_ids]
-        option_lp = sequence_logprobs(model, seqs, targets, pad_id, side).view(
+        option_lp = sequence_logprobs(model, seqs, targets, pad_id, side, multiple).view(
             len(prompt_ids), n_opt)
         logp = torch.log_softmax(option_lp, dim=-1)
     return nn.functional.nll_loss(logp, labels.to(logp.device)), logp
 
 
 def _single_token_option_logprobs(model: Any, prompt_ids: Sequence[Sequence[int]],
-                                  options: Sequence[int], pad_id: int) -> torch.Tensor:
+                                  options: Sequence[int], pad_id: int,
+                                  multiple: int | None = None) -> torch.Tensor:
     """Options of one token each: ONE sequence per prompt (right-padded), only the logits at
     each prompt's last token, restricted to the options and log-softmaxed: the simulator's
     scoring rule (``HFModel._score_first``) and the same values as the general path, at
     1/n_options of its cost and without materialising logits at every position."""
     ids, mask, _, pos = (t.to(_device(model)) for t in pad_batch(
-        prompt_ids, [0] * len(prompt_ids), pad_id, "right"))
+        prompt_ids, [0] * len(prompt_ids), pad_id, "right", _multiple(model, multiple)))
     keep, col = torch.unique(mask.sum(-1) - 1, sorted=True, return_inverse=True)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos,
                    logits_to_keep=keep).logits
@@ -171,7 +189,7 @@ def _single_token_option_logprobs(model: Any, prompt_ids: Sequence[Sequence[int]
 
 
 def text_nll(model: Any, prompt_ids: Sequence[Sequence[int]], target_ids: Sequence[Sequence[int]],
-             pad_id: int, side: Side = "right") -> torch.Tensor:
+             pad_id: int, side: Side = "right", multiple: int | None = None) -> torch.Tensor:
     """Mean token NLL of the targets after their prompts: the sum of the negative log-probs of
     all target tokens in the batch over their number (prompt and padding masked). Scalar float32
     with its graph."""
@@ -181,7 +199,8 @@ def text_nll(model: Any, prompt_ids: Sequence[Sequence[int]], target_ids: Sequen
     if sum(len(t) for t in target_ids) == 0:
         raise ValueError("no target tokens to score")
     seqs = [[*p, *t] for p, t in zip(prompt_ids, target_ids, strict=True)]
-    tok_lp, _ = _continuation_logprobs(model, seqs, [len(t) for t in target_ids], pad_id, side)
+    tok_lp, _ = _continuation_logprobs(model, seqs, [len(t) for t in target_ids], pad_id, side,
+                                       multiple)
     return -tok_lp.mean()
 
 
