@@ -117,7 +117,8 @@ def bench_scripted(simulations: int = 1000, agents: int = 160, warmup: int = 50,
 def bench_model(model: str | None = None, simulations: Sequence[int] = (1, 10, 100),
                 agents: int = 32, batch_size: int = 64, bf16: str = "auto",
                 mode: str = "choice", simple_sample: int = 160,
-                workdir: Path | None = None) -> dict[str, Any]:
+                workdir: Path | None = None,
+                max_batch_tokens: int | None = None) -> dict[str, Any]:
     """The model workload at each number of concurrent simulations: ``agents`` per simulation,
     rounds of 16, no warm-up (every decision a model decision), one variant (``mf``).
 
@@ -133,8 +134,9 @@ def bench_model(model: str | None = None, simulations: Sequence[int] = (1, 10, 1
     if not simulations or min(simulations) < 1 or agents < 1:
         raise MfrayError("bench: need simulations >= 1 and agents >= 1")
     work = Path(workdir or tempfile.mkdtemp(prefix="mfray-bench-"))
+    max_batch_tokens = max_batch_tokens or PolicyConfig.max_batch_tokens
     policy = PolicyConfig(model=model, batch_size=batch_size, log_prompts=True, bf16=bf16,
-                          mode=mode)  # type: ignore[arg-type]
+                          mode=mode, max_batch_tokens=max_batch_tokens)  # type: ignore[arg-type]
     plain = build_model(policy)
     points = [_model_point(plain, policy, n, agents, work / f"sims-{n}") for n in simulations]
     largest = max(points, key=lambda p: p["simulations"])
@@ -142,7 +144,8 @@ def bench_model(model: str | None = None, simulations: Sequence[int] = (1, 10, 1
     for p in points:
         p.pop("_rounds", None)
     return {"workload": "model", "model": plain.model_id, "mode": mode, "bf16": bf16,
-            "batch_size": batch_size, "agents_per_simulation": agents, "points": points,
+            "batch_size": batch_size, "max_batch_tokens": max_batch_tokens,
+            "agents_per_simulation": agents, "points": points,
             "simple_way_decisions_per_s": round(simple, 2),
             "speedup_vs_simple_way": round(largest["end_to_end_decisions_per_s"] / simple, 2)}
 
@@ -231,7 +234,8 @@ def format_model_bench(result: dict[str, Any]) -> str:
             f"{p['plain_model_decisions_per_s']} | {p['efficiency']} |"
             for p in result["points"]]
     return "\n".join([(f"{result['model']}, {result['mode']} mode, bf16 {result['bf16']}, "
-                      f"batch {result['batch_size']}"), head, *rows,
+                      f"batch {result['batch_size']}, {result['max_batch_tokens']} tokens"),
+                     head, *rows,
                       (f"simple way (one simulation, rounds of 16, full prompts): "
                       f"{result['simple_way_decisions_per_s']} decisions/s; end to end at the "
                       f"largest point is {result['speedup_vs_simple_way']}x that"), ""])

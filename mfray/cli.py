@@ -194,7 +194,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         result = bench_scripted(max(sims or [1000]), args.agents or 160, shards=args.shards)
     else:
         result = bench_model(args.model, sims or (1, 10, 100), args.agents or 32,
-                             batch_size=args.batch_size, bf16=args.bf16, mode=args.mode)
+                             batch_size=args.batch_size, bf16=args.bf16, mode=args.mode,
+                             max_batch_tokens=args.max_batch_tokens)
         print(format_model_bench(result))
     print(json.dumps(result, indent=2))
 
@@ -343,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--shards", type=int, default=1)
     b.add_argument("--model", help="for 'model': the policy model (default SmolLM2)")
     b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--max-batch-tokens", type=int,
+                   help="padded tokens per model batch (default: policy.max_batch_tokens's)")
     b.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
     b.add_argument("--mode", choices=("choice", "text"), default="choice")
     b.set_defaults(func=cmd_bench)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from mfray.bench import bench_model, bench_scripted, format_model_bench
@@ -16,8 +17,11 @@ def test_scripted_bench_reports_consistent_figures(tmp_path: Path) -> None:
 def test_model_bench_curve_efficiency_and_simple_way(tmp_path: Path,
                                                      tiny_model_dir: Path) -> None:
     r = bench_model(str(tiny_model_dir), simulations=(1, 3), agents=32, batch_size=16,
-                    bf16="off", simple_sample=32, workdir=tmp_path)
+                    bf16="off", simple_sample=32, workdir=tmp_path, max_batch_tokens=4096)
     assert [p["simulations"] for p in r["points"]] == [1, 3]
+    assert r["max_batch_tokens"] == 4096  # and the simulations ran with it
+    run_cfg = json.loads((Path(r["points"][0]["run_dir"]) / "config.json").read_text())
+    assert run_cfg["policy"]["max_batch_tokens"] == 4096
     for p in r["points"]:
         assert p["decisions"] == p["simulations"] * 32  # no warm-up: all model decisions
         e2e = p["decisions"] / p["round_loop_s"]
