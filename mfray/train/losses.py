@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from mfray.llm import pad_multiple, padded_width
+from mfray.llm import pad, pad_multiple
 
 Side = Literal["left", "right"]
 
@@ -42,8 +42,8 @@ LORA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pro
 def pad_batch(seqs: Sequence[Sequence[int]], targets: Sequence[int], pad_id: int,
               side: Side = "right", multiple: int = 1
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad ``seqs`` (prompt + continuation ids) into one batch, on the CPU, its width the
-    longest sequence rounded up to a multiple of ``multiple``.
+    """Pad ``seqs`` (prompt + continuation ids) into one batch, on the CPU, with
+    :func:`mfray.llm.pad` (its width the longest sequence rounded up to ``multiple``).
 
     ``targets[i]`` is how many of the last tokens of ``seqs[i]`` are its continuation; it must be
     below ``len(seqs[i])`` (the first token has no logits to score it). Returns ``(input_ids,
@@ -61,17 +61,12 @@ def pad_batch(seqs: Sequence[Sequence[int]], targets: Sequence[int], pad_id: int
         if not 0 <= n < len(s):
             raise ValueError(f"sequence {i}: {n} target tokens in a sequence of {len(s)} "
                              "(need 0 <= targets < length: the first token cannot be scored)")
-    width = padded_width([len(s) for s in seqs], multiple)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    target_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    ids, mask, position_ids = pad(seqs, pad_id, side, multiple=multiple)
+    target_mask = torch.zeros_like(mask)
+    width = mask.shape[1]
     for r, (s, n) in enumerate(zip(seqs, targets, strict=True)):
-        start = width - len(s) if side == "left" else 0
-        end = start + len(s)
-        ids[r, start:end] = torch.tensor(list(s), dtype=torch.long)
-        mask[r, start:end] = 1
+        end = width if side == "left" else len(s)
         target_mask[r, end - n:end] = 1
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids, mask, target_mask, position_ids
 
 
