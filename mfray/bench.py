@@ -134,7 +134,8 @@ def bench_model(model: str | None = None, simulations: Sequence[int] = (1, 10, 1
     if not simulations or min(simulations) < 1 or agents < 1:
         raise MfrayError("bench: need simulations >= 1 and agents >= 1")
     work = Path(workdir or tempfile.mkdtemp(prefix="mfray-bench-"))
-    max_batch_tokens = max_batch_tokens or PolicyConfig.max_batch_tokens
+    if max_batch_tokens is None:  # 0 is refused by PolicyConfig, not replaced
+        max_batch_tokens = PolicyConfig.max_batch_tokens
     policy = PolicyConfig(model=model, batch_size=batch_size, log_prompts=True, bf16=bf16,
                           mode=mode, max_batch_tokens=max_batch_tokens)  # type: ignore[arg-type]
     plain = build_model(policy)
