@@ -103,7 +103,27 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
             overrides.append(f"{key}={getattr(args, flag)}")
     if getattr(args, "variants", None):
         overrides.append(f"sim.variants=[{args.variants}]")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    _check_adapter_form(cfg)
+    return cfg
+
+
+def _check_adapter_form(cfg: RunConfig) -> None:
+    """Refuse a policy adapter tuned on another form of the numeric mean field than the run
+    shows (``sim.meanfield_form``): it learnt to read the other one. The form is in the
+    ``train_config.json`` that ``mfray train policy`` writes beside the adapter."""
+    if not cfg.policy.adapter:
+        return
+    saved = Path(cfg.policy.adapter).parent / "train_config.json"
+    if not saved.is_file():
+        return
+    tuned = json.loads(saved.read_text())
+    variant = tuned.get("train", {}).get("variant")
+    form = tuned.get("sim", {}).get("meanfield_form", "shares")
+    if variant in ("mf", "mf-hybrid") and form != cfg.sim.meanfield_form:
+        raise MfrayError(f"{cfg.policy.adapter} was tuned on the mean field written as "
+                         f"{form!r}; this run writes it as {cfg.sim.meanfield_form!r}: add "
+                         f"--set sim.meanfield_form={form}")
 
 
 def _ints(text: str, flag: str) -> list[int]:

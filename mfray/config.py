@@ -48,6 +48,11 @@ class SimConfig:
     recent_k: int = 5
     popular_k: int = 5
     popular_window: int = 30
+    # how the `mf` prompt shows the numeric mean field (mfray/meanfield.py): "shares" lists the
+    # percentages most common first; "tally" writes them as 20 reactions in a shuffled order,
+    # which a tuned small model reads (README, "The synthetic world"). An adapter is tuned
+    # for one form: simulate it with the same
+    meanfield_form: Literal["shares", "tally"] = "shares"
     max_failure_rate: float = 0.2  # share of a round's model decisions that may fail
     interventions: tuple[Intervention, ...] = ()  # each runs next to its untouched twin
 

@@ -6,14 +6,31 @@ engine; it takes the same inputs (previous state, the round's decisions sorted b
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from mfray.data.schema import LabelSpace
 
 NO_REACTIONS = "no reactions yet"
+TALLY_SIZE = 20  # reactions written out by the ``tally`` form
+
+Form = Literal["shares", "tally"]
+FORMS: tuple[Form, ...] = ("shares", "tally")
+
+
+def tally(shares: np.ndarray, size: int = TALLY_SIZE) -> np.ndarray:
+    """``size`` reactions in the given shares: the floors of ``size * shares`` plus one for the
+    largest remainders (ties to the earlier option), so the counts sum to ``size``."""
+    q = np.asarray(shares, dtype=float) * size
+    counts = np.floor(q + 1e-9).astype(int)
+    short = size - int(counts.sum())
+    remainders = np.round(q - counts, 9)  # 0.33 * 20 and 0.08 * 20 tie, as written
+    counts[np.argsort(-remainders, kind="stable")[:short]] += 1
+    return counts
 
 
 @dataclass(frozen=True)
@@ -47,13 +64,22 @@ class NumericMeanField:
         c = np.asarray(self.counts[dim], dtype=float)
         return c / c.sum() if c.sum() else np.full(len(c), 1.0 / len(c))
 
-    def render(self, label_space: LabelSpace) -> str:
-        """The prompt form, most common option first (ties in label order):
-        ``stance: comment 65%, support 19%, query 8%, deny 7% (n=120)``.
+    def render(self, label_space: LabelSpace, form: Form = "shares") -> str:
+        """The prompt form of the mean field, one line per dimension.
 
-        The order matters to a small model: SmolLM2-135M shown the options in label order
-        barely reacts to the shares (``mfray probe`` sensitivity +0.007 on RumourEval agents),
-        and copies the first option it reads (+0.25 with this order)."""
+        ``shares`` (the default): the options most common first (ties in label order),
+        ``stance: comment 65%, support 19%, query 8%, deny 7% (n=120)``. SmolLM2-135M shown
+        them in label order barely reacts to the shares (``mfray probe`` sensitivity +0.007 on
+        RumourEval agents) and copies the first option it reads (+0.25 with this order).
+
+        ``tally``: the shares as :data:`TALLY_SIZE` reactions in a shuffled order,
+        ``stance: 20 typical reactions: comment query comment … support (n=120)``. The order
+        is a fixed function of the counts (the same line for the same counts, on any shard).
+        A small model can learn to count words where it does not learn to read percentages:
+        tuned on the shares it learns which option is listed first, not the numbers (README,
+        "The synthetic world")."""
+        if form not in FORMS:
+            raise ValueError(f"unknown mean-field form {form!r}; one of {', '.join(FORMS)}")
         lines = []
         for dim, options in label_space.items():
             if self.n(dim) == 0:
@@ -61,6 +87,13 @@ class NumericMeanField:
                 continue
             shares = self.shares(dim)
             order = np.argsort(-np.asarray(self.counts[dim]), kind="stable")
+            if form == "tally":
+                words = [options[k] for k in order for _ in range(tally(shares)[k])]
+                seed = zlib.crc32(repr((dim, tuple(self.counts[dim]))).encode())
+                words = [words[k] for k in np.random.default_rng(seed).permutation(len(words))]
+                lines.append(f"{dim}: {len(words)} typical reactions: {' '.join(words)} "
+                             f"(n={self.n(dim)})")
+                continue
             parts = ", ".join(f"{options[k]} {shares[k]:.0%}" for k in order)
             lines.append(f"{dim}: {parts} (n={self.n(dim)})")
         return "\n".join(lines)

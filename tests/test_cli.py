@@ -208,6 +208,28 @@ def test_train_then_simulate_with_the_adapter(small_world_dir: Path, tiny_model_
     assert "train.variant" in capsys.readouterr().err
 
 
+def test_adapter_tuned_on_another_meanfield_form_is_refused(
+        small_world_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "adapter").mkdir()
+    saved = tmp_path / "train_config.json"
+    base = ["simulate", "--data", str(small_world_dir), "--out", str(tmp_path / "run"),
+            "--variants", "mf", "--model", "scripted", "--policy-adapter",
+            str(tmp_path / "adapter")]
+    saved.write_text(json.dumps({"train": {"variant": "mf"}, "sim": {"meanfield_form": "tally"}}))
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "was tuned on the mean field written as 'tally'" in err
+    assert "--set sim.meanfield_form=tally" in err and not (tmp_path / "run").exists()
+    assert main(["probe", "--data", str(small_world_dir), "--model", "scripted",
+                 "--policy-adapter", str(tmp_path / "adapter")]) == 2
+    # an sft adapter never saw a mean field: any form goes
+    saved.write_text(json.dumps({"train": {"variant": "sft"}, "sim": {"meanfield_form": "tally"}}))
+    from mfray.cli import _check_adapter_form
+    from mfray.config import PolicyConfig, RunConfig
+
+    _check_adapter_form(RunConfig(policy=PolicyConfig(adapter=str(tmp_path / "adapter"))))
+
+
 def test_train_meanfield_end_to_end(small_world_dir: Path, tiny_model_dir: Path,
                                     tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The text mean field's model, tuned by the information bottleneck (REINFORCE, K = 2)."""

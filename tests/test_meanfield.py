@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mfray.meanfield import NO_REACTIONS, NumericMeanField
+from mfray.meanfield import NO_REACTIONS, TALLY_SIZE, NumericMeanField, tally
 
 SPACE = {"stance": ("support", "deny", "query", "comment"), "emotion": ("pos", "neg")}
 
@@ -55,6 +55,41 @@ def test_render_empty_and_partly_empty() -> None:
     assert mf.render(SPACE) == f"stance: {NO_REACTIONS}\nemotion: {NO_REACTIONS}"
     mf = mf.update(SPACE, {"emotion": ["neg", "neg", "pos", "neg"]})
     assert mf.render(SPACE) == f"stance: {NO_REACTIONS}\nemotion: neg 75%, pos 25% (n=4)"
+
+
+@pytest.mark.parametrize(("shares", "expected"), [
+    ([0.25, 0.25, 0.25, 0.25], [5, 5, 5, 5]),
+    ([1 / 3, 1 / 3, 1 / 3, 0.0], [7, 7, 6, 0]),   # the remainder to the earliest of a tie
+    ([0.08, 0.33, 0.19, 0.40], [2, 6, 4, 8]),     # 1.6, 6.6, 3.8, 8: remainders .8, then .6 (tie)
+    ([0.0, 0.0, 0.0, 1.0], [0, 0, 0, 20]),
+])
+def test_tally_counts(shares: list[float], expected: list[int]) -> None:
+    assert tally(np.array(shares)).tolist() == expected
+
+
+def test_tally_sums_to_its_size_for_any_counts() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        counts = rng.multinomial(int(rng.integers(1, 300)), rng.dirichlet(np.ones(4)))
+        t = tally(counts / counts.sum())
+        assert t.sum() == TALLY_SIZE and (t >= 0).all()
+        assert np.abs(t / TALLY_SIZE - counts / counts.sum()).max() <= 1 / TALLY_SIZE + 1e-12
+
+
+def test_render_tally() -> None:
+    mf = NumericMeanField({"stance": (3, 5, 1, 10), "emotion": (0, 0)})
+    line = mf.render(SPACE, "tally")
+    assert line == ("stance: 20 typical reactions: comment deny deny comment comment deny deny "
+                    "comment deny comment comment comment comment query support comment comment "
+                    f"support support comment (n=19)\nemotion: {NO_REACTIONS}")
+    words = line.split("\n")[0].split(": ")[2].removesuffix(" (n=19)").split()
+    assert [words.count(o) for o in SPACE["stance"]] == tally(mf.shares("stance")).tolist()
+    assert mf.render(SPACE, "tally") == line  # a function of the counts: the same on any shard
+    # the order is shuffled, not sorted: another count with the same tally words differs
+    other = NumericMeanField({"stance": (6, 10, 2, 20), "emotion": (0, 0)}).render(SPACE, "tally")
+    assert sorted(other.split("\n")[0].split()[4:24]) == sorted(words) and other != line
+    with pytest.raises(ValueError, match="unknown mean-field form 'bars'"):
+        mf.render(SPACE, "bars")  # type: ignore[arg-type]
 
 
 def test_immutability() -> None:

@@ -22,9 +22,10 @@ from mfray.train.data import build_examples, read_examples, write_examples
 WARMUP, B = 32, 16  # the first rollout round (2) sees real actions only: same as teacher forcing
 
 
-def _cfg(data: Path, variants: tuple[str, ...], mode: str = "choice") -> RunConfig:
+def _cfg(data: Path, variants: tuple[str, ...], mode: str = "choice",
+         meanfield_form: str = "shares") -> RunConfig:
     return RunConfig(sim=SimConfig(data=str(data), variants=variants, seeds=(0,), warmup=WARMUP,
-                                   round_size=B),
+                                   round_size=B, meanfield_form=meanfield_form),
                      policy=PolicyConfig(model="scripted", log_prompts=True, mode=mode),
                      meanfield=MeanFieldConfig(max_new_tokens=16),
                      resources=ResourcesConfig(num_shards=2, num_cpus=2))
@@ -51,9 +52,11 @@ def _simulated(cfg: RunConfig, out: Path) -> tuple[dict, dict, list]:
     return logged, d, store.read_rounds().to_pylist()
 
 
-def test_policy_prompts_identical_to_the_simulation(small_world_dir: Path, tmp_path: Path) -> None:
-    variants = ("state", "recent", "popular", "mf", "mf-hybrid")
-    cfg = _cfg(small_world_dir, variants)
+@pytest.mark.parametrize(("form", "variants"), [
+    ("shares", ("state", "recent", "popular", "mf", "mf-hybrid")), ("tally", ("mf",))])
+def test_policy_prompts_identical_to_the_simulation(small_world_dir: Path, tmp_path: Path,
+                                                    form: str, variants: tuple[str, ...]) -> None:
+    cfg = _cfg(small_world_dir, variants, meanfield_form=form)
     logged, decisions, _ = _simulated(cfg, tmp_path / "run")
     ds = read_dataset(small_world_dir)
     server = InferenceServer(cfg.policy, ds.label_space, model=ScriptedModel())
@@ -71,6 +74,9 @@ def test_policy_prompts_identical_to_the_simulation(small_world_dir: Path, tmp_p
                 compared += 1
         # and the warm-up agents, which the simulator never prompts, are examples too
         assert pc.min(pol["agent_index"]).as_py() == 0
+        if variant == "mf":  # the form the config names, in training and in simulation
+            shown = "typical reactions: " if form == "tally" else "%, "
+            assert all(shown in p for p in pol["prompt"].to_pylist() if "(n=" in p)
     assert compared == sum(1 for k in logged if k[0] == "policy")
     assert compared > 20
     rollout = decisions.filter(pc.invert(decisions["is_warmup"]))
