@@ -88,7 +88,8 @@ class NumericMeanField:
             shares = self.shares(dim)
             order = np.argsort(-np.asarray(self.counts[dim]), kind="stable")
             if form == "tally":
-                words = [options[k] for k in order for _ in range(tally(shares)[k])]
+                tallied = tally(shares)
+                words = [options[k] for k in order for _ in range(tallied[k])]
                 seed = zlib.crc32(repr((dim, tuple(self.counts[dim]))).encode())
                 words = [words[k] for k in np.random.default_rng(seed).permutation(len(words))]
                 lines.append(f"{dim}: {len(words)} typical reactions: {' '.join(words)} "
