@@ -23,6 +23,7 @@ import yaml
 
 from mfray.errors import ConfigError
 from mfray.interventions import Intervention
+from mfray.meanfield import Form
 
 #: Policy variants (method.md §3). The LLM variants arrive with the engine; the statistical
 #: references and the synthetic world's built-in policies run without a model.
@@ -52,7 +53,7 @@ class SimConfig:
     # percentages most common first; "tally" writes them as 20 reactions in a shuffled order,
     # which a tuned small model reads (README, "The synthetic world"). An adapter is tuned
     # for one form: simulate it with the same
-    meanfield_form: Literal["shares", "tally"] = "shares"
+    meanfield_form: Form = "shares"
     max_failure_rate: float = 0.2  # share of a round's model decisions that may fail
     interventions: tuple[Intervention, ...] = ()  # each runs next to its untouched twin
 
