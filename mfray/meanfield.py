@@ -88,10 +88,9 @@ class NumericMeanField:
             shares = self.shares(dim)
             order = np.argsort(-np.asarray(self.counts[dim]), kind="stable")
             if form == "tally":
-                tallied = tally(shares)
-                words = [options[k] for k in order for _ in range(tallied[k])]
+                words = np.repeat(np.asarray(options)[order], tally(shares)[order])
                 seed = zlib.crc32(repr((dim, tuple(self.counts[dim]))).encode())
-                words = [words[k] for k in np.random.default_rng(seed).permutation(len(words))]
+                words = np.random.default_rng(seed).permutation(words)
                 lines.append(f"{dim}: {len(words)} typical reactions: {' '.join(words)} "
                              f"(n={self.n(dim)})")
                 continue
