@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -281,6 +282,7 @@ def test_load_model_from_a_directory_and_errors(tiny, tmp_path, monkeypatch):
         load_model()
 
 
+@pytest.mark.filterwarnings("ignore:bf16 is on:RuntimeWarning")  # on CPUs that emulate it
 def test_policy_bf16_setting_reaches_the_weights(tiny, tmp_path):
     from mfray.config import PolicyConfig
     from mfray.engine.inference import build_model
@@ -377,3 +379,18 @@ def test_prompts_encoded_in_a_batch_as_one_by_one(tiny):
                    for p in prompts]
     assert [x.count(2) for x in ids] == [1] * len(prompts)  # one BOS each, never two
     assert ids[0] == ids[1] and ids[2] == ids[3]
+
+
+def test_forced_bf16_warns_only_on_a_cpu_that_emulates_it(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    assert isinstance(llm.cpu_bf16_native(), bool)  # the real probe answers on this machine
+    monkeypatch.setattr(llm, "cpu_bf16_native", lambda: False)
+    with pytest.warns(RuntimeWarning, match="no bfloat16 in hardware"):
+        assert load_model(tmp_path / "m", device="cpu", bf16=True).model.dtype == torch.bfloat16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(tmp_path / "m", device="cpu")  # float32: nothing to say
+        monkeypatch.setattr(llm, "cpu_bf16_native", lambda: True)
+        load_model(tmp_path / "m", device="cpu", bf16=True)
