@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> None:
     from mfray.config import load_config
     from mfray.train.config import TrainConfig
-    from mfray.train.run import loss_summary, train
+    from mfray.train.run import loss_summary, train, validation_summary
 
     overrides = list(args.set or [])
     for flag, key in (("data", "sim.data"), ("model", "policy.model"),
@@ -451,6 +451,8 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"{last['examples_per_s']:.1f} examples/s\nloss curve: {out / 'loss.png'}"
           + (f"\n{skipped} step(s) skipped: non-finite gradient (metrics.jsonl)"
              if skipped else ""))
+    if (out / "validation.json").is_file():
+        print(validation_summary(json.loads((out / "validation.json").read_text())))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

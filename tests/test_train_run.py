@@ -239,3 +239,48 @@ def test_a_non_finite_gradient_is_skipped_and_counted(small_world_dir: Path, tin
     calls["n"], poisoned = 0, set(range(1, 7))
     with pytest.raises(MfrayError, match="every one of the 6 steps"):
         train(_cfg(small_world_dir, tiny_model_dir), "policy", tmp_path / "all-nan")
+
+
+def test_validation_scores_unseen_examples_against_the_base_model_and_a_constant(
+        small_world_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``train.val_examples`` keeps examples out of training and scores them after it; each
+    figure of validation.json is recomputed here another way: the simulator's scoring of the
+    base and the merged tuned model, and the label frequencies counted by hand."""
+    import pyarrow.parquet as pq
+
+    from mfray.llm import load_model, model_input
+    from mfray.train.run import validation_summary
+
+    out = tmp_path / "t"
+    # prompts uncut, as the simulator scores them
+    train(_cfg(small_world_dir, tiny_model_dir, val_examples=8, max_prompt_tokens=4096),
+          "policy", out)
+    rep = json.loads((out / "validation.json").read_text())
+    tr = pq.read_table(out / "examples" / "policy.parquet").to_pylist()
+    val = pq.read_table(out / "examples" / "policy-val.parquet").to_pylist()
+    key = lambda r: (r["event_id"], r["agent_index"], r["dimension"])  # noqa: E731
+    assert len(tr) == 24 and len(val) == rep["examples"] == 8
+    assert not {key(r) for r in tr} & {key(r) for r in val}
+
+    def nll(model) -> float:
+        total = 0.0
+        for r in val:
+            z = model.score([model_input(model, r["prompt"])], r["options"])[0]
+            total -= z[r["label_index"]] - np.logaddexp.reduce(z)
+        return total / len(val)
+
+    assert rep["loss"]["base"] == pytest.approx(nll(load_model(tiny_model_dir)), abs=1e-4)
+    assert rep["loss"]["tuned"] == pytest.approx(
+        nll(load_model(tiny_model_dir, adapter=out / "adapter")), abs=1e-3)
+    assert rep["loss"]["tuned"] != pytest.approx(rep["loss"]["base"], abs=1e-3)
+    counts = {}
+    for r in tr:
+        counts.setdefault(tuple(r["options"]), np.ones(len(r["options"])))[r["label_index"]] += 1
+    const = -np.mean([np.log(counts[tuple(r["options"])][r["label_index"]]
+                             / counts[tuple(r["options"])].sum()) for r in val])
+    assert rep["loss"]["label_frequencies"] == pytest.approx(const, abs=1e-9)
+    assert "8 unseen examples" in validation_summary(rep)
+    # without val_examples the sample is the one it always was
+    plain = tmp_path / "plain"
+    train(_cfg(small_world_dir, tiny_model_dir, max_steps=1), "policy", plain)
+    assert not (plain / "validation.json").exists()

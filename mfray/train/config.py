@@ -24,6 +24,10 @@ class TrainParams:
     held_out: tuple[str, ...] = ()
     max_examples: int | None = None  # a seeded subsample of the examples (None: all)
     from_agent: int = 0  # skip each event's first agents (sim.warmup: rollout agents only)
+    # policy only: this many examples of the training events (a seeded draw) kept out of
+    # training and scored after it, by the tuned and the base model and against the training
+    # examples' label frequencies (validation.json); 0: no validation, the sample as before
+    val_examples: int = 0
     # resampled events (mfray/train/mix.py): train on this many copies of each training event,
     # each with a label mix drawn from Dirichlet(mix_alpha), instead of on the events as they
     # are, so that only the mean field tells the mix (0: the real events)
@@ -67,11 +71,11 @@ class TrainParams:
                 or self.checkpoint_every < 1 or self.log_every < 1 or self.k < 2 \
                 or self.num_workers < 0 or not 0 <= self.warmup_ratio < 1 \
                 or self.max_grad_norm <= 0 or self.beta < 0 or self.mix_copies < 0 \
-                or self.mix_alpha <= 0:
+                or self.mix_alpha <= 0 or self.val_examples < 0:
             raise ConfigError("need train.lr > 0, epochs >= 1, batch_size >= 1, lora_r >= 1, "
                               "checkpoint_every >= 1, log_every >= 1, k >= 2, num_workers >= 0, "
                               "0 <= warmup_ratio < 1, max_grad_norm > 0, beta >= 0, "
-                              "mix_copies >= 0, mix_alpha > 0")
+                              "mix_copies >= 0, mix_alpha > 0, val_examples >= 0")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError("train.max_steps must be >= 1 (or null)")
         if self.max_examples is not None and self.max_examples < 1:

@@ -37,6 +37,7 @@ from mfray.train.data import build_examples, read_examples, write_examples
 from mfray.train.mix import mix_events
 
 STATE_FILE = "state.json"
+VAL_FILE = "policy-val.parquet"  # under OUT/examples: train.val_examples
 
 
 # ------------------------------------------------------------------------------ examples
@@ -76,11 +77,25 @@ def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
     table = policy if kind == "policy" else meanfield
     if table.num_rows == 0:
         raise MfrayError(f"no {kind} examples: the training events have no labelled replies")
+    if kind == "policy" and cfg.train.val_examples:
+        table = _split_validation(table, cfg.train.val_examples, cfg.train.seed,
+                                  out / "examples" / VAL_FILE)
     n = cfg.train.max_examples
     if n is not None and n < table.num_rows:
         keep = np.sort(np.random.default_rng(cfg.train.seed).permutation(table.num_rows)[:n])
         table = table.take(pa.array(keep))
     return write_examples(table, out / "examples" / f"{kind}.parquet")
+
+
+def _split_validation(table: pa.Table, n: int, seed: int, path: Path) -> pa.Table:
+    """Write ``n`` seeded examples to ``path`` and return the others (the training pool). At
+    least one example stays in the pool."""
+    if table.num_rows < 2:
+        raise MfrayError(f"train.val_examples: only {table.num_rows} example(s), none to spare")
+    order = np.random.default_rng([seed, 1]).permutation(table.num_rows)
+    n = min(n, table.num_rows - 1)
+    write_examples(table.take(pa.array(np.sort(order[:n]))), path)
+    return table.take(pa.array(np.sort(order[n:])))
 
 
 def _summarizer(cfg: TrainConfig, ds: Dataset) -> Any:
@@ -319,7 +334,10 @@ def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = 
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise MfrayError(f"training failed: {first}. Run the same command again to resume "
                          f"from the last checkpoint in {out / 'ray'}") from exc
-    return _finish(result.checkpoint, out)
+    adapter = _finish(result.checkpoint, out)
+    if kind == "policy" and (out / "examples" / VAL_FILE).is_file():
+        validate(cfg, out)
+    return adapter
 
 
 class LiveProgress:
@@ -396,6 +414,72 @@ def _finish(checkpoint: Any, out: Path) -> Path:
         raise MfrayError(f"every one of the {skipped} steps had a non-finite gradient and was "
                          f"skipped: the adapter in {adapter} is untrained (see metrics.jsonl)")
     return adapter
+
+
+def validate(cfg: TrainConfig, out: Path) -> dict[str, Any]:
+    """Score the validation examples (``train.val_examples``, unseen in training) with the
+    tuned adapter and with the base model (a fresh LoRA adapter is the base model), with the
+    training loss; in choice mode also with a constant: the training examples' label
+    frequencies (add-one smoothed). Writes and returns ``OUT/validation.json``."""
+    import torch
+
+    from mfray.train.tasks import PolicyTask
+
+    val = read_examples(out / "examples" / VAL_FILE)
+    device = "cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu"
+    task = PolicyTask(cfg, val, torch.device(device))
+    task.model.eval()
+
+    def score() -> tuple[float, float | None]:
+        loss, correct = 0.0, 0.0
+        with torch.no_grad():
+            for i in range(0, task.n_examples, cfg.train.batch_size):
+                total, extra = task.loss(task.model, range(i, min(task.n_examples,
+                                                                  i + cfg.train.batch_size)))
+                loss += float(total)
+                correct += extra[0] if extra else 0.0
+        acc = correct / task.n_examples if task.mode == "choice" else None
+        return loss / task.n_examples, acc
+
+    base = score()
+    task.load_adapter(out / "adapter")
+    tuned = score()
+    report: dict[str, Any] = {
+        "examples": task.n_examples, "events": sorted(set(val["event_id"].to_pylist())),
+        "loss": {"tuned": tuned[0], "base": base[0]},
+        "accuracy": {"tuned": tuned[1], "base": base[1]}}
+    if task.mode == "choice":
+        report["loss"]["label_frequencies"] = _constant_nll(
+            read_examples(out / "examples" / "policy.parquet"), val)
+    (out / "validation.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _constant_nll(train: pa.Table, val: pa.Table) -> float:
+    """Mean NLL of ``val``'s labels under the label frequencies of ``train`` (per option set,
+    add-one smoothed): what a policy that ignores every input would score."""
+    freq: dict[tuple[str, ...], np.ndarray] = {}
+    for opts, label in zip(train["options"].to_pylist(), train["label_index"].to_pylist(),
+                           strict=True):
+        freq.setdefault(tuple(opts), np.ones(len(opts)))[label] += 1
+    nll = 0.0
+    for opts, label in zip(val["options"].to_pylist(), val["label_index"].to_pylist(),
+                           strict=True):
+        f = freq.get(tuple(opts), np.ones(len(opts)))
+        nll -= math.log(f[label] / f.sum())
+    return nll / val.num_rows
+
+
+def validation_summary(report: dict[str, Any]) -> str:
+    """One line for the command's summary."""
+    loss = report["loss"]
+    text = (f"validation ({report['examples']} unseen examples of the training events): loss "
+            f"{loss['tuned']:.4f} tuned, {loss['base']:.4f} base model")
+    if "label_frequencies" in loss:
+        const = loss["label_frequencies"]
+        text += (f", {const:.4f} the training label frequencies (a constant): the adapter "
+                 + ("beats" if loss["tuned"] < const else "does not beat") + " the constant")
+    return text
 
 
 def loss_summary(history: list[dict[str, Any]], n: int = 8) -> str:
