@@ -430,10 +430,13 @@ def validate(cfg: TrainConfig, out: Path) -> dict[str, Any]:
     task = PolicyTask(cfg, val, torch.device(device))
     task.model.eval()
 
-    def score() -> tuple[float, float | None]:
+    def score(which: str) -> tuple[float, float | None]:
+        from tqdm import tqdm
+
         loss, correct = 0.0, 0.0
         with torch.no_grad():
-            for i in range(0, task.n_examples, cfg.train.batch_size):
+            for i in tqdm(range(0, task.n_examples, cfg.train.batch_size),
+                          desc=f"validate {which}", unit="batch"):
                 total, extra = task.loss(task.model, range(i, min(task.n_examples,
                                                                   i + cfg.train.batch_size)))
                 loss += float(total)
@@ -441,9 +444,9 @@ def validate(cfg: TrainConfig, out: Path) -> dict[str, Any]:
         acc = correct / task.n_examples if task.mode == "choice" else None
         return loss / task.n_examples, acc
 
-    base = score()
+    base = score("base model")
     task.load_adapter(out / "adapter")
-    tuned = score()
+    tuned = score("tuned")
     report: dict[str, Any] = {
         "examples": task.n_examples, "events": sorted(set(val["event_id"].to_pylist())),
         "loss": {"tuned": tuned[0], "base": base[0]},
