@@ -657,8 +657,8 @@ BF16_MODES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 
 def cpu_bf16_native() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), as oneDNN sees it.
-    Elsewhere bfloat16 is emulated: a LoRA step of SmolLM2 took 12 times as long as in float32
-    on a 2-core AVX2 CPU (0.058 against 0.70 examples/s)."""
+    Elsewhere bfloat16 is emulated: a LoRA step of SmolLM2 took 13 times as long as in float32
+    on a 2-core AVX2 CPU (0.058 against 0.78 examples/s)."""
     import torch
 
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -668,7 +668,7 @@ def warn_emulated_bf16(device: Any) -> None:
     """A warning, not an error: forced bfloat16 on a CPU without it in hardware is slow."""
     if str(device).startswith("cpu") and not cpu_bf16_native():
         warnings.warn("bf16 is on, but this CPU has no bfloat16 in hardware (AVX512-BF16 or "
-                      "AMX): it is emulated and runs about 10 times slower than float32; set "
+                      "AMX): it is emulated and runs more than 10 times slower than float32; set "
                       "policy.bf16=off / train.bf16=off here", RuntimeWarning, stacklevel=3)
 
 
