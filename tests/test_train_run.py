@@ -258,7 +258,7 @@ def test_validation_scores_unseen_examples_against_the_base_model_and_a_constant
     rep = json.loads((out / "validation.json").read_text())
     tr = pq.read_table(out / "examples" / "policy.parquet").to_pylist()
     val = pq.read_table(out / "examples" / "policy-val.parquet").to_pylist()
-    key = lambda r: (r["event_id"], r["agent_index"], r["dimension"])  # noqa: E731
+    key = lambda r: (r["event_id"], r["agent_index"], r["dimension"])
     assert len(tr) == 24 and len(val) == rep["examples"] == 8
     assert not {key(r) for r in tr} & {key(r) for r in val}
 
