@@ -666,7 +666,7 @@ def cpu_bf16_native() -> bool:
 
 def warn_emulated_bf16(device: Any) -> None:
     """A warning, not an error: forced bfloat16 on a CPU without it in hardware is slow."""
-    if str(device).startswith("cpu") and not cpu_bf16_native():
+    if device.type == "cpu" and not cpu_bf16_native():
         warnings.warn("bf16 is on, but this CPU has no bfloat16 in hardware (AVX512-BF16 or "
                       "AMX): it is emulated and runs more than 10 times slower than float32; set "
                       "policy.bf16=off / train.bf16=off here", RuntimeWarning, stacklevel=3)

@@ -78,24 +78,23 @@ def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
     if table.num_rows == 0:
         raise MfrayError(f"no {kind} examples: the training events have no labelled replies")
     if kind == "policy" and cfg.train.val_examples:
-        table = _split_validation(table, cfg.train.val_examples, cfg.train.seed,
-                                  out / "examples" / VAL_FILE)
+        if table.num_rows < 2:
+            raise MfrayError(f"train.val_examples: only {table.num_rows} example(s), none to "
+                             "spare")  # at least one example stays for training
+        val, table = _draw(table, min(cfg.train.val_examples, table.num_rows - 1),
+                           [cfg.train.seed, 1])
+        write_examples(val, out / "examples" / VAL_FILE)
     n = cfg.train.max_examples
     if n is not None and n < table.num_rows:
-        keep = np.sort(np.random.default_rng(cfg.train.seed).permutation(table.num_rows)[:n])
-        table = table.take(pa.array(keep))
+        table, _ = _draw(table, n, cfg.train.seed)
     return write_examples(table, out / "examples" / f"{kind}.parquet")
 
 
-def _split_validation(table: pa.Table, n: int, seed: int, path: Path) -> pa.Table:
-    """Write ``n`` seeded examples to ``path`` and return the others (the training pool). At
-    least one example stays in the pool."""
-    if table.num_rows < 2:
-        raise MfrayError(f"train.val_examples: only {table.num_rows} example(s), none to spare")
-    order = np.random.default_rng([seed, 1]).permutation(table.num_rows)
-    n = min(n, table.num_rows - 1)
-    write_examples(table.take(pa.array(np.sort(order[:n]))), path)
-    return table.take(pa.array(np.sort(order[n:])))
+def _draw(table: pa.Table, n: int, seed: Any) -> tuple[pa.Table, pa.Table]:
+    """``n`` rows of ``table`` drawn by a seeded permutation, and the rest (both in order)."""
+    order = np.random.default_rng(seed).permutation(table.num_rows)
+    return (table.take(pa.array(np.sort(order[:n]))),
+            table.take(pa.array(np.sort(order[n:]))))
 
 
 def _summarizer(cfg: TrainConfig, ds: Dataset) -> Any:
@@ -422,6 +421,7 @@ def validate(cfg: TrainConfig, out: Path) -> dict[str, Any]:
     training loss; in choice mode also with a constant: the training examples' label
     frequencies (add-one smoothed). Writes and returns ``OUT/validation.json``."""
     import torch
+    from tqdm import tqdm
 
     from mfray.train.tasks import PolicyTask
 
@@ -431,8 +431,6 @@ def validate(cfg: TrainConfig, out: Path) -> dict[str, Any]:
     task.model.eval()
 
     def score(which: str) -> tuple[float, float | None]:
-        from tqdm import tqdm
-
         loss, correct = 0.0, 0.0
         with torch.no_grad():
             for i in tqdm(range(0, task.n_examples, cfg.train.batch_size),
