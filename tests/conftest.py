@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from mfray.data.schema import write_dataset
 from mfray.data.synthetic import WorldParams, generate
+
+# Ray Train's controller polls its workers every 2 s by default, and a run ends at the next
+# poll after its last step; the tests' runs last seconds, so they poll more often. The local
+# Ray instances the tests start (in this process or in a subprocess) inherit the setting.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

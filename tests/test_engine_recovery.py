@@ -58,15 +58,22 @@ def _kill_when(run_dir: Path, after_rounds: int, title: str, killed: list[int]) 
         time.sleep(0.02)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(small_world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunStore:
+    """The run each killed one must end equal to (simulated once for the three kills)."""
+    return simulate(_cfg(small_world_dir, 2), read_dataset(small_world_dir),
+                    tmp_path_factory.mktemp("recovery") / "full", progress=False,
+                    model=ScriptedModel(slow_probs))
+
+
 @pytest.mark.parametrize("title", ["ray::AgentShard", "ray::Population",
                                    "ray::InferenceServer"])
 def test_a_killed_actor_is_rebuilt_and_nothing_is_lost(title: str, small_world_dir: Path,
-                                                       tmp_path: Path,
+                                                       uninterrupted: RunStore, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     ds = read_dataset(small_world_dir)
     model = ScriptedModel(slow_probs)
-    full = simulate(_cfg(small_world_dir, 2), ds, tmp_path / "full", progress=False,
-                    model=model)
+    full = uninterrupted
     killed: list[int] = []
     killer = threading.Thread(target=_kill_when, args=(tmp_path / "hit", 3, title, killed))
     killer.start()

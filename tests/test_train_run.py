@@ -107,26 +107,36 @@ def test_policy_training_outputs_and_adapter_in_simulation(
     assert all(r["ok"] for r in store.read_decisions().to_pylist())
 
 
+@pytest.fixture(scope="module")
+def one_worker_run(small_world_dir: Path, tiny_model_dir: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 1-worker run of :func:`_cfg`, given relative paths (as `mfray train
+    --data d --model m` passes them): the reference of the 2-worker, resume and relative-path
+    tests, trained once because each Ray Train worker takes about 20 s to start here."""
+    out = tmp_path_factory.mktemp("one-worker") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tiny_model_dir.parent)
+        train(_cfg(Path(os.path.relpath(small_world_dir)), Path(tiny_model_dir.name),
+                   num_workers=1), "policy", out)
+    return out
+
+
 def test_one_and_two_workers_reach_the_same_loss(small_world_dir: Path, tiny_model_dir: Path,
-                                                 tmp_path: Path) -> None:
-    one = _cfg(small_world_dir, tiny_model_dir, num_workers=1, max_steps=3, checkpoint_every=3)
-    two = replace(one, train=replace(one.train, num_workers=2))
-    train(one, "policy", tmp_path / "one")
-    train(two, "policy", tmp_path / "two")
-    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert a[0] > 0 and len(a) == len(b) == 3
+                                                 one_worker_run: Path, tmp_path: Path) -> None:
+    train(_cfg(small_world_dir, tiny_model_dir, num_workers=2), "policy", tmp_path / "two")
+    a, b = _losses(one_worker_run), _losses(tmp_path / "two")
+    assert a[0] > 0 and len(a) == len(b) == 6
     np.testing.assert_allclose(a, b, rtol=1e-4)
     assert a[-1] != a[0]  # it trained
 
 
 def test_killed_run_resumes_from_its_checkpoint(small_world_dir: Path, tiny_model_dir: Path,
-                                                tmp_path: Path,
+                                                one_worker_run: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:
     """A Ray Train worker dies after step 5 (checkpoint at 4); the rerun resumes at step 5
     and ends where an uninterrupted run ends. The run directory's metrics.jsonl grows step by
     step, so a failed run shows how far it got, and the driver's progress bar follows it."""
     cfg = _cfg(small_world_dir, tiny_model_dir, num_workers=1)
-    train(cfg, "policy", tmp_path / "straight")
     with pytest.raises(MfrayError, match="resume"):
         train(cfg, "policy", tmp_path / "killed", fail_at_step=5)  # checkpoint at step 4
     live = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text()
@@ -140,7 +150,7 @@ def test_killed_run_resumes_from_its_checkpoint(small_world_dir: Path, tiny_mode
     history = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text()
                .splitlines()]
     assert [r["step"] for r in history] == [1, 2, 3, 4, 5, 6]
-    np.testing.assert_allclose(_losses(tmp_path / "killed"), _losses(tmp_path / "straight"),
+    np.testing.assert_allclose(_losses(tmp_path / "killed"), _losses(one_worker_run),
                                rtol=1e-5)
     with pytest.raises(MfrayError, match="another config"):
         train(replace(cfg, train=replace(cfg.train, lr=0.5)), "policy", tmp_path / "killed")
@@ -194,15 +204,12 @@ def test_bf16_base_keeps_float32_adapters(small_world_dir: Path, tiny_model_dir:
 
 
 def test_relative_paths_reach_the_workers(small_world_dir: Path, tiny_model_dir: Path,
-                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+                                          one_worker_run: Path) -> None:
     """Ray Train's workers do not run in the driver's directory: a run given relative paths
-    (as `mfray train --data d --model m` passes them) still finds its data and model."""
-    monkeypatch.chdir(tiny_model_dir.parent)
-    cfg = _cfg(Path(os.path.relpath(small_world_dir)), Path(tiny_model_dir.name),
-               num_workers=1, max_steps=2)
-    train(cfg, "policy", tmp_path / "rel")
-    assert len(_losses(tmp_path / "rel")) == 2
-    saved = json.loads((tmp_path / "rel" / "train_config.json").read_text())
+    (:func:`one_worker_run`) still finds its data and model, and saves them absolute."""
+    assert len(_losses(one_worker_run)) == 6
+    assert (one_worker_run / "adapter" / "adapter_config.json").is_file()
+    saved = json.loads((one_worker_run / "train_config.json").read_text())
     assert saved["sim"]["data"] == str(small_world_dir.resolve())
     assert saved["policy"]["model"] == str(tiny_model_dir.resolve())
 
