@@ -140,10 +140,17 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     inference = [_inference_actor(cfg, ds, run_dir, model, a) for a in range(n_inf)]
     population, shards, stop = None, [], None
     try:
+        # the state actors start while the model loads (a worker process each: seconds)
+        run_id = RunStore.open(run_dir).run_id if resume else uuid.uuid4().hex[:12]
+        population, shards = _state_actors(cfg, ds, run_id, inputs)
         model_id = _get(inference[0].model_id.remote()) if inference else "none"
-        store = _open_store(cfg, ds, run_dir, resume, model_id, n_sims)
+        store = _open_store(cfg, ds, run_dir, resume, model_id, n_sims, run_id)
         for attempt in range(MAX_RECOVERIES + 1):
-            population, shards = _state_actors(cfg, ds, store, inputs)
+            if attempt:
+                population, shards = _state_actors(cfg, ds, run_id, inputs)
+            # started before the first round, so that their start-up (2 s on a loaded 2-core
+            # CPU) is not counted in its time, as the model's load is not
+            _get([a.__ray_ready__.remote() for a in (population, *shards)])
             start = _replay(store, population) if resume or attempt else 0
             stop = stop if stop is not None else \
                 total if max_rounds is None else min(total, start + max_rounds)
@@ -176,16 +183,14 @@ class ActorLost(MfrayError):
     """A Ray actor of the run died (its process, its node); the run rebuilds them."""
 
 
-def _state_actors(cfg: RunConfig, ds: Dataset, store: RunStore, inputs: tuple[Any, ...]
+def _state_actors(cfg: RunConfig, ds: Dataset, run_id: str, inputs: tuple[Any, ...]
                   ) -> tuple[Any, list[Any]]:
     """The mean-field actor and the agent shards, fresh (their state is rebuilt by replay),
-    once they have started: a new worker process each, whose start-up (2 s on a loaded 2-core
-    CPU) would otherwise be counted in the first round's time, as the model's load is not."""
+    being started."""
     metas, per_shard, world = inputs
     population = _actor(Population).remote(metas, ds.label_space, cfg.sim)
-    shards = [_actor(AgentShard).remote(sims, ds.label_space, cfg.sim, store.run_id, world,
+    shards = [_actor(AgentShard).remote(sims, ds.label_space, cfg.sim, run_id, world,
                                         cfg.policy.mode) for sims in per_shard]
-    _get([a.__ray_ready__.remote() for a in (population, *shards)])
     return population, shards
 
 
@@ -260,9 +265,9 @@ def _replay(store: RunStore, population: Any) -> int:
 
 
 def _open_store(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool,
-                model_id: str, n_simulations: int) -> RunStore:
+                model_id: str, n_simulations: int, run_id: str) -> RunStore:
     if not resume:
-        return RunStore.create(run_dir, run_id=uuid.uuid4().hex[:12], config=cfg.to_dict(),
+        return RunStore.create(run_dir, run_id=run_id, config=cfg.to_dict(),
                                label_space=ds.label_space, model_id=model_id,
                                n_simulations=n_simulations)
     store = RunStore.open(run_dir)
