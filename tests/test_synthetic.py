@@ -14,6 +14,8 @@ from mfray.data.synthetic import (
     SCEPTIC_DESCRIPTION,
     SyntheticWorld,
     WorldParams,
+    _draw,
+    _pick,
     generate,
 )
 
@@ -39,6 +41,21 @@ def test_deterministic_for_a_seed(small: tuple[SyntheticWorld, Dataset]) -> None
     assert world2 == world
     assert ds2.posts.equals(ds.posts) and ds2.events.equals(ds.events)
     assert ds2.notes == ds.notes
+
+
+def test_fast_draws_are_numpys_choice() -> None:
+    """The generator's own draws take the same values from the stream as ``rng.choice``, so a
+    seed gives the world it gave when the generator called ``rng.choice`` (a numpy that drew
+    otherwise would fail here, not silently change every world)."""
+    texts = ("a", "b", "c", "d", "e")
+    probs = np.random.default_rng(0).dirichlet(np.ones(K), size=500)
+    ours, numpys = np.random.default_rng(7), np.random.default_rng(7)
+    for p in probs:
+        assert _pick(ours, texts) == str(numpys.choice(texts))
+        assert _draw(ours, np.cumsum(p)) == int(numpys.choice(K, p=p))
+    assert ours.random() == numpys.random()  # and the streams are still in step
+    edge = np.array([0.0, 0.5, 0.0, 0.5])  # zero-probability options are never drawn
+    assert {_draw(ours, np.cumsum(edge)) for _ in range(200)} == {1, 3}
 
 
 def test_differs_across_seeds(small: tuple[SyntheticWorld, Dataset]) -> None:

@@ -280,31 +280,45 @@ def build_dataset(
                    notes=dict(notes or {}))
 
 
+def _profile_kind(t: pa.DataType) -> str:
+    if pa.types.is_integer(t):
+        return "count"
+    if pa.types.is_boolean(t):
+        return "bool"
+    return "time" if pa.types.is_timestamp(t) else "text"
+
+
+#: each profile field with what its value must be (looked up once, not per record)
+_PROFILE_KINDS: tuple[tuple[str, str], ...] = tuple((f.name, _profile_kind(f.type))
+                                                    for f in PROFILE_TYPE)
+
+
 def _clean_profile(profile: Any, file: str | None, record: str | None) -> dict[str, Any] | None:
     if profile is None:
         return None
     if not isinstance(profile, Mapping):
         raise DataError("expected an object", file=file, record=record, field="profile")
     out: dict[str, Any] = {}
-    for f in PROFILE_TYPE:
-        value = profile.get(f.name)
-        where = {"file": file, "record": record, "field": f"profile.{f.name}"}
+    for name, kind in _PROFILE_KINDS:
+        value = profile.get(name)
         if value is None:
-            out[f.name] = None
-        elif pa.types.is_integer(f.type):
-            out[f.name] = _count(value, where)
-        elif pa.types.is_boolean(f.type):
+            out[name] = None
+            continue
+        where = {"file": file, "record": record, "field": f"profile.{name}"}
+        if kind == "count":
+            out[name] = _count(value, where)
+        elif kind == "bool":
             if isinstance(value, bool):
-                out[f.name] = value
+                out[name] = value
             elif value in (0, 1, "true", "false", "True", "False"):
-                out[f.name] = value in (1, "true", "True")
+                out[name] = value in (1, "true", "True")
             else:
                 raise DataError(f"expected true or false, got {value!r}", **where)
-        elif pa.types.is_timestamp(f.type):
-            out[f.name] = to_utc(value, file=file, record=record, field_name=f"profile.{f.name}")
+        elif kind == "time":
+            out[name] = to_utc(value, file=file, record=record, field_name=f"profile.{name}")
         else:
-            out[f.name] = value if isinstance(value, str) else str(value)
-            check_text(out[f.name], **where)
+            out[name] = value if isinstance(value, str) else str(value)
+            check_text(out[name], **where)
     return out
 
 
