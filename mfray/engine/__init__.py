@@ -140,11 +140,13 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     inference = [_inference_actor(cfg, ds, run_dir, model, a) for a in range(n_inf)]
     population, shards, stop = None, [], None
     try:
-        # the state actors start while the model loads (a worker process each: seconds)
-        run_id = RunStore.open(run_dir).run_id if resume else uuid.uuid4().hex[:12]
+        # the state actors start while the model loads (a worker process each: seconds); a
+        # resumed run keeps its id
+        stored = RunStore.open(run_dir) if resume else None
+        run_id = stored.run_id if stored else uuid.uuid4().hex[:12]
         population, shards = _state_actors(cfg, ds, run_id, inputs)
         model_id = _get(inference[0].model_id.remote()) if inference else "none"
-        store = _open_store(cfg, ds, run_dir, resume, model_id, n_sims, run_id)
+        store = _open_store(cfg, ds, run_dir, stored, model_id, n_sims, run_id)
         for attempt in range(MAX_RECOVERIES + 1):
             if attempt:
                 population, shards = _state_actors(cfg, ds, run_id, inputs)
@@ -264,13 +266,13 @@ def _replay(store: RunStore, population: Any) -> int:
     return max(done) + 1
 
 
-def _open_store(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool,
+def _open_store(cfg: RunConfig, ds: Dataset, run_dir: str | Path, store: RunStore | None,
                 model_id: str, n_simulations: int, run_id: str) -> RunStore:
-    if not resume:
+    """A new run's store, or ``store`` (the resumed run's) once its config is checked."""
+    if store is None:
         return RunStore.create(run_dir, run_id=run_id, config=cfg.to_dict(),
                                label_space=ds.label_space, model_id=model_id,
                                n_simulations=n_simulations)
-    store = RunStore.open(run_dir)
     if from_dict(RunConfig, store.config()) != cfg:
         raise StoreError(f"{run_dir}: the stored config differs from this one; resume with the "
                          "same config (see config.json in the run directory)")
