@@ -88,7 +88,8 @@ def test_killed_driver_then_resume_gives_the_uninterrupted_tables(small_world_di
 
 def test_killed_training_resumes_from_its_last_checkpoint(small_world_dir: Path,
                                                           tiny_model_dir: Path,
-                                                          tmp_path: Path) -> None:
+                                                          tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("peft")
     cfg = {"sim": {"data": str(small_world_dir), "round_size": 16, "warmup": 32},
            "policy": {"model": str(tiny_model_dir)},
@@ -113,8 +114,10 @@ def test_killed_training_resumes_from_its_last_checkpoint(small_world_dir: Path,
     assert [r["step"] for r in history] == list(range(1, 9))
     # the reference, uninterrupted, in this process (the command's code path, without the
     # ~20 s of a new interpreter and Ray instance)
+    capsys.readouterr()
     train(load_config(tmp_path / "train.yaml", [], cls=TrainConfig), "policy",
           tmp_path / "straight")
+    assert "resuming" not in capsys.readouterr().out
     straight = [json.loads(x) for x in
                 (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     np.testing.assert_allclose([r["loss"] for r in history], [r["loss"] for r in straight],
