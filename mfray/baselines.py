@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mfray.config import SURROGATE_VARIANTS, SimConfig
+from mfray.data.mix import source_event
 from mfray.data.schema import STANCE_OPTIONS, Dataset
 from mfray.data.synthetic import BASE_SHARES, SCEPTIC_DESCRIPTION, SyntheticWorld
 from mfray.errors import ConfigError
@@ -40,9 +41,11 @@ def reference_distribution(variant: str, event_id: str, unit_labels: Sequence[Ma
     """The fixed distribution per dimension of ``base-rate`` or ``persistence`` for one unit.
 
     Training events: ``cfg.train_events``, or else every other event of the dataset (leave one
-    event out). ``persistence`` reads the unit's own warm-up agents only.
+    event out; a resampled copy of the unit's event, or the event a copy came from, is not
+    another event). ``persistence`` reads the unit's own warm-up agents only.
     """
-    train = cfg.train_events or tuple(e for e in labels_by_event if e != event_id)
+    source = source_event(event_id)
+    train = cfg.train_events or tuple(e for e in labels_by_event if source_event(e) != source)
     out = {}
     for dim, options in label_space.items():
         train_labels = [label_indices(labels_by_event[e], dim, options) for e in train]

@@ -90,6 +90,30 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     print(f"synthetic world: {ds.events.num_rows} events, {ds.posts.num_rows} posts in {out}")
 
 
+def cmd_data_mix(args: argparse.Namespace) -> None:
+    from mfray.data.mix import mix_events, reply_mix, source_event
+    from mfray.data.schema import read_dataset, write_dataset
+
+    ds = read_dataset(args.dir)
+    events = args.events.split(",") if args.events else ds.event_ids()
+    mixed, ids = mix_events(ds, events, args.copies, alpha=args.alpha, seed=args.seed,
+                            dimension=args.dimension, min_agents=args.min_agents)
+    if not ids:
+        raise MfrayError(f"no copy has {args.min_agents} replies: the events' label counts "
+                         "cannot fill one (lower --min-agents or raise --alpha)")
+    out = write_dataset(mixed, args.out)
+    dim = args.dimension or next(iter(ds.label_space))
+    options = list(ds.label_space[dim])
+    print(f"{len(ids)} resampled copies of {len(events)} event(s) in {out} "
+          f"(the {ds.events.num_rows} events of {args.dir} kept); {dim} shares of the replies:")
+    print(f"{'event':<30} {'replies':>7} " + " ".join(f"{o:>8}" for o in options))
+    for event in ids:
+        for name in ((source_event(event), event) if event.endswith("~mix0") else (event,)):
+            counts = reply_mix(mixed, name, dim)
+            shares = " ".join(f"{c / max(counts.sum(), 1):>8.0%}" for c in counts)
+            print(f"{name:<30} {counts.sum():>7} {shares}")
+
+
 def _run_config(args: argparse.Namespace) -> RunConfig:
     """The run config of ``--config`` with the command's flags and ``--set`` applied."""
     from mfray.config import load_config
@@ -308,6 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, default=50,
                    help="warm-up agents assumed by the stored effect sizes")
     s.set_defaults(func=cmd_data_synth)
+    m = data.add_parser("mix", help="add copies of events resampled to other label mixes "
+                        "(base-rate shift: see mfray/data/mix.py)")
+    m.add_argument("dir", help="a converted dataset")
+    m.add_argument("--out", required=True)
+    m.add_argument("--events", help="comma-separated event ids (default: every event)")
+    m.add_argument("--copies", type=int, default=4, help="copies per event (default 4)")
+    m.add_argument("--alpha", type=float, default=1.0,
+                   help="Dirichlet concentration of the drawn mixes (default 1: any mix)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--dimension", help="the label dimension to resample (default: the first)")
+    m.add_argument("--min-agents", type=int, default=80,
+                   help="fewest replies a copy may have; smaller draws are redrawn (default 80, "
+                   "sim.min_replies' default)")
+    m.set_defaults(func=cmd_data_mix)
 
     sim = sub.add_parser("simulate", help="run simulations on Ray (LLM and model-free variants)")
     sim.add_argument("--data", help="a converted dataset directory")

@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from mfray.data.mix import source_event
 from mfray.errors import ConfigError
 from mfray.interventions import Intervention
 from mfray.meanfield import Form
@@ -78,10 +79,12 @@ class SimConfig:
         names = [i.name for i in self.interventions]
         if len(set(names)) != len(names):
             raise ConfigError("sim.interventions: two interventions share a name")
-        overlap = set(self.events) & set(self.train_events)
+        overlap = {source_event(e) for e in self.events} & {source_event(e)
+                                                              for e in self.train_events}
         if overlap:
-            raise ConfigError(f"sim.events and sim.train_events overlap on {sorted(overlap)}: "
-                              "evaluate on events the references were not fitted on")
+            raise ConfigError(f"sim.events and sim.train_events overlap on {sorted(overlap)} "
+                              "(a resampled copy E~mixK is event E): evaluate on events the "
+                              "references were not fitted on")
 
 
 @dataclass(frozen=True)

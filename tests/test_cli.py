@@ -38,6 +38,30 @@ def test_convert_and_info(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     assert text.startswith("dataset rumoureval:") and "labels stance:" in text
 
 
+def test_data_mix_adds_resampled_copies(small_world_dir: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    from mfray.data.schema import read_dataset
+
+    out = tmp_path / "mixed"
+    assert main(["data", "mix", str(small_world_dir), "--out", str(out), "--events",
+                 "synth-00,synth-01", "--copies", "2", "--min-agents", "20"]) == 0
+    text = capsys.readouterr().out
+    ds, mixed = read_dataset(small_world_dir), read_dataset(out)
+    copies = [e for e in mixed.event_ids() if "~mix" in e]
+    assert set(mixed.event_ids()) == set(ds.event_ids()) | set(copies) and copies
+    assert all(e.split("~mix")[0] in ("synth-00", "synth-01") for e in copies)
+    assert text.startswith(f"{len(copies)} resampled copies of 2 event(s)")
+    for e in copies:  # one line per copy: its reply count and shares
+        assert re.search(rf"^{re.escape(e)} +\d+ +\d+%", text, re.MULTILINE)
+    bad = run_cli("data", "mix", str(small_world_dir), "--out", str(tmp_path / "m2"),
+                  "--events", "nope")
+    assert bad.returncode == 2 and "unknown event" in bad.stderr
+    none = run_cli("data", "mix", str(small_world_dir), "--out", str(tmp_path / "m3"),
+                   "--min-agents", "100000")
+    assert none.returncode == 2 and "no copy has 100000 replies" in none.stderr
+    assert not (tmp_path / "m2").exists() and not (tmp_path / "m3").exists()
+
+
 def test_jsonl_convert(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["data", "convert", str(JSONL_FIXTURE), "--format", "jsonl",
                  "--out", str(tmp_path / "ds")]) == 0

@@ -28,7 +28,7 @@ class TrainParams:
     # training and scored after it, by the tuned and the base model and against the training
     # examples' label frequencies (validation.json); 0: no validation, the sample as before
     val_examples: int = 0
-    # resampled events (mfray/train/mix.py): train on this many copies of each training event,
+    # resampled events (mfray/data/mix.py): train on this many copies of each training event,
     # each with a label mix drawn from Dirichlet(mix_alpha), instead of on the events as they
     # are, so that only the mean field tells the mix (0: the real events)
     mix_copies: int = 0

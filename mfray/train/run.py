@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mfray.config import RunConfig, from_dict
+from mfray.data.mix import mix_events, source_event
 from mfray.data.schema import Dataset, read_dataset
 from mfray.engine.population import TEXT_MEANFIELD
 from mfray.engine.ray_env import ensure_ray
@@ -34,7 +35,6 @@ from mfray.errors import ConfigError, MfrayError
 from mfray.schedule import build_units
 from mfray.train.config import TrainConfig
 from mfray.train.data import build_examples, read_examples, write_examples
-from mfray.train.mix import mix_events
 
 STATE_FILE = "state.json"
 VAL_FILE = "policy-val.parquet"  # under OUT/examples: train.val_examples
@@ -44,13 +44,15 @@ VAL_FILE = "policy-val.parquet"  # under OUT/examples: train.val_examples
 
 
 def training_events(cfg: TrainConfig, ds: Dataset) -> list[str]:
-    """The events examples come from: the config's units, less the held-out ones."""
+    """The events examples come from: the config's units, less the held-out ones. A resampled
+    copy is its source event here: holding out either holds out both (mfray/data/mix.py)."""
     known = ds.event_ids()
     missing = [e for e in cfg.train.held_out if e not in known]
     if missing:
         raise ConfigError(f"train.held_out: unknown event(s) {missing}; the dataset has {known}")
+    held = {source_event(e) for e in cfg.train.held_out}
     events = [u.event_id for u in build_units(ds, replace(cfg.sim, unit="event"))]
-    kept = [e for e in dict.fromkeys(events) if e not in cfg.train.held_out]
+    kept = [e for e in dict.fromkeys(events) if source_event(e) not in held]
     if not kept:
         raise ConfigError("no training events left: check sim.events, sim.min_replies and "
                           "train.held_out")

@@ -1,17 +1,23 @@
-"""Resampled training events: the same real replies, in other label mixes.
+"""Resampled events: the same real replies, in other label mixes.
 
 Real events often share one base rate (on RumourEval every event is about two-thirds
 ``comment``), and an event's topic names it. A policy tuned on them lowers its loss most
 cheaply by learning each topic's label mix, not by reading the mean field: ``mfray probe``
 measures this (tuned sensitivity about +0.01). method.md §5 warns against exactly that.
 
-:func:`mix_events` makes the mean field the only way to the label mix. Each copy of a training
-event draws a target mix ``p ~ Dirichlet(alpha)`` over the options of one dimension and keeps,
-of each option ``l``, ``round(N·p_l)`` of the event's real replies labelled ``l`` (drawn
-without replacement, original arrival order kept), with ``N`` as large as the event's counts
-allow. Texts, personas, contexts and the time order are real; only who is in the population
-changes. A copy's topic is its event's, so the topic no longer tells the mix: the numeric mean
-field, built from the copy's own earlier replies by the simulator's code, does.
+:func:`mix_events` makes the mean field the only way to the label mix. Each copy of an event
+draws a target mix ``p ~ Dirichlet(alpha)`` over the options of one dimension and keeps, of
+each option ``l``, ``round(N·p_l)`` of the event's real replies labelled ``l`` (drawn without
+replacement, original arrival order kept), with ``N`` as large as the event's counts allow.
+Texts, personas, contexts and the time order are real; only who is in the population changes.
+A copy's topic is its event's, so the topic no longer tells the mix: the numeric mean field,
+built from the copy's own earlier replies by the simulator's code, does.
+
+Two uses: training on copies of the training events (``train.mix_copies``), and evaluating on
+copies of a held-out event (``mfray data mix``): events whose base rates differ from the
+training events', as method.md §5 says unseen events do. A copy ``E~mixK`` is event ``E`` for
+every leave-one-out rule (:func:`source_event`): holding out ``E`` holds out its copies, and
+the references never fit on a copy of the event they predict.
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ from mfray.errors import ConfigError
 
 SEPARATOR = "~mix"
 MAX_DRAWS = 100  # redraws of a mix whose feasible size is below min_agents
+
+
+def source_event(event_id: str) -> str:
+    """The real event a copy was drawn from (``E~mix3`` -> ``E``); other ids are their own."""
+    return event_id.split(SEPARATOR, 1)[0]
 
 
 def copy_sizes(counts: np.ndarray, mix: np.ndarray) -> np.ndarray:
@@ -50,14 +61,19 @@ def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float 
     if dim not in ds.label_space:
         raise ConfigError(f"unknown dimension {dim!r}; the data has {list(ds.label_space)}")
     options = list(ds.label_space[dim])
+    known = set(ds.event_ids())
+    unknown = [e for e in events if e not in known]
+    if unknown:
+        raise ConfigError(f"unknown event(s) {unknown}; the dataset has {sorted(known)}")
+    taken = sorted(e for e in known if SEPARATOR in e and source_event(e) in set(events))
+    if copies and taken:
+        raise ConfigError(f"the dataset already has copies of these events ({taken[:3]}…): "
+                          "draw new copies from the data without them")
     rng = np.random.default_rng(seed)
     new_events, new_posts, ids = [], [], []
     for event in events:
         posts = ds.posts_of(event)
-        labels = np.array(pc.struct_field(posts["labels"], dim).to_pylist(), dtype=object)
-        is_reply = pc.is_valid(posts["parent_id"]).to_numpy(zero_copy_only=False)
-        sources = np.flatnonzero(~is_reply)
-        by_option = [np.flatnonzero(is_reply & (labels == o)) for o in options]
+        sources, by_option = _replies_by_option(posts, dim, options)
         counts = np.array([len(b) for b in by_option])
         row = ds.events.filter(pc.equal(ds.events["event_id"], event)).slice(0, 1)
         for k in range(copies):
@@ -78,6 +94,22 @@ def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float 
         return ds, []
     return replace(ds, events=pa.concat_tables([ds.events, *new_events]),
                    posts=pa.concat_tables([ds.posts, *new_posts])), ids
+
+
+def reply_mix(ds: Dataset, event: str, dimension: str) -> np.ndarray:
+    """Label counts of ``event``'s replies, in the order of ``dimension``'s options."""
+    _, by_option = _replies_by_option(ds.posts_of(event), dimension,
+                                      list(ds.label_space[dimension]))
+    return np.array([len(b) for b in by_option])
+
+
+def _replies_by_option(posts: pa.Table, dim: str, options: Sequence[str]
+                       ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Row numbers of the source posts, and of the replies labelled each option."""
+    labels = np.array(pc.struct_field(posts["labels"], dim).to_pylist(), dtype=object)
+    is_reply = pc.is_valid(posts["parent_id"]).to_numpy(zero_copy_only=False)
+    return (np.flatnonzero(~is_reply),
+            [np.flatnonzero(is_reply & (labels == o)) for o in options])
 
 
 def _renamed(table: pa.Table, event_id: str) -> pa.Table:

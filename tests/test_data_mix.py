@@ -12,11 +12,11 @@ import pyarrow.compute as pc
 import pytest
 
 from mfray.config import PolicyConfig, RunConfig, SimConfig
-from mfray.data.schema import read_dataset
+from mfray.data.mix import copy_sizes, mix_events, reply_mix, source_event
+from mfray.data.schema import STANCE_OPTIONS, read_dataset
 from mfray.errors import ConfigError
 from mfray.train.config import TrainParams
 from mfray.train.data import build_examples
-from mfray.train.mix import copy_sizes, mix_events
 
 
 def _replies(ds, event: str):
@@ -99,3 +99,48 @@ def test_training_with_mix_copies_reads_only_copies_of_training_events(
     table = read_examples(prepare_examples(cfg, ds, tmp_path, "policy"))
     events = set(table["event_id"].to_pylist())
     assert events and all("~mix" in e and not e.startswith(held) for e in events)
+
+
+def test_a_copy_is_its_source_event_for_every_leave_one_out_rule(
+        small_world_dir: Path, tmp_path: Path) -> None:
+    from mfray.baselines import reference_distribution
+    from mfray.train.config import TrainConfig
+    from mfray.train.run import training_events
+
+    assert source_event("e1~mix3") == "e1" and source_event("e1") == "e1"
+    assert source_event("e1~mix0~mix2") == "e1"
+    ds = read_dataset(small_world_dir)
+    held = ds.event_ids()[0]
+    mixed, ids = mix_events(ds, [held], 3, seed=0, min_agents=20)
+    assert ids
+    for name in (held, ids[0]):  # holding out the event or one copy holds out all of them
+        cfg = TrainConfig(sim=SimConfig(data=str(small_world_dir), round_size=4),
+                          policy=PolicyConfig(model="scripted"),
+                          train=TrainParams(held_out=(name,)))
+        assert training_events(cfg, mixed) == [e for e in ds.event_ids() if e != held]
+    # base-rate fits on the other real events only: a copy of the unit's event is not another
+    space = {"stance": list(STANCE_OPTIONS)}
+    labels = {e: _replies(mixed, e)["labels"].to_pylist() for e in mixed.event_ids()}
+    others = {e: v for e, v in labels.items() if source_event(e) != held}
+    sim = SimConfig(data=str(small_world_dir))
+    got = reference_distribution("base-rate", ids[1], labels[ids[1]], labels, space, sim)
+    want = reference_distribution("base-rate", "unseen", [], others, space, sim)
+    np.testing.assert_allclose(got["stance"], want["stance"])
+    counts = Counter(x["stance"] for e in others for x in labels[e])
+    np.testing.assert_allclose(got["stance"], [counts[o] / sum(counts.values())
+                                               for o in STANCE_OPTIONS], atol=1e-5)
+    with pytest.raises(ConfigError, match="overlap"):
+        SimConfig(events=(ids[0],), train_events=(held,))
+
+
+def test_copies_are_refused_for_unknown_events_or_twice(small_world_dir: Path) -> None:
+    ds = read_dataset(small_world_dir)
+    with pytest.raises(ConfigError, match="unknown event"):
+        mix_events(ds, ["nope"], 2)
+    mixed, ids = mix_events(ds, ds.event_ids()[:1], 2, seed=0, min_agents=20)
+    assert ids
+    with pytest.raises(ConfigError, match="already has copies"):
+        mix_events(mixed, ds.event_ids()[:1], 2, seed=1, min_agents=20)
+    counts = reply_mix(mixed, ids[0], "stance")
+    kept = Counter(x["stance"] for x in _replies(mixed, ids[0])["labels"].to_pylist())
+    assert counts.tolist() == [kept[o] for o in STANCE_OPTIONS]
