@@ -133,14 +133,16 @@ def test_a_copy_is_its_source_event_for_every_leave_one_out_rule(
         SimConfig(events=(ids[0],), train_events=(held,))
 
 
-def test_copies_are_refused_for_unknown_events_or_twice(small_world_dir: Path) -> None:
+def test_unknown_events_are_refused_and_new_copies_get_new_names(small_world_dir: Path) -> None:
     ds = read_dataset(small_world_dir)
     with pytest.raises(ConfigError, match="unknown event"):
         mix_events(ds, ["nope"], 2)
-    mixed, ids = mix_events(ds, ds.event_ids()[:1], 2, seed=0, min_agents=20)
-    assert ids
-    with pytest.raises(ConfigError, match="already has copies"):
-        mix_events(mixed, ds.event_ids()[:1], 2, seed=1, min_agents=20)
+    event = ds.event_ids()[0]
+    mixed, ids = mix_events(ds, [event], 2, seed=0, min_agents=5)
+    assert ids == [f"{event}~mix0", f"{event}~mix1"]
+    again, more = mix_events(mixed, [event], 2, seed=1, min_agents=5)
+    assert more == [f"{event}~mix2", f"{event}~mix3"]
+    assert again.posts_of(ids[0]).equals(mixed.posts_of(ids[0]))  # the first copies untouched
     counts = reply_mix(mixed, ids[0], "stance")
     kept = Counter(x["stance"] for x in _replies(mixed, ids[0])["labels"].to_pylist())
     assert counts.tolist() == [kept[o] for o in STANCE_OPTIONS]

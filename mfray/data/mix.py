@@ -53,8 +53,9 @@ def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float 
                seed: int = 0, dimension: str | None = None, min_agents: int = 64
                ) -> tuple[Dataset, list[str]]:
     """``ds`` plus ``copies`` resampled copies of each of ``events``; returns the dataset and
-    the ids of the copies (``event~mixK``). Copies smaller than ``min_agents`` replies are
-    redrawn (up to ``MAX_DRAWS`` times, then left out)."""
+    the ids of the copies (``event~mixK``, ``K`` from the first name the dataset does not
+    have yet). Copies smaller than ``min_agents`` replies are redrawn (up to ``MAX_DRAWS``
+    times, then left out)."""
     if copies < 0 or alpha <= 0 or min_agents < 1:
         raise ConfigError("need copies >= 0, alpha > 0 and min_agents >= 1")
     dim = dimension or next(iter(ds.label_space))
@@ -65,10 +66,6 @@ def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float 
     unknown = [e for e in events if e not in known]
     if unknown:
         raise ConfigError(f"unknown event(s) {unknown}; the dataset has {sorted(known)}")
-    taken = sorted(e for e in known if SEPARATOR in e and source_event(e) in set(events))
-    if copies and taken:
-        raise ConfigError(f"the dataset already has copies of these events ({taken[:3]}…): "
-                          "draw new copies from the data without them")
     rng = np.random.default_rng(seed)
     new_events, new_posts, ids = [], [], []
     for event in events:
@@ -86,7 +83,8 @@ def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float 
             kept = [rng.choice(b, size=s, replace=False) for b, s in zip(by_option, sizes,
                                                                           strict=True) if s]
             take = np.sort(np.concatenate([sources, *kept]))
-            copy_id = f"{event}{SEPARATOR}{k}"
+            copy_id = _free_name(event, known)
+            known.add(copy_id)
             new_posts.append(_renamed(posts.take(pa.array(take)), copy_id))
             new_events.append(_renamed(row, copy_id))
             ids.append(copy_id)
@@ -94,6 +92,13 @@ def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float 
         return ds, []
     return replace(ds, events=pa.concat_tables([ds.events, *new_events]),
                    posts=pa.concat_tables([ds.posts, *new_posts])), ids
+
+
+def _free_name(event: str, known: set[str]) -> str:
+    k = 0
+    while f"{event}{SEPARATOR}{k}" in known:
+        k += 1
+    return f"{event}{SEPARATOR}{k}"
 
 
 def reply_mix(ds: Dataset, event: str, dimension: str) -> np.ndarray:
