@@ -40,12 +40,13 @@ def reference_distribution(variant: str, event_id: str, unit_labels: Sequence[Ma
                            ) -> dict[str, np.ndarray]:
     """The fixed distribution per dimension of ``base-rate`` or ``persistence`` for one unit.
 
-    Training events: ``cfg.train_events``, or else every other event of the dataset (leave one
-    event out; a resampled copy of the unit's event, or the event a copy came from, is not
-    another event). ``persistence`` reads the unit's own warm-up agents only.
+    Training events: ``cfg.train_events``, or else every other real event of the dataset
+    (leave one event out; resampled copies, ``mfray data mix``, are evaluation events, never
+    another event to fit on). ``persistence`` reads the unit's own warm-up agents only.
     """
     source = source_event(event_id)
-    train = cfg.train_events or tuple(e for e in labels_by_event if source_event(e) != source)
+    train = cfg.train_events or tuple(e for e in labels_by_event
+                                      if source_event(e) == e != source)
     out = {}
     for dim, options in label_space.items():
         train_labels = [label_indices(labels_by_event[e], dim, options) for e in train]

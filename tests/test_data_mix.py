@@ -101,8 +101,8 @@ def test_training_with_mix_copies_reads_only_copies_of_training_events(
     assert events and all("~mix" in e and not e.startswith(held) for e in events)
 
 
-def test_a_copy_is_its_source_event_for_every_leave_one_out_rule(
-        small_world_dir: Path, tmp_path: Path) -> None:
+def test_copies_are_evaluation_events_for_every_leave_one_out_rule(
+        small_world_dir: Path) -> None:
     from mfray.baselines import reference_distribution
     from mfray.train.config import TrainConfig
     from mfray.train.run import training_events
@@ -110,27 +110,33 @@ def test_a_copy_is_its_source_event_for_every_leave_one_out_rule(
     assert source_event("e1~mix3") == "e1" and source_event("e1") == "e1"
     assert source_event("e1~mix0~mix2") == "e1"
     ds = read_dataset(small_world_dir)
-    held = ds.event_ids()[0]
-    mixed, ids = mix_events(ds, [held], 3, seed=0, min_agents=20)
-    assert ids
-    for name in (held, ids[0]):  # holding out the event or one copy holds out all of them
-        cfg = TrainConfig(sim=SimConfig(data=str(small_world_dir), round_size=4),
-                          policy=PolicyConfig(model="scripted"),
-                          train=TrainParams(held_out=(name,)))
-        assert training_events(cfg, mixed) == [e for e in ds.event_ids() if e != held]
-    # base-rate fits on the other real events only: a copy of the unit's event is not another
+    held, other = ds.event_ids()[:2]
+    mixed, ids = mix_events(ds, [held, other], 3, seed=0, min_agents=20)
+    held_ids = [e for e in ids if e.startswith(held)]
+    other_ids = [e for e in ids if e.startswith(other)]
+    assert held_ids and other_ids
+
+    def train_cfg(name: str, events: tuple[str, ...] = ()) -> TrainConfig:
+        return TrainConfig(sim=SimConfig(data=str(small_world_dir), round_size=4, events=events),
+                           policy=PolicyConfig(model="scripted"),
+                           train=TrainParams(held_out=(name,)))
+
+    real_others = [e for e in ds.event_ids() if e != held]
+    for name in (held, held_ids[0]):  # holding out the event or one copy holds out all of them
+        assert training_events(train_cfg(name), mixed) == real_others  # copies: not by default
+    named = (*real_others, other_ids[0], held_ids[1])  # named copies count, held out stays out
+    assert training_events(train_cfg(held, named), mixed) == [*real_others, other_ids[0]]
+    # base-rate fits on the other real events: no copy, of the unit's event or of another
     space = {"stance": list(STANCE_OPTIONS)}
     labels = {e: _replies(mixed, e)["labels"].to_pylist() for e in mixed.event_ids()}
-    others = {e: v for e, v in labels.items() if source_event(e) != held}
     sim = SimConfig(data=str(small_world_dir))
-    got = reference_distribution("base-rate", ids[1], labels[ids[1]], labels, space, sim)
-    want = reference_distribution("base-rate", "unseen", [], others, space, sim)
-    np.testing.assert_allclose(got["stance"], want["stance"])
-    counts = Counter(x["stance"] for e in others for x in labels[e])
+    got = reference_distribution("base-rate", held_ids[1], labels[held_ids[1]], labels, space,
+                                 sim)
+    counts = Counter(x["stance"] for e in real_others for x in labels[e])
     np.testing.assert_allclose(got["stance"], [counts[o] / sum(counts.values())
                                                for o in STANCE_OPTIONS], atol=1e-5)
     with pytest.raises(ConfigError, match="overlap"):
-        SimConfig(events=(ids[0],), train_events=(held,))
+        SimConfig(events=(held_ids[0],), train_events=(held,))
 
 
 def test_unknown_events_are_refused_and_new_copies_get_new_names(small_world_dir: Path) -> None:

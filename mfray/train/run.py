@@ -44,15 +44,17 @@ VAL_FILE = "policy-val.parquet"  # under OUT/examples: train.val_examples
 
 
 def training_events(cfg: TrainConfig, ds: Dataset) -> list[str]:
-    """The events examples come from: the config's units, less the held-out ones. A resampled
-    copy is its source event here: holding out either holds out both (mfray/data/mix.py)."""
+    """The events examples come from: the config's units, less the held-out ones. Resampled
+    copies (``mfray data mix``) are evaluation events: left out unless ``sim.events`` names
+    them, and a copy is its source event here, so holding out either holds out both."""
     known = ds.event_ids()
     missing = [e for e in cfg.train.held_out if e not in known]
     if missing:
         raise ConfigError(f"train.held_out: unknown event(s) {missing}; the dataset has {known}")
     held = {source_event(e) for e in cfg.train.held_out}
     events = [u.event_id for u in build_units(ds, replace(cfg.sim, unit="event"))]
-    kept = [e for e in dict.fromkeys(events) if source_event(e) not in held]
+    kept = [e for e in dict.fromkeys(events) if source_event(e) not in held
+            and (source_event(e) == e or e in cfg.sim.events)]
     if not kept:
         raise ConfigError("no training events left: check sim.events, sim.min_replies and "
                           "train.held_out")
