@@ -15,9 +15,10 @@ built from the copy's own earlier replies by the simulator's code, does.
 
 Two uses: training on copies of the training events (``train.mix_copies``), and evaluating on
 copies of a held-out event (``mfray data mix``): events whose base rates differ from the
-training events', as method.md §5 says unseen events do. A copy ``E~mixK`` is event ``E`` for
-every leave-one-out rule (:func:`source_event`): holding out ``E`` holds out its copies, and
-the references never fit on a copy of the event they predict.
+training events', as method.md §5 says unseen events do. Copies are evaluation events:
+training and the references read none unless told to (``sim.events``, ``sim.train_events``),
+and a copy ``E~mixK`` is event ``E`` for every leave-one-out rule (:func:`source_event`):
+holding out ``E`` holds out its copies.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float 
         sources, by_option = _replies_by_option(posts, dim, options)
         counts = np.array([len(b) for b in by_option])
         row = ds.events.filter(pc.equal(ds.events["event_id"], event)).slice(0, 1)
-        for k in range(copies):
+        for _copy in range(copies):
             for _ in range(MAX_DRAWS):
                 sizes = copy_sizes(counts, rng.dirichlet(np.full(len(options), alpha)))
                 if sizes.sum() >= min_agents:
