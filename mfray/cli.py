@@ -107,8 +107,8 @@ def cmd_data_mix(args: argparse.Namespace) -> None:
     print(f"{len(ids)} resampled copies of {len(events)} event(s) in {out} "
           f"(the {ds.events.num_rows} events of {args.dir} kept); {dim} shares of the replies:")
     print(f"{'event':<30} {'replies':>7} " + " ".join(f"{o:>8}" for o in options))
-    for event in ids:
-        for name in ((source_event(event), event) if event.endswith("~mix0") else (event,)):
+    for event in dict.fromkeys(events):  # each event, then its new copies
+        for name in (event, *(i for i in ids if source_event(i) == event)):
             counts = reply_mix(mixed, name, dim)
             shares = " ".join(f"{c / max(counts.sum(), 1):>8.0%}" for c in counts)
             print(f"{name:<30} {counts.sum():>7} {shares}")
