@@ -5,6 +5,7 @@ round's real actions."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -17,7 +18,7 @@ from mfray.engine.inference import InferenceServer
 from mfray.errors import ConfigError
 from mfray.llm import ScriptedModel
 from mfray.prompts import template_hash
-from mfray.train.data import build_examples, read_examples, write_examples
+from mfray.train.data import build_examples, read_examples, rollout_feed, write_examples
 
 WARMUP, B = 32, 16  # the first rollout round (2) sees real actions only: same as teacher forcing
 
@@ -81,6 +82,62 @@ def test_policy_prompts_identical_to_the_simulation(small_world_dir: Path, tmp_p
     assert compared > 20
     rollout = decisions.filter(pc.invert(decisions["is_warmup"]))
     assert set(rollout["template_hash"].to_pylist()) == {template_hash("policy")}
+
+
+def test_onpolicy_examples_show_the_rollouts_own_mean_field(small_world_dir: Path,
+                                                           tmp_path: Path) -> None:
+    """Fed a complete run's rollout actions, the builder renders every rollout agent's prompt
+    byte for byte as that run showed it (the mean field of the simulated history, in every
+    round, not only the first), and keeps the real action as the label."""
+    cfg = _cfg(small_world_dir, ("mf",), meanfield_form="tally")
+    ds = read_dataset(small_world_dir)
+    partial = simulate(cfg, ds, tmp_path / "partial", progress=False, max_rounds=3)
+    with pytest.raises(ConfigError, match="complete run"):
+        rollout_feed(partial.run_dir, "mf")
+    store = simulate(cfg, ds, tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="no rollout decisions of variant 'recent'"):
+        rollout_feed(store.run_dir, "recent")
+    feed, warmup = rollout_feed(store.run_dir, "mf")
+    assert warmup == WARMUP
+    logged, decisions = {}, store.read_decisions().to_pylist()
+    events = {d["sim_id"]: d["event_id"] for d in decisions}
+    for line in (tmp_path / "run" / "prompts.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["role"] == "policy":
+            sim_id, agent, _ = rec["key"]
+            logged[(events[sim_id], agent)] = rec["prompt"]
+    server = InferenceServer(cfg.policy, ds.label_space, model=ScriptedModel())
+    onpolicy, _ = build_examples(cfg, ds, "mf", from_agent=warmup, feed=feed)
+    forced, _ = build_examples(cfg, ds, "mf", from_agent=warmup)
+    teacher = {(r["event_id"], r["agent_index"]): r["prompt"] for r in forced.to_pylist()}
+    real = {(d["event_id"], d["agent_index"]): d["real"]["stance"] for d in decisions}
+    rows = onpolicy.to_pylist()
+    assert rows and min(r["agent_index"] for r in rows) >= WARMUP
+    assert {(r["event_id"], r["agent_index"]) for r in rows} == \
+        {k for k, stance in real.items() if k[1] >= WARMUP and stance is not None}
+    for row in rows:
+        key = (row["event_id"], row["agent_index"])
+        assert server.format(row["prompt"]) == logged[key], key
+        assert row["label"] == real[key]
+    # the rollout did not copy the real actions: after its first round the mean fields differ
+    late = [r for r in rows if r["agent_index"] >= WARMUP + 2 * B]
+    changed = sum(r["prompt"] != teacher[(r["event_id"], r["agent_index"])] for r in late)
+    assert changed > len(late) // 2
+    # training adds them to the teacher-forced examples, and refuses a run of a held-out event
+    from mfray.train.config import TrainConfig, TrainParams
+    from mfray.train.run import prepare_examples
+
+    tcfg = TrainConfig(sim=cfg.sim, policy=cfg.policy,
+                       train=TrainParams(onpolicy_runs=(str(store.run_dir),)))
+    both = read_examples(prepare_examples(tcfg, ds, tmp_path / "tune", "policy"))
+    everything, _ = build_examples(cfg, ds, "mf")
+    assert both.num_rows == everything.num_rows + onpolicy.num_rows
+    held = replace(tcfg.train, held_out=(rows[0]["event_id"],))
+    with pytest.raises(ConfigError, match=f"simulated .*{rows[0]['event_id']}.* not training"):
+        prepare_examples(replace(tcfg, train=held), ds, tmp_path / "tune2", "policy")
+    with pytest.raises(ConfigError, match="show no population"):
+        prepare_examples(replace(tcfg, train=replace(tcfg.train, variant="sft")), ds,
+                         tmp_path / "tune3", "policy")
 
 
 def test_meanfield_prompts_summaries_and_targets(small_world_dir: Path, tmp_path: Path) -> None:

@@ -33,6 +33,11 @@ class TrainParams:
     # are, so that only the mean field tells the mix (0: the real events)
     mix_copies: int = 0
     mix_alpha: float = 1.0
+    # on-policy examples (policy only): simulation runs of training events (`mfray simulate`
+    # with the policy being tuned, one seed); each adds an example per rollout agent whose mean
+    # field is the one the run built from its own actions, labelled with the real action
+    # (mfray/train/data.py), to the teacher-forced examples before `max_examples` draws
+    onpolicy_runs: tuple[str, ...] = ()
     # optimisation
     lr: float = 2e-4
     epochs: int = 1

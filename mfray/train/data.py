@@ -9,6 +9,13 @@ simulator shows an agent with the same history (``tests/test_train_data.py`` che
 - **Policy examples** ``(event, agent, dimension, prompt, options, label)``: what agent ``i``
   saw (topic, context, persona, the population block after agents ``0..`` of earlier rounds)
   and what the real person did. Text mode: the prompt and the real post.
+- **On-policy examples** (``feed``, from a simulation of the training events): the same
+  agents and real labels, but the mean field is the one the simulation built from its own
+  rollout actions. Teacher forcing only ever shows the policy the real history; in a rollout
+  the policy's own actions feed the mean field, and a policy that gives the majority a little
+  less than the mean field shows drifts away round after round. Examples on the mean fields
+  of its own rollouts, labelled with what the real people did, teach it to correct that drift
+  (DAgger, Ross et al. 2011; "data as demonstrator", Venkatraman et al. 2015).
 - **Mean-field examples** (``mf-text``, ``mf-hybrid``): the update prompt after round ``r``
   (previous summary and round ``r``'s real actions in agent order), the summary the current
   mean-field model wrote (when a ``summarize`` function is given), and the agents of round
@@ -39,6 +46,9 @@ from mfray.prompts import template_hash
 from mfray.schedule import build_units, n_rounds
 
 Summarize = Callable[[list[tuple[int, str]]], Mapping[int, str | None]]
+#: (event, agent index) -> (action labels or None for a failed decision, action text): what
+#: a simulation's rollout agents did, fed to the mean field in place of the real actions
+Feed = Mapping[tuple[str, int], tuple[Mapping[str, str | None] | None, str | None]]
 
 POLICY_SCHEMA = pa.schema([
     ("event_id", pa.string()), ("variant", pa.string()), ("round", pa.int32()),
@@ -57,25 +67,62 @@ MEANFIELD_SCHEMA = pa.schema([
     ("template_hash", pa.string())])
 
 
-def _round_decisions(sim: ShardSim, agents: range, space: Mapping[str, Sequence[str]]
-                     ) -> pa.Table:
-    """A round of real actions, in the columns :meth:`Population.update` reads."""
+def _round_decisions(sim: ShardSim, agents: range, space: Mapping[str, Sequence[str]],
+                     feed: Feed | None = None) -> pa.Table:
+    """A round of real actions (or the ``feed``'s, where it has the agent), in the columns
+    :meth:`Population.update` reads."""
     pos = list(agents)
+    acted = [(feed or {}).get((sim.event_id, sim.agent_index[p]),
+                              (dict(sim.real[p]), sim.real_text[p])) for p in pos]
     action_type = pa.struct([(d, pa.string()) for d in space])
     return pa.table({
         "sim_id": [sim.sim_id] * len(pos), "agent_index": [sim.agent_index[p] for p in pos],
-        "action": pa.array([dict(sim.real[p]) for p in pos], type=action_type),
-        "action_text": [sim.real_text[p] for p in pos], "ok": [True] * len(pos),
+        "action": pa.array([dict(a) if a is not None else None for a, _ in acted],
+                           type=action_type),
+        "action_text": [text for _, text in acted], "ok": [a is not None for a, _ in acted],
         "is_warmup": [True] * len(pos)})
+
+
+def rollout_feed(run_dir: str | Path, variant: str) -> tuple[Feed, int]:
+    """What the rollout agents of a complete simulation run did in ``variant`` (one seed per
+    event), and the run's warm-up: the ``feed`` of on-policy examples."""
+    from mfray.store import RunStore
+
+    store = RunStore.open(run_dir)
+    info = store.run_info()
+    if info["status"] != "complete":
+        raise ConfigError(f"{run_dir}: on-policy examples need a complete run (it is "
+                          f"{info['status']}); resume it first")
+    warmup = int(json.loads(info["config_json"])["sim"]["warmup"])
+    table = store.read_decisions(["event_id", "variant", "seed", "agent_index", "is_warmup",
+                                  "action", "action_text", "ok"])
+    rows = [r for r in table.to_pylist() if r["variant"] == variant and not r["is_warmup"]]
+    if not rows:
+        found = sorted(set(table.column("variant").to_pylist()))
+        raise ConfigError(f"{run_dir}: no rollout decisions of variant {variant!r} "
+                          f"(the run has {found})")
+    seeds: dict[str, set[int]] = {}
+    for r in rows:
+        seeds.setdefault(r["event_id"], set()).add(r["seed"])
+    several = {e: sorted(s) for e, s in seeds.items() if len(s) > 1}
+    if several:
+        raise ConfigError(f"{run_dir}: several seeds of one event {several}; on-policy "
+                          "examples take one rollout per event (simulate with one seed)")
+    feed = {(r["event_id"], r["agent_index"]): (r["action"] if r["ok"] else None,
+                                                r["action_text"]) for r in rows}
+    return feed, warmup
 
 
 def build_examples(cfg: RunConfig, ds: Dataset, variant: str, *,
                    events: Sequence[str] | None = None, summarize: Summarize | None = None,
-                   from_agent: int = 0, progress: bool = False) -> tuple[pa.Table, pa.Table]:
+                   from_agent: int = 0, feed: Feed | None = None,
+                   progress: bool = False) -> tuple[pa.Table, pa.Table]:
     """Policy and mean-field examples of ``variant`` on ``events`` (default: the config's
     units), agents from ``from_agent`` on (``sim.warmup`` gives the simulator's rollout agents
     only). ``summarize`` writes the text mean field (``InferenceServer.summarize`` in a
-    simulation); without it a text mean field stays at its initial value."""
+    simulation); without it a text mean field stays at its initial value. ``feed`` (see
+    :func:`rollout_feed`) replaces the real actions that build the mean field where it has
+    the agent; the labels stay the real ones (on-policy examples)."""
     if variant not in LLM_VARIANTS:
         raise ConfigError(f"training examples need an LLM variant, not {variant!r}")
     if variant in TEXT_MEANFIELD and summarize is None:
@@ -127,7 +174,8 @@ def build_examples(cfg: RunConfig, ds: Dataset, variant: str, *,
             if row["next_agents"]:
                 mf_rows.append(row)
         pending = {}
-        tables = [_round_decisions(sims[k], a, space) for k, a in agents.items() if len(a)]
+        tables = [_round_decisions(sims[k], a, space, feed) for k, a in agents.items()
+                  if len(a)]
         if not tables:
             continue
         population.update(r, pa.concat_tables(tables))

@@ -34,7 +34,7 @@ from mfray.engine.ray_env import ensure_ray
 from mfray.errors import ConfigError, MfrayError
 from mfray.schedule import build_units
 from mfray.train.config import TrainConfig
-from mfray.train.data import build_examples, read_examples, write_examples
+from mfray.train.data import build_examples, read_examples, rollout_feed, write_examples
 
 STATE_FILE = "state.json"
 VAL_FILE = "policy-val.parquet"  # under OUT/examples: train.val_examples
@@ -78,6 +78,9 @@ def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
     policy, meanfield = build_examples(run, ds, cfg.train.prompt_variant,
                                        events=events, summarize=summarize,
                                        from_agent=cfg.train.from_agent, progress=True)
+    if cfg.train.onpolicy_runs:
+        policy = pa.concat_tables([policy, *_onpolicy_examples(cfg, ds, events, kind,
+                                                               summarize)])
     table = policy if kind == "policy" else meanfield
     if table.num_rows == 0:
         raise MfrayError(f"no {kind} examples: the training events have no labelled replies")
@@ -92,6 +95,33 @@ def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
     if n is not None and n < table.num_rows:
         table, _ = _draw(table, n, cfg.train.seed)
     return write_examples(table, out / "examples" / f"{kind}.parquet")
+
+
+def _onpolicy_examples(cfg: TrainConfig, ds: Dataset, events: list[str], kind: str,
+                       summarize: Any) -> list[pa.Table]:
+    """The policy examples of ``train.onpolicy_runs``: each run's rollout agents, shown the
+    mean field that run built from its own actions, labelled with their real actions."""
+    variant = cfg.train.prompt_variant
+    if kind != "policy" or variant == "state" or cfg.train.mix_copies:
+        why = ("they are policy examples" if kind != "policy" else
+               f"the {cfg.train.variant} prompts show no population" if variant == "state" else
+               "train.mix_copies draws its copies in-process; simulate copies made by "
+               "`mfray data mix` and name them in sim.events instead")
+        raise ConfigError(f"train.onpolicy_runs: not with this run ({why})")
+    run = RunConfig(sim=cfg.sim, policy=cfg.policy, meanfield=cfg.meanfield)
+    tables = []
+    for run_dir in cfg.train.onpolicy_runs:
+        feed, warmup = rollout_feed(run_dir, variant)
+        fed = sorted({event for event, _ in feed})
+        outside = [e for e in fed if e not in events]
+        if outside:
+            raise ConfigError(f"train.onpolicy_runs: {run_dir} simulated {outside}, which are "
+                              f"not training events of this run ({', '.join(events)})")
+        policy, _ = build_examples(run, ds, variant, events=fed, summarize=summarize,
+                                   from_agent=max(warmup, cfg.train.from_agent), feed=feed,
+                                   progress=True)
+        tables.append(policy)
+    return tables
 
 
 def _draw(table: pa.Table, n: int, seed: Any) -> tuple[pa.Table, pa.Table]:
