@@ -120,6 +120,7 @@ def _onpolicy_examples(cfg: TrainConfig, ds: Dataset, events: list[str], kind: s
         policy, _ = build_examples(run, ds, variant, events=fed, summarize=summarize,
                                    from_agent=max(warmup, cfg.train.from_agent), feed=feed,
                                    progress=True)
+        print(f"on-policy examples: {policy.num_rows} from {run_dir} ({len(fed)} events)")
         tables.append(policy)
     return tables
 
