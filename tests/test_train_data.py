@@ -136,8 +136,11 @@ def test_onpolicy_examples_show_the_rollouts_own_mean_field(small_world_dir: Pat
     with pytest.raises(ConfigError, match=f"simulated .*{rows[0]['event_id']}.* not training"):
         prepare_examples(replace(tcfg, train=held), ds, tmp_path / "tune2", "policy")
     with pytest.raises(ConfigError, match="show no population"):
-        prepare_examples(replace(tcfg, train=replace(tcfg.train, variant="sft")), ds,
-                         tmp_path / "tune3", "policy")
+        replace(tcfg.train, variant="sft")
+    with pytest.raises(ConfigError, match="mix_copies"):
+        replace(tcfg.train, mix_copies=2)
+    with pytest.raises(ConfigError, match="policy examples"):
+        prepare_examples(tcfg, ds, tmp_path / "tune3", "meanfield")
 
 
 def test_meanfield_prompts_summaries_and_targets(small_world_dir: Path, tmp_path: Path) -> None:

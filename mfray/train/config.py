@@ -81,6 +81,11 @@ class TrainParams:
                               "checkpoint_every >= 1, log_every >= 1, k >= 2, num_workers >= 0, "
                               "0 <= warmup_ratio < 1, max_grad_norm > 0, beta >= 0, "
                               "mix_copies >= 0, mix_alpha > 0, val_examples >= 0")
+        if self.onpolicy_runs and (self.prompt_variant == "state" or self.mix_copies):
+            raise ConfigError("train.onpolicy_runs: " + (
+                f"the {self.variant} prompts show no population" if self.mix_copies == 0 else
+                "not with train.mix_copies, which draws its copies in-process; simulate "
+                "copies made by `mfray data mix` and name them in sim.events instead"))
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError("train.max_steps must be >= 1 (or null)")
         if self.max_examples is not None and self.max_examples < 1:

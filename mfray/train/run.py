@@ -102,12 +102,9 @@ def _onpolicy_examples(cfg: TrainConfig, ds: Dataset, events: list[str], kind: s
     """The policy examples of ``train.onpolicy_runs``: each run's rollout agents, shown the
     mean field that run built from its own actions, labelled with their real actions."""
     variant = cfg.train.prompt_variant
-    if kind != "policy" or variant == "state" or cfg.train.mix_copies:
-        why = ("they are policy examples" if kind != "policy" else
-               f"the {cfg.train.variant} prompts show no population" if variant == "state" else
-               "train.mix_copies draws its copies in-process; simulate copies made by "
-               "`mfray data mix` and name them in sim.events instead")
-        raise ConfigError(f"train.onpolicy_runs: not with this run ({why})")
+    if kind != "policy":
+        raise ConfigError("train.onpolicy_runs: on-policy examples are policy examples; "
+                          "mfray train meanfield takes none")
     run = RunConfig(sim=cfg.sim, policy=cfg.policy, meanfield=cfg.meanfield)
     tables = []
     for run_dir in cfg.train.onpolicy_runs:
