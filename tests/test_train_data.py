@@ -97,7 +97,8 @@ def test_onpolicy_examples_show_the_rollouts_own_mean_field(small_world_dir: Pat
     store = simulate(cfg, ds, tmp_path / "run", progress=False)
     with pytest.raises(ConfigError, match="no rollout decisions of variant 'recent'"):
         rollout_feed(store.run_dir, "recent")
-    feed, warmup = rollout_feed(store.run_dir, "mf")
+    feed, ran = rollout_feed(store.run_dir, "mf")
+    warmup = ran["warmup"]
     assert warmup == WARMUP
     logged, decisions = {}, store.read_decisions().to_pylist()
     events = {d["sim_id"]: d["event_id"] for d in decisions}
@@ -135,6 +136,9 @@ def test_onpolicy_examples_show_the_rollouts_own_mean_field(small_world_dir: Pat
     held = replace(tcfg.train, held_out=(rows[0]["event_id"],))
     with pytest.raises(ConfigError, match=f"simulated .*{rows[0]['event_id']}.* not training"):
         prepare_examples(replace(tcfg, train=held), ds, tmp_path / "tune2", "policy")
+    with pytest.raises(ConfigError, match="ran with sim.round_size=16, this training has 8"):
+        prepare_examples(replace(tcfg, sim=replace(cfg.sim, round_size=8)), ds,
+                         tmp_path / "tune4", "policy")
     with pytest.raises(ConfigError, match="show no population"):
         replace(tcfg.train, variant="sft")
     with pytest.raises(ConfigError, match="mix_copies"):

@@ -83,9 +83,9 @@ def _round_decisions(sim: ShardSim, agents: range, space: Mapping[str, Sequence[
         "is_warmup": [True] * len(pos)})
 
 
-def rollout_feed(run_dir: str | Path, variant: str) -> tuple[Feed, int]:
+def rollout_feed(run_dir: str | Path, variant: str) -> tuple[Feed, dict[str, Any]]:
     """What the rollout agents of a complete simulation run did in ``variant`` (one seed per
-    event), and the run's warm-up: the ``feed`` of on-policy examples."""
+    event), and the run's ``sim`` section: the ``feed`` of on-policy examples."""
     from mfray.store import RunStore
 
     store = RunStore.open(run_dir)
@@ -93,7 +93,7 @@ def rollout_feed(run_dir: str | Path, variant: str) -> tuple[Feed, int]:
     if info["status"] != "complete":
         raise ConfigError(f"{run_dir}: on-policy examples need a complete run (it is "
                           f"{info['status']}); resume it first")
-    warmup = int(json.loads(info["config_json"])["sim"]["warmup"])
+    sim = json.loads(info["config_json"])["sim"]
     table = store.read_decisions(["event_id", "variant", "seed", "agent_index", "is_warmup",
                                   "action", "action_text", "ok"])
     rows = [r for r in table.to_pylist() if r["variant"] == variant and not r["is_warmup"]]
@@ -110,7 +110,7 @@ def rollout_feed(run_dir: str | Path, variant: str) -> tuple[Feed, int]:
                           "examples take one rollout per event (simulate with one seed)")
     feed = {(r["event_id"], r["agent_index"]): (r["action"] if r["ok"] else None,
                                                 r["action_text"]) for r in rows}
-    return feed, warmup
+    return feed, sim
 
 
 def build_examples(cfg: RunConfig, ds: Dataset, variant: str, *,

@@ -108,14 +108,18 @@ def _onpolicy_examples(cfg: TrainConfig, ds: Dataset, events: list[str], kind: s
     run = RunConfig(sim=cfg.sim, policy=cfg.policy, meanfield=cfg.meanfield)
     tables = []
     for run_dir in cfg.train.onpolicy_runs:
-        feed, warmup = rollout_feed(run_dir, variant)
+        feed, ran = rollout_feed(run_dir, variant)
+        for key in ("round_size", "unit"):  # the rollout's rounds must be this run's rounds
+            if ran[key] != getattr(cfg.sim, key):
+                raise ConfigError(f"train.onpolicy_runs: {run_dir} ran with sim.{key}="
+                                  f"{ran[key]!r}, this training has {getattr(cfg.sim, key)!r}")
         fed = sorted({event for event, _ in feed})
         outside = [e for e in fed if e not in events]
         if outside:
             raise ConfigError(f"train.onpolicy_runs: {run_dir} simulated {outside}, which are "
                               f"not training events of this run ({', '.join(events)})")
         policy, _ = build_examples(run, ds, variant, events=fed, summarize=summarize,
-                                   from_agent=max(warmup, cfg.train.from_agent), feed=feed,
+                                   from_agent=max(ran["warmup"], cfg.train.from_agent), feed=feed,
                                    progress=True)
         print(f"on-policy examples: {policy.num_rows} from {run_dir} ({len(fed)} events)")
         tables.append(policy)
