@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -93,12 +94,11 @@ def rollout_feed(run_dir: str | Path, variant: str) -> tuple[Feed, dict[str, Any
     if info["status"] != "complete":
         raise ConfigError(f"{run_dir}: on-policy examples need a complete run (it is "
                           f"{info['status']}); resume it first")
-    sim = json.loads(info["config_json"])["sim"]
-    table = store.read_decisions(["event_id", "variant", "seed", "agent_index", "is_warmup",
-                                  "action", "action_text", "ok"])
-    rows = [r for r in table.to_pylist() if r["variant"] == variant and not r["is_warmup"]]
+    rows = store.read_decisions(
+        ["event_id", "seed", "agent_index", "action", "action_text", "ok"],
+        filter=(pc.field("variant") == variant) & ~pc.field("is_warmup")).to_pylist()
     if not rows:
-        found = sorted(set(table.column("variant").to_pylist()))
+        found = sorted(set(store.read_decisions(["variant"]).column("variant").to_pylist()))
         raise ConfigError(f"{run_dir}: no rollout decisions of variant {variant!r} "
                           f"(the run has {found})")
     seeds: dict[str, set[int]] = {}
@@ -110,7 +110,7 @@ def rollout_feed(run_dir: str | Path, variant: str) -> tuple[Feed, dict[str, Any
                           "examples take one rollout per event (simulate with one seed)")
     feed = {(r["event_id"], r["agent_index"]): (r["action"] if r["ok"] else None,
                                                 r["action_text"]) for r in rows}
-    return feed, sim
+    return feed, store.config()["sim"]
 
 
 def build_examples(cfg: RunConfig, ds: Dataset, variant: str, *,

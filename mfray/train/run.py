@@ -64,6 +64,9 @@ def training_events(cfg: TrainConfig, ds: Dataset) -> list[str]:
 def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
                      summarize: Any = None) -> Path:
     """Build, subsample (seeded) and write the examples of ``kind`` (policy | meanfield)."""
+    if cfg.train.onpolicy_runs and kind != "policy":
+        raise ConfigError("train.onpolicy_runs: on-policy examples are policy examples; "
+                          "mfray train meanfield takes none")
     run = RunConfig(sim=cfg.sim, policy=cfg.policy, meanfield=cfg.meanfield)
     if summarize is None and cfg.train.prompt_variant in TEXT_MEANFIELD:
         summarize = _summarizer(cfg, ds)
@@ -79,7 +82,7 @@ def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
                                        events=events, summarize=summarize,
                                        from_agent=cfg.train.from_agent, progress=True)
     if cfg.train.onpolicy_runs:
-        policy = pa.concat_tables([policy, *_onpolicy_examples(cfg, ds, events, kind,
+        policy = pa.concat_tables([policy, *_onpolicy_examples(cfg, run, ds, events,
                                                                summarize)])
     table = policy if kind == "policy" else meanfield
     if table.num_rows == 0:
@@ -97,15 +100,11 @@ def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
     return write_examples(table, out / "examples" / f"{kind}.parquet")
 
 
-def _onpolicy_examples(cfg: TrainConfig, ds: Dataset, events: list[str], kind: str,
+def _onpolicy_examples(cfg: TrainConfig, run: RunConfig, ds: Dataset, events: list[str],
                        summarize: Any) -> list[pa.Table]:
     """The policy examples of ``train.onpolicy_runs``: each run's rollout agents, shown the
     mean field that run built from its own actions, labelled with their real actions."""
     variant = cfg.train.prompt_variant
-    if kind != "policy":
-        raise ConfigError("train.onpolicy_runs: on-policy examples are policy examples; "
-                          "mfray train meanfield takes none")
-    run = RunConfig(sim=cfg.sim, policy=cfg.policy, meanfield=cfg.meanfield)
     tables = []
     for run_dir in cfg.train.onpolicy_runs:
         feed, ran = rollout_feed(run_dir, variant)
