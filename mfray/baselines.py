@@ -2,6 +2,8 @@
 
 - ``base-rate`` / ``persistence`` (method.md §3): one fixed distribution per simulation and
   dimension, fitted by :func:`reference_distribution` on the training events only.
+- ``crowd``: the simulated mean field's shares blended with the base rate, each round, with
+  the weight :func:`crowd_weights` fits on the training events in closed loop.
 - ``oracle`` / ``surrogate-mf`` / ``surrogate-state``: the synthetic world's own rule, given the
   simulated mean field (oracle), a persona model reweighted to the mean field, or the persona
   model alone. They exist only on a synthetic-world dataset.
@@ -22,7 +24,7 @@ from mfray.data.synthetic import BASE_SHARES, SCEPTIC_DESCRIPTION, SyntheticWorl
 from mfray.errors import ConfigError
 from mfray.llm import ScriptedModel
 from mfray.persona import FOLLOWER_BUCKETS
-from mfray.references import base_rate, fit_persistence_weight, persistence
+from mfray.references import base_rate, fit_crowd_weight, fit_persistence_weight, persistence
 
 SURROGATE_SMOOTH = 0.02
 
@@ -34,30 +36,44 @@ def label_indices(labels: Sequence[Mapping[str, str | None]], dim: str,
                      for lab in labels], dtype=int)
 
 
+def _train_labels(event_id: str, labels_by_event: Mapping[str, Sequence[Mapping]],
+                  dim: str, options: Sequence[str], cfg: SimConfig) -> list[np.ndarray]:
+    """Label indices of the training events: ``cfg.train_events``, or else every other real
+    event of the dataset (leave one event out; resampled copies, ``mfray data mix``, are
+    evaluation events, never another event to fit on)."""
+    source = source_event(event_id)
+    train = cfg.train_events or tuple(e for e in labels_by_event
+                                      if source_event(e) == e != source)
+    return [label_indices(labels_by_event[e], dim, options) for e in train]
+
+
 def reference_distribution(variant: str, event_id: str, unit_labels: Sequence[Mapping],
                            labels_by_event: Mapping[str, Sequence[Mapping]],
                            label_space: Mapping[str, Sequence[str]], cfg: SimConfig
                            ) -> dict[str, np.ndarray]:
-    """The fixed distribution per dimension of ``base-rate`` or ``persistence`` for one unit.
-
-    Training events: ``cfg.train_events``, or else every other real event of the dataset
-    (leave one event out; resampled copies, ``mfray data mix``, are evaluation events, never
-    another event to fit on). ``persistence`` reads the unit's own warm-up agents only.
-    """
-    source = source_event(event_id)
-    train = cfg.train_events or tuple(e for e in labels_by_event
-                                      if source_event(e) == e != source)
+    """The fixed distribution per dimension of ``base-rate`` or ``persistence`` for one unit,
+    fitted on the training events only (``crowd``: its base rate). ``persistence`` reads the
+    unit's own warm-up agents only."""
     out = {}
     for dim, options in label_space.items():
-        train_labels = [label_indices(labels_by_event[e], dim, options) for e in train]
+        train_labels = _train_labels(event_id, labels_by_event, dim, options, cfg)
         base = base_rate(train_labels, len(options))
-        if variant == "base-rate":
+        if variant in ("base-rate", "crowd"):
             out[dim] = base
         else:
             weight = fit_persistence_weight(train_labels, cfg.warmup, len(options))
             warm = label_indices(unit_labels, dim, options)[: cfg.warmup]
             out[dim] = persistence(warm, base, weight)
     return out
+
+
+def crowd_weights(event_id: str, labels_by_event: Mapping[str, Sequence[Mapping]],
+                  label_space: Mapping[str, Sequence[str]], cfg: SimConfig) -> dict[str, float]:
+    """``crowd``'s weight per dimension for an event, fitted by simulating the training events
+    in closed loop with the run's warm-up and round size."""
+    return {dim: fit_crowd_weight(_train_labels(event_id, labels_by_event, dim, options, cfg),
+                                  cfg.warmup, cfg.round_size, len(options))
+            for dim, options in label_space.items()}
 
 
 def load_world(variant: str, ds: Dataset) -> SyntheticWorld:

@@ -1,7 +1,11 @@
-"""Statistical references that need no LLM (method.md §3): ``base-rate`` and ``persistence``.
+"""References that need no LLM: ``base-rate`` and ``persistence`` (method.md §3), and ``crowd``.
 
-Both give every rollout agent of an event the same label distribution. They cost nothing and are
-hard to beat on distribution-level metrics, so every comparison shows them.
+``base-rate`` and ``persistence`` give every rollout agent of an event the same label
+distribution. They cost nothing and are hard to beat on distribution-level metrics, so every
+comparison shows them. ``crowd`` is the mean field without an LLM: each rollout agent follows
+the simulated population's shares so far, blended with the base rate, so its own draws feed
+the mean field as an ``mf`` rollout's do. It tells what reading the crowd can do in closed
+loop, with a weight fitted on the training events by simulating them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from scipy.special import rel_entr
 
 SMOOTH = 1e-6
 WEIGHT_GRID = np.linspace(0.0, 1.0, 21)
+CROWD_FIT_SEEDS = 8  # closed-loop draws per training event and weight when fitting ``crowd``
 
 
 def _dist(counts: np.ndarray) -> np.ndarray:
@@ -60,4 +65,60 @@ def fit_persistence_weight(train_events: Sequence[np.ndarray], warmup: int,
         for g, w in enumerate(WEIGHT_GRID):
             pred = persistence(train_events[i][:warmup], base, float(w))
             losses[g] += rel_entr(real, _dist(pred)).sum()
+    return float(WEIGHT_GRID[int(np.argmin(losses))])
+
+
+def crowd(shares: np.ndarray, base: np.ndarray, weight: float, n_seen: int) -> np.ndarray:
+    """``crowd``'s distribution for a round: ``weight · shares + (1 − weight) · base``, where
+    ``shares`` is the mean field so far (warm-up and rollout decisions); the base rate while
+    nothing has been decided."""
+    if n_seen == 0:
+        return np.asarray(base, dtype=float)
+    return weight * np.asarray(shares, dtype=float) + (1.0 - weight) * np.asarray(base)
+
+
+def crowd_rollout(labels: np.ndarray, base: np.ndarray, weight: float, warmup: int,
+                  round_size: int, rng: np.random.Generator) -> np.ndarray:
+    """``crowd``'s expected label distribution over one event's labelled rollout agents.
+
+    The simulator's schedule: rounds of ``round_size`` agents see the mean field of every earlier
+    decision; agents before ``warmup`` act with their real labels (missing ones count for
+    nothing), the others draw from :func:`crowd`, and their draws join the mean field."""
+    labels = np.asarray(labels, dtype=int)
+    counts = np.zeros(len(base))
+    total = np.zeros(len(base))
+    for start in range(0, len(labels), round_size):
+        block = labels[start:start + round_size]
+        seen = counts.sum()
+        p = crowd(counts / seen if seen else counts, base, weight, int(seen))
+        rollout = np.arange(start, start + len(block)) >= warmup
+        total += p * int((rollout & (block >= 0)).sum())
+        real = block[~rollout]
+        counts += np.bincount(real[real >= 0], minlength=len(base))
+        draws = rng.choice(len(base), size=int(rollout.sum()), p=p / p.sum())
+        counts += np.bincount(draws, minlength=len(base))
+    return total / total.sum() if total.sum() else np.asarray(base, dtype=float)
+
+
+def fit_crowd_weight(train_events: Sequence[np.ndarray], warmup: int, round_size: int,
+                     n_options: int, seeds: int = CROWD_FIT_SEEDS) -> float:
+    """The weight minimising the mean KL(real rollout ‖ ``crowd``) over the training events,
+    each simulated in closed loop (:func:`crowd_rollout`) with the base rate of the *other*
+    training events, ``seeds`` times per weight with the same draws for every weight.
+
+    Events without a labelled rollout agent are skipped; with none left, the weight is 0.5."""
+    usable = [i for i, e in enumerate(train_events)
+              if (np.asarray(e)[warmup:] >= 0).any()]
+    if not usable:
+        return 0.5
+    losses = np.zeros(len(WEIGHT_GRID))
+    for i in usable:
+        others = [e for j, e in enumerate(train_events) if j != i]
+        base = base_rate(others, n_options) if others else np.full(n_options, 1.0 / n_options)
+        real = _dist(label_counts(train_events[i][warmup:], n_options))
+        for g, w in enumerate(WEIGHT_GRID):
+            for seed in range(seeds):
+                pred = crowd_rollout(train_events[i], base, float(w), warmup, round_size,
+                                     np.random.default_rng([i, seed]))
+                losses[g] += rel_entr(real, _dist(pred)).sum()
     return float(WEIGHT_GRID[int(np.argmin(losses))])

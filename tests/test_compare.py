@@ -24,7 +24,7 @@ from mfray.evaluate.compare import (
 )
 from mfray.store import RunStore
 
-VARIANTS = ("persistence", "mf", "recent", "base-rate", "state")
+VARIANTS = ("persistence", "mf", "recent", "base-rate", "state", "crowd")
 CFG = EvalConfig(n_bootstrap=200)
 
 
@@ -56,7 +56,8 @@ def test_relative_change_by_hand_and_degenerate_cases() -> None:
 def test_table_rows_order_and_relative_change(run_dir: Path) -> None:
     comp = compare(run_dir, CFG)
     rows = [r for r in comp.rows if r["dimension"] == "stance"]
-    assert [r["variant"] for r in rows] == ["state", "recent", "mf", "base-rate", "persistence"]
+    assert [r["variant"] for r in rows] == ["state", "recent", "mf", "base-rate", "persistence",
+                                            "crowd"]
     mf = rows[2]
     best = min(("state", "recent"), key=lambda v: next(r["kl"] for r in rows
                                                         if r["variant"] == v))
@@ -77,7 +78,8 @@ def test_table_rows_order_and_relative_change(run_dir: Path) -> None:
     b = np.mean([theirs[e] for e in mine])
     assert mf["rel_kl_llm"] == pytest.approx(100 * (a - b) / b)
     assert mf["rel_kl_llm_lo"] <= mf["rel_kl_llm"] <= mf["rel_kl_llm_hi"]
-    assert mf["rel_kl_ref_base"] in ("base-rate", "persistence")
+    refs = {r["variant"]: r["kl"] for r in rows if r["variant"] in ("base-rate", "persistence")}
+    assert mf["rel_kl_ref_base"] == min(refs, key=refs.get)  # crowd is shown, never the base
     assert mf["rel_kl_ref_lo"] <= mf["rel_kl_ref"] <= mf["rel_kl_ref_hi"]
     # only mean-field variants carry a change
     assert all(r["rel_kl_llm_base"] is None and math.isnan(r["rel_kl_llm"])
@@ -94,11 +96,11 @@ def test_comparison_files(run_dir: Path, tmp_path: Path) -> None:
     md = paths["markdown"].read_text()
     lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert [ln.split(" | ")[0] for ln in lines[1:]] == [
-        "| state", "| recent", "| mf", "| *base-rate*", "| *persistence*"]
+        "| state", "| recent", "| mf", "| *base-rate*", "| *persistence*", "| *crowd*"]
     base = next(r["rel_kl_llm_base"] for r in comp.rows if r["variant"] == "mf")
     assert f" vs {base} |" in md
     csv = paths["csv"].read_text().splitlines()
-    assert len(csv) == 1 + 5 and "rel_kl_llm" in csv[0]
+    assert len(csv) == 1 + len(VARIANTS) and "rel_kl_llm" in csv[0]
 
 
 def test_no_llm_baseline_says_n_a(small_world_dir: Path, tmp_path: Path) -> None:
@@ -121,7 +123,7 @@ def test_forecast_horizons_and_real_shares(run_dir: Path, tmp_path: Path) -> Non
     assert fc.rounds.tolist() == rollout_rounds and rollout_rounds[0] == 1  # W=20, B=16
     covered = np.concatenate(list(fc.horizons.values())).tolist()
     assert covered == rollout_rounds  # contiguous, no overlap, nothing left out
-    assert fc.variants == ["state", "recent", "mf", "base-rate", "persistence"]
+    assert fc.variants == ["state", "recent", "mf", "base-rate", "persistence", "crowd"]
     # real shares straight from the decisions table, one label per (event, agent)
     options = fc.label_space["stance"]
     agents = {(r["event_id"], r["agent_index"]): r for r in roll}
@@ -161,7 +163,8 @@ def test_several_runs_read_as_one_with_renames(run_dir: Path, small_world_dir: P
     both = [run_dir, f"{tmp_path / 'tuned'}:state=sft,mf=mf-tuned"]
     comp = compare(both, CFG)
     variants = [r["variant"] for r in comp.rows]
-    assert variants == ["state", "recent", "mf", "sft", "base-rate", "persistence", "mf-tuned"]
+    assert variants == ["state", "recent", "mf", "sft", "base-rate", "persistence", "crowd",
+                        "mf-tuned"]
     # each run's rows are evaluated exactly as alone
     alone = {r["variant"]: r["kl"] for r in evaluate(tmp_path / "tuned", CFG).summary}
     rows = {r["variant"]: r for r in comp.rows}

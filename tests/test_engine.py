@@ -19,7 +19,7 @@ from mfray.evaluate.report import evaluate
 from mfray.llm import ScriptedModel
 from mfray.store import RunStore
 
-FREE = ("oracle", "surrogate-mf", "surrogate-state", "persistence", "base-rate")
+FREE = ("oracle", "surrogate-mf", "surrogate-state", "persistence", "base-rate", "crowd")
 LLM = ("state", "recent", "popular", "mf")
 VOLATILE = ("run_id", "latency_s")
 
@@ -79,6 +79,32 @@ def test_common_random_numbers_across_variants(small_world_dir: Path, tmp_path: 
             assert a["action"] == b["action"]
 
 
+def test_crowd_follows_the_simulated_mean_field(small_world_dir: Path, tmp_path: Path) -> None:
+    """Each rollout round, ``crowd`` gives w · (the mean field after the round before, the
+    rollout's own draws included) + (1 − w) · the base rate, w fitted on the other events."""
+    from mfray.baselines import crowd_weights
+    from mfray.schedule import build_units
+
+    cfg = _cfg(small_world_dir, variants=("crowd", "base-rate"), seeds=(0,))
+    store = _run(cfg, tmp_path / "r")
+    ds = read_dataset(small_world_dir)
+    labels = {u.event_id: u.agents["labels"].to_pylist()
+              for u in build_units(ds, replace(cfg.sim, events=()))}
+    shares = {(r["sim_id"], r["round"]): r["meanfield_shares"]["stance"]
+              for r in store.read_rounds().to_pylist()}
+    rows = [r for r in store.read_decisions().to_pylist() if not r["is_warmup"]]
+    base = {r["event_id"]: r["probs"]["stance"] for r in rows if r["variant"] == "base-rate"}
+    checked = set()
+    for r in (r for r in rows if r["variant"] == "crowd"):
+        w = crowd_weights(r["event_id"], labels, ds.label_space, cfg.sim)["stance"]
+        assert 0 < w <= 1  # the synthetic world herds: the crowd pays
+        want = w * np.asarray(shares[r["sim_id"], r["round"] - 1]) \
+            + (1 - w) * np.asarray(base[r["event_id"]])
+        np.testing.assert_allclose(r["probs"]["stance"], want, rtol=1e-12)
+        checked.add((r["event_id"], tuple(np.round(want, 12))))
+    assert len(checked) > 2 * len(base)  # the distribution moves from round to round
+
+
 def test_llm_variants_with_the_scripted_model(small_world_dir: Path, tmp_path: Path) -> None:
     store = _run(_cfg(small_world_dir, variants=LLM, seeds=(0,)), tmp_path / "r")
     d = store.read_decisions().to_pylist()
@@ -94,7 +120,7 @@ def test_llm_variants_with_the_scripted_model(small_world_dir: Path, tmp_path: P
 @pytest.mark.parametrize("model", ["scripted", "tiny-hf"])
 def test_one_shard_equals_four_shards_bit_for_bit(model: str, small_world_dir: Path,
                                                   tmp_path: Path, request) -> None:
-    variants = (*LLM, "surrogate-mf", "persistence")
+    variants = (*LLM, "surrogate-mf", "persistence", "crowd")
     kw = {"variants": variants, "seeds": (0,)}
     injected = request.getfixturevalue("tiny_hf") if model == "tiny-hf" else None
     if injected is not None:  # a tiny model: fewer agents keep the test fast

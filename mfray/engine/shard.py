@@ -24,6 +24,7 @@ from mfray.data.synthetic import SyntheticWorld
 from mfray.engine.population import SimView
 from mfray.policy import choice_distribution, prompt_parts, text_prompt_parts
 from mfray.prompts import template_hash
+from mfray.references import crowd
 from mfray.schedule import agent_uniform, is_warmup, round_slice, sample_indices, stable_hash
 from mfray.store import decisions_schema
 
@@ -50,7 +51,8 @@ class ShardSim:
     real: tuple[Mapping[str, str | None], ...]
     persona: tuple[str, ...]
     features: np.ndarray | None = None  # synthetic-world persona features (surrogates)
-    fixed: Mapping[str, np.ndarray] | None = None  # base-rate / persistence distributions
+    fixed: Mapping[str, np.ndarray] | None = None  # base-rate / persistence / crowd's base
+    crowd_weight: Mapping[str, float] | None = None  # crowd: the mean field's weight
     label: str = ""  # the stored variant name (``mf+<intervention>`` for an intervened twin)
 
 
@@ -170,6 +172,9 @@ class AgentShard:
             x = sim.features[positions.start:positions.stop]
             return {"stance": surrogate_probs(sim.variant, self.world, sim.event_id, x,
                                               view.shares["stance"], view.n_seen["stance"])}
+        if sim.crowd_weight is not None:  # one distribution per round, from the mean field
+            return {d: np.tile(crowd(view.shares[d], p, sim.crowd_weight[d], view.n_seen[d]),
+                               (len(positions), 1)) for d, p in sim.fixed.items()}
         if sim.fixed is not None:
             return {d: np.tile(p, (len(positions), 1)) for d, p in sim.fixed.items()}
         return None

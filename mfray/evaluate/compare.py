@@ -36,10 +36,13 @@ from mfray.evaluate.report import (
 
 #: Row order of the comparison table; variants not listed follow in name order.
 ORDER = ("state", "recent", "popular", "mf", "mf-text", "mf-hybrid", "sft",
-         "base-rate", "persistence")
+         "base-rate", "persistence", "crowd")
 #: Non-mean-field LLM variants a mean-field variant is measured against.
 LLM_BASELINES = ("state", "recent", "popular", "sft")
 REFERENCES = ("base-rate", "persistence")
+#: Variants without an LLM, shown as references; ``crowd`` is not in the ΔKL pool, whose
+#: reference is the better of ``base-rate`` and ``persistence`` (method.md §3)
+NO_LLM = (*REFERENCES, "crowd")
 AGAINST = {"llm": LLM_BASELINES, "ref": REFERENCES}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -157,14 +160,15 @@ def comparison_markdown(comp: Comparison, dim: str) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = [r for r in comp.rows if r["dimension"] == dim]
     for r in rows:
-        name = f"*{r['variant']}*" if r["variant"] in REFERENCES else r["variant"]
+        name = f"*{r['variant']}*" if r["variant"] in NO_LLM else r["variant"]
         cells = [name, str(r["n_events"]), str(r["n_sims"]), *(_cell(r, m) for m in METRICS),
                  _change_cell(r, "llm"), _change_cell(r, "ref")]
         lines.append("| " + " | ".join(cells) + " |")
     level = "intervals over seeds (one event)" if any(
         r["interval_over"] == "seeds" for r in rows) else "bootstrap intervals over events"
     lines.append(f"\nMean [{level}]. ΔKL = (KL − KL_best) / KL_best, paired over the same "
-                 "events; negative is better. References in italics.")
+                 "events; negative is better; the reference is the better of base-rate and "
+                 "persistence. References without an LLM in italics.")
     return "\n".join(lines)
 
 
@@ -181,7 +185,7 @@ def plot_comparison(comp: Comparison, path: str | Path) -> Path:
         kl = np.array([r["kl"] for r in rows])
         err = np.abs(np.array([[r["kl_lo"] for r in rows], [r["kl_hi"] for r in rows]]) - kl)
         for i, r in enumerate(rows):
-            ref = r["variant"] in REFERENCES
+            ref = r["variant"] in NO_LLM
             colour = "0.6" if ref else ("tab:blue" if is_meanfield(r["variant"]) else "tab:orange")
             ax.bar(i, kl[i], color=colour, hatch="//" if ref else None, edgecolor="0.3")
         ax.errorbar(np.arange(len(rows)), kl, yerr=np.nan_to_num(err), fmt="none",
