@@ -2,8 +2,9 @@
 
 - ``base-rate`` / ``persistence`` (method.md §3): one fixed distribution per simulation and
   dimension, fitted by :func:`reference_distribution` on the training events only.
-- ``crowd``: the simulated mean field's shares blended with the base rate, each round, with
-  the weight :func:`crowd_weights` fits on the training events in closed loop.
+- ``crowd``: the Dirichlet posterior predictive of the simulated mean field, each round, with
+  the base rate as the prior's mean and the prior weight :func:`crowd_priors` fits on the
+  training events in closed loop.
 - ``oracle`` / ``surrogate-mf`` / ``surrogate-state``: the synthetic world's own rule, given the
   simulated mean field (oracle), a persona model reweighted to the mean field, or the persona
   model alone. They exist only on a synthetic-world dataset.
@@ -24,7 +25,7 @@ from mfray.data.synthetic import BASE_SHARES, SCEPTIC_DESCRIPTION, SyntheticWorl
 from mfray.errors import ConfigError
 from mfray.llm import ScriptedModel
 from mfray.persona import FOLLOWER_BUCKETS
-from mfray.references import base_rate, fit_crowd_weight, fit_persistence_weight, persistence
+from mfray.references import base_rate, fit_crowd_prior, fit_persistence_weight, persistence
 
 SURROGATE_SMOOTH = 0.02
 
@@ -67,11 +68,11 @@ def reference_distribution(variant: str, event_id: str, unit_labels: Sequence[Ma
     return out
 
 
-def crowd_weights(event_id: str, labels_by_event: Mapping[str, Sequence[Mapping]],
-                  label_space: Mapping[str, Sequence[str]], cfg: SimConfig) -> dict[str, float]:
-    """``crowd``'s weight per dimension for an event, fitted by simulating the training events
-    in closed loop with the run's warm-up and round size."""
-    return {dim: fit_crowd_weight(_train_labels(event_id, labels_by_event, dim, options, cfg),
+def crowd_priors(event_id: str, labels_by_event: Mapping[str, Sequence[Mapping]],
+                 label_space: Mapping[str, Sequence[str]], cfg: SimConfig) -> dict[str, float]:
+    """``crowd``'s prior weight per dimension for an event, fitted by simulating the training
+    events in closed loop with the run's warm-up and round size."""
+    return {dim: fit_crowd_prior(_train_labels(event_id, labels_by_event, dim, options, cfg),
                                   cfg.warmup, cfg.round_size, len(options))
             for dim, options in label_space.items()}
 

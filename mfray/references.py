@@ -2,14 +2,16 @@
 
 ``base-rate`` and ``persistence`` give every rollout agent of an event the same label
 distribution. They cost nothing and are hard to beat on distribution-level metrics, so every
-comparison shows them. ``crowd`` is the mean field without an LLM: each rollout agent follows
-the simulated population's shares so far, blended with the base rate, so its own draws feed
-the mean field as an ``mf`` rollout's do. It tells what reading the crowd can do in closed
-loop, with a weight fitted on the training events by simulating them.
+comparison shows them. ``crowd`` is the mean field without an LLM: each rollout agent draws
+from the Dirichlet posterior predictive of the decisions so far (the simulated population's
+shares, the prior's mean the base rate), so its own draws feed the mean field as an ``mf``
+rollout's do. It tells what reading the crowd can do in closed loop, with the prior's weight
+fitted on the training events by simulating them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,7 +19,9 @@ from scipy.special import rel_entr
 
 SMOOTH = 1e-6
 WEIGHT_GRID = np.linspace(0.0, 1.0, 21)
-CROWD_FIT_SEEDS = 8  # closed-loop draws per training event and weight when fitting ``crowd``
+#: ``crowd``'s prior weights, in decisions (0: the mean field alone; inf: the base rate)
+PRIOR_GRID = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, math.inf)
+CROWD_FIT_SEEDS = 8  # closed-loop draws per training event and prior when fitting ``crowd``
 
 
 def _dist(counts: np.ndarray) -> np.ndarray:
@@ -68,16 +72,18 @@ def fit_persistence_weight(train_events: Sequence[np.ndarray], warmup: int,
     return float(WEIGHT_GRID[int(np.argmin(losses))])
 
 
-def crowd(shares: np.ndarray, base: np.ndarray, weight: float, n_seen: int) -> np.ndarray:
-    """``crowd``'s distribution for a round: ``weight · shares + (1 − weight) · base``, where
-    ``shares`` is the mean field so far (warm-up and rollout decisions); the base rate while
-    nothing has been decided."""
-    if n_seen == 0:
+def crowd(shares: np.ndarray, base: np.ndarray, prior: float, n_seen: float) -> np.ndarray:
+    """``crowd``'s distribution for a round: the Dirichlet posterior predictive of the next
+    action, ``(n · shares + prior · base) / (n + prior)``, given the ``n`` decisions of the
+    mean field so far and a Dirichlet prior with mean ``base`` worth ``prior`` decisions
+    (``inf``: the base rate; 0: the shares alone). The base rate while nothing is decided."""
+    if n_seen == 0 or math.isinf(prior):
         return np.asarray(base, dtype=float)
-    return weight * np.asarray(shares, dtype=float) + (1.0 - weight) * np.asarray(base)
+    w = n_seen / (n_seen + prior)
+    return w * np.asarray(shares, dtype=float) + (1.0 - w) * np.asarray(base)
 
 
-def crowd_rollout(labels: np.ndarray, base: np.ndarray, weight: float, warmup: int,
+def crowd_rollout(labels: np.ndarray, base: np.ndarray, prior: float, warmup: int,
                   round_size: int, rng: np.random.Generator) -> np.ndarray:
     """``crowd``'s expected label distribution over one event's labelled rollout agents.
 
@@ -90,7 +96,7 @@ def crowd_rollout(labels: np.ndarray, base: np.ndarray, weight: float, warmup: i
     for start in range(0, len(labels), round_size):
         block = labels[start:start + round_size]
         seen = counts.sum()
-        p = crowd(counts / seen if seen else counts, base, weight, int(seen))
+        p = crowd(counts / seen if seen else counts, base, prior, seen)
         rollout = np.arange(start, start + len(block)) >= warmup
         total += p * int((rollout & (block >= 0)).sum())
         real = block[~rollout]
@@ -100,25 +106,27 @@ def crowd_rollout(labels: np.ndarray, base: np.ndarray, weight: float, warmup: i
     return total / total.sum() if total.sum() else np.asarray(base, dtype=float)
 
 
-def fit_crowd_weight(train_events: Sequence[np.ndarray], warmup: int, round_size: int,
-                     n_options: int, seeds: int = CROWD_FIT_SEEDS) -> float:
-    """The weight minimising the mean KL(real rollout ‖ ``crowd``) over the training events,
-    each simulated in closed loop (:func:`crowd_rollout`) with the base rate of the *other*
-    training events, ``seeds`` times per weight with the same draws for every weight.
+def fit_crowd_prior(train_events: Sequence[np.ndarray], warmup: int, round_size: int,
+                    n_options: int, seeds: int = CROWD_FIT_SEEDS) -> float:
+    """The prior weight (in decisions, from :data:`PRIOR_GRID`) minimising the mean
+    KL(real rollout ‖ ``crowd``) over the training events, each simulated in closed loop
+    (:func:`crowd_rollout`) with the base rate of the *other* training events, ``seeds`` times
+    per value with the same draws for every value.
 
-    Events without a labelled rollout agent are skipped; with none left, the weight is 0.5."""
+    Events without a labelled rollout agent are skipped; with none left, the base rate
+    (``inf``)."""
     usable = [i for i, e in enumerate(train_events)
               if (np.asarray(e)[warmup:] >= 0).any()]
     if not usable:
-        return 0.5
-    losses = np.zeros(len(WEIGHT_GRID))
+        return math.inf
+    losses = np.zeros(len(PRIOR_GRID))
     for i in usable:
         others = [e for j, e in enumerate(train_events) if j != i]
         base = base_rate(others, n_options) if others else np.full(n_options, 1.0 / n_options)
         real = _dist(label_counts(train_events[i][warmup:], n_options))
-        for g, w in enumerate(WEIGHT_GRID):
+        for g, k in enumerate(PRIOR_GRID):
             for seed in range(seeds):
-                pred = crowd_rollout(train_events[i], base, float(w), warmup, round_size,
+                pred = crowd_rollout(train_events[i], base, k, warmup, round_size,
                                      np.random.default_rng([i, seed]))
                 losses[g] += rel_entr(real, _dist(pred)).sum()
-    return float(WEIGHT_GRID[int(np.argmin(losses))])
+    return float(PRIOR_GRID[int(np.argmin(losses))])

@@ -80,9 +80,10 @@ def test_common_random_numbers_across_variants(small_world_dir: Path, tmp_path: 
 
 
 def test_crowd_follows_the_simulated_mean_field(small_world_dir: Path, tmp_path: Path) -> None:
-    """Each rollout round, ``crowd`` gives w · (the mean field after the round before, the
-    rollout's own draws included) + (1 − w) · the base rate, w fitted on the other events."""
-    from mfray.baselines import crowd_weights
+    """Each rollout round, ``crowd`` gives (n · shares + k · base rate) / (n + k): the mean
+    field after the round before (the rollout's own draws included) and its n decisions, k
+    fitted on the other events."""
+    from mfray.baselines import crowd_priors
     from mfray.schedule import build_units
 
     cfg = _cfg(small_world_dir, variants=("crowd", "base-rate"), seeds=(0,))
@@ -90,16 +91,16 @@ def test_crowd_follows_the_simulated_mean_field(small_world_dir: Path, tmp_path:
     ds = read_dataset(small_world_dir)
     labels = {u.event_id: u.agents["labels"].to_pylist()
               for u in build_units(ds, replace(cfg.sim, events=()))}
-    shares = {(r["sim_id"], r["round"]): r["meanfield_shares"]["stance"]
-              for r in store.read_rounds().to_pylist()}
+    rounds = {(r["sim_id"], r["round"]): r for r in store.read_rounds().to_pylist()}
     rows = [r for r in store.read_decisions().to_pylist() if not r["is_warmup"]]
     base = {r["event_id"]: r["probs"]["stance"] for r in rows if r["variant"] == "base-rate"}
     checked = set()
     for r in (r for r in rows if r["variant"] == "crowd"):
-        w = crowd_weights(r["event_id"], labels, ds.label_space, cfg.sim)["stance"]
-        assert 0 < w <= 1  # the synthetic world herds: the crowd pays
-        want = w * np.asarray(shares[r["sim_id"], r["round"] - 1]) \
-            + (1 - w) * np.asarray(base[r["event_id"]])
+        k = crowd_priors(r["event_id"], labels, ds.label_space, cfg.sim)["stance"]
+        assert 0 <= k < np.inf  # the synthetic world herds: the crowd pays
+        n = sum(sum(rounds[r["sim_id"], t]["counts"]["stance"]) for t in range(r["round"]))
+        shares = np.asarray(rounds[r["sim_id"], r["round"] - 1]["meanfield_shares"]["stance"])
+        want = (n * shares + k * np.asarray(base[r["event_id"]])) / (n + k)
         np.testing.assert_allclose(r["probs"]["stance"], want, rtol=1e-12)
         checked.add((r["event_id"], tuple(np.round(want, 12))))
     assert len(checked) > 2 * len(base)  # the distribution moves from round to round

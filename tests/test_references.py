@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from mfray.references import (
     base_rate,
     crowd,
     crowd_rollout,
-    fit_crowd_weight,
+    fit_crowd_prior,
     fit_persistence_weight,
     label_counts,
     persistence,
@@ -108,12 +110,14 @@ def test_no_rollout_anywhere_gives_half() -> None:
     assert fit_persistence_weight([*events, np.array([0, 1])], w, K) == 1.0
 
 
-def test_crowd_blends_the_mean_field_with_the_base_rate() -> None:
+def test_crowd_is_the_dirichlet_posterior_predictive() -> None:
     base, shares = np.array([0.1, 0.1, 0.2, 0.6]), np.array([0.5, 0.0, 0.0, 0.5])
-    np.testing.assert_allclose(crowd(shares, base, 0.75, 10), [0.4, 0.025, 0.05, 0.525])
-    np.testing.assert_allclose(crowd(shares, base, 0.0, 10), base)
+    # 30 decisions seen, a prior worth 10: (30 · shares + 10 · base) / 40
+    np.testing.assert_allclose(crowd(shares, base, 10.0, 30), [0.4, 0.025, 0.05, 0.525])
+    np.testing.assert_allclose(crowd(shares, base, 0.0, 30), shares)
+    np.testing.assert_allclose(crowd(shares, base, math.inf, 30), base)
     # nothing decided yet: the (uniform) shares say nothing, the base rate stands
-    np.testing.assert_allclose(crowd(np.full(4, 0.25), base, 1.0, 0), base)
+    np.testing.assert_allclose(crowd(np.full(4, 0.25), base, 0.0, 0), base)
 
 
 def test_crowd_rollout_follows_the_simulators_schedule() -> None:
@@ -121,28 +125,36 @@ def test_crowd_rollout_follows_the_simulators_schedule() -> None:
     0's decisions; round 2 sees rounds 0 and 1, the rollout's own draws included."""
     labels = np.array([0] * 16 + [1] * 4 + [3] * 20)
     rng = np.random.default_rng(0)
-    got = crowd_rollout(labels, np.full(K, 0.25), 1.0, 20, 16, rng)
+    got = crowd_rollout(labels, np.full(K, 0.25), 0.0, 20, 16, rng)
     # round 1: shares [1, 0, 0, 0], so the 12 rollout agents all draw option 0;
     # round 2 (8 agents) then sees 28 of option 0 and 4 of option 1
     want = (12 * np.array([1.0, 0, 0, 0]) + 8 * np.array([28, 4, 0, 0]) / 32) / 20
     np.testing.assert_allclose(got, want)
-    # weight 0 is the base rate whatever is drawn; unlabelled rollout agents are not scored
+    # a prior worth 16 decisions: round 1, which has seen 16, gives half shares, half base rate
     base = np.array([0.1, 0.2, 0.3, 0.4])
-    np.testing.assert_allclose(crowd_rollout(labels, base, 0.0, 20, 16, rng), base)
+    np.testing.assert_allclose(crowd_rollout(labels[:32], base, 16.0, 20, 16, rng),
+                               0.5 * np.array([1.0, 0, 0, 0]) + 0.5 * base)
+    # an infinite prior is the base rate whatever is drawn; unlabelled agents are not scored
+    np.testing.assert_allclose(crowd_rollout(labels, base, math.inf, 20, 16, rng), base)
     blind = np.where(np.arange(40) >= 32, -1, labels)
-    got = crowd_rollout(blind, np.full(K, 0.25), 1.0, 20, 16, rng)
+    got = crowd_rollout(blind, np.full(K, 0.25), 0.0, 20, 16, rng)
     np.testing.assert_allclose(got, [1.0, 0, 0, 0])  # only round 1's agents are scored
 
 
-def test_crowd_weight_fits_closed_loop() -> None:
+def test_crowd_prior_fits_closed_loop() -> None:
     w = 16
-    # each event keeps its warm-up's single option: following the crowd is exact
+    # each event keeps its warm-up's single option: following the crowd alone is exact
     sticky = [np.full(64, i) for i in range(K)]
-    assert fit_crowd_weight(sticky, w, 16, K) == 1.0
+    assert fit_crowd_prior(sticky, w, 16, K) == 0.0
     # every event's warm-up is one option that its rollout never takes: the crowd misleads
     contrary = [np.concatenate([np.full(w, i), np.tile([j for j in range(K) if j != i], 16)])
                 for i in range(K)]
-    assert fit_crowd_weight(contrary, w, 16, K) == 0.0
-    # the fit is deterministic, and no labelled rollout anywhere gives 0.5
-    assert fit_crowd_weight(sticky, w, 16, K) == fit_crowd_weight(sticky, w, 16, K)
-    assert fit_crowd_weight([np.array([0, 1]), np.array([2, -1, -1])], 2, 16, K) == 0.5
+    assert fit_crowd_prior(contrary, w, 16, K) == math.inf
+    # a warm-up that tells the event's mix only roughly: a finite prior in between
+    rng = np.random.default_rng(0)
+    mixes = rng.dirichlet(np.ones(K), size=8)
+    noisy = [rng.choice(K, size=200, p=m) for m in mixes]
+    assert 0 < fit_crowd_prior(noisy, w, 16, K) < math.inf
+    # the fit is deterministic, and no labelled rollout anywhere gives the base rate
+    assert fit_crowd_prior(noisy, w, 16, K) == fit_crowd_prior(noisy, w, 16, K)
+    assert fit_crowd_prior([np.array([0, 1]), np.array([2, -1, -1])], 2, 16, K) == math.inf

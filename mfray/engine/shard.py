@@ -52,7 +52,7 @@ class ShardSim:
     persona: tuple[str, ...]
     features: np.ndarray | None = None  # synthetic-world persona features (surrogates)
     fixed: Mapping[str, np.ndarray] | None = None  # base-rate / persistence / crowd's base
-    crowd_weight: Mapping[str, float] | None = None  # crowd: the mean field's weight
+    crowd_prior: Mapping[str, float] | None = None  # crowd: the prior's weight, in decisions
     label: str = ""  # the stored variant name (``mf+<intervention>`` for an intervened twin)
 
 
@@ -172,8 +172,8 @@ class AgentShard:
             x = sim.features[positions.start:positions.stop]
             return {"stance": surrogate_probs(sim.variant, self.world, sim.event_id, x,
                                               view.shares["stance"], view.n_seen["stance"])}
-        if sim.crowd_weight is not None:  # one distribution per round, from the mean field
-            return {d: np.tile(crowd(view.shares[d], p, sim.crowd_weight[d], view.n_seen[d]),
+        if sim.crowd_prior is not None:  # one distribution per round, from the mean field
+            return {d: np.tile(crowd(view.shares[d], p, sim.crowd_prior[d], view.n_seen[d]),
                                (len(positions), 1)) for d, p in sim.fixed.items()}
         if sim.fixed is not None:
             return {d: np.tile(p, (len(positions), 1)) for d, p in sim.fixed.items()}
