@@ -2,8 +2,8 @@
 
 It generates a small synthetic world with known dynamics, writes it as a dataset, simulates
 every event with the four LLM variants (``state``, ``recent``, ``popular``, ``mf``; SmolLM2 by
-default) next to the world's own rule (``oracle``) and the statistical references, and evaluates
-the run against the world's real actions.
+default) next to the world's own rule (``oracle``), the statistical references and ``crowd``
+(the mean field read without a model), and evaluates the run against the world's real actions.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from mfray.data.synthetic import WorldParams, generate
 from mfray.engine import simulate
 from mfray.evaluate.report import evaluate, markdown_table, write_report
 
-DEMO_VARIANTS = ("state", "recent", "popular", "mf", "oracle", "persistence", "base-rate")
+DEMO_VARIANTS = ("state", "recent", "popular", "mf", "oracle", "persistence", "base-rate", "crowd")
 #: small enough for a 2-core CPU with SmolLM2 (about 500 model decisions)
 DEMO_WORLD = WorldParams(n_events=3, min_agents=64, max_agents=80, warmup=32, seed=0)
 
