@@ -12,7 +12,7 @@ fitted on the training events by simulating them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from scipy.special import rel_entr
@@ -50,6 +50,16 @@ def persistence(warmup_labels: np.ndarray, base: np.ndarray, weight: float) -> n
     return weight * _dist(counts) + (1.0 - weight) * np.asarray(base)
 
 
+def _left_out(train_events: Sequence[np.ndarray], usable: Sequence[int], warmup: int,
+              n_options: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Each usable training event ``i`` with the base rate of the *other* training events, as an
+    unseen event would see it, and the distribution of its real rollout labels."""
+    for i in usable:
+        others = [e for j, e in enumerate(train_events) if j != i]
+        base = base_rate(others, n_options) if others else np.full(n_options, 1.0 / n_options)
+        yield i, base, _dist(label_counts(train_events[i][warmup:], n_options))
+
+
 def fit_persistence_weight(train_events: Sequence[np.ndarray], warmup: int,
                            n_options: int) -> float:
     """The blend weight minimising the mean KL(real rollout ‖ prediction) over training events.
@@ -62,10 +72,7 @@ def fit_persistence_weight(train_events: Sequence[np.ndarray], warmup: int,
     if not usable:
         return 0.5
     losses = np.zeros(len(WEIGHT_GRID))
-    for i in usable:
-        others = [e for j, e in enumerate(train_events) if j != i]
-        base = base_rate(others, n_options) if others else np.full(n_options, 1.0 / n_options)
-        real = _dist(label_counts(train_events[i][warmup:], n_options))
+    for i, base, real in _left_out(train_events, usable, warmup, n_options):
         for g, w in enumerate(WEIGHT_GRID):
             pred = persistence(train_events[i][:warmup], base, float(w))
             losses[g] += rel_entr(real, _dist(pred)).sum()
@@ -120,10 +127,7 @@ def fit_crowd_prior(train_events: Sequence[np.ndarray], warmup: int, round_size:
     if not usable:
         return math.inf
     losses = np.zeros(len(PRIOR_GRID))
-    for i in usable:
-        others = [e for j, e in enumerate(train_events) if j != i]
-        base = base_rate(others, n_options) if others else np.full(n_options, 1.0 / n_options)
-        real = _dist(label_counts(train_events[i][warmup:], n_options))
+    for i, base, real in _left_out(train_events, usable, warmup, n_options):
         for g, k in enumerate(PRIOR_GRID):
             for seed in range(seeds):
                 pred = crowd_rollout(train_events[i], base, k, warmup, round_size,
