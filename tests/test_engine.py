@@ -94,10 +94,11 @@ def test_crowd_follows_the_simulated_mean_field(small_world_dir: Path, tmp_path:
     rounds = {(r["sim_id"], r["round"]): r for r in store.read_rounds().to_pylist()}
     rows = [r for r in store.read_decisions().to_pylist() if not r["is_warmup"]]
     base = {r["event_id"]: r["probs"]["stance"] for r in rows if r["variant"] == "base-rate"}
+    prior = {e: crowd_priors(e, labels, ds.label_space, cfg.sim)["stance"] for e in base}
+    assert all(0 <= k < np.inf for k in prior.values())  # the world herds: the crowd pays
     checked = set()
     for r in (r for r in rows if r["variant"] == "crowd"):
-        k = crowd_priors(r["event_id"], labels, ds.label_space, cfg.sim)["stance"]
-        assert 0 <= k < np.inf  # the synthetic world herds: the crowd pays
+        k = prior[r["event_id"]]
         n = sum(sum(rounds[r["sim_id"], t]["counts"]["stance"]) for t in range(r["round"]))
         shares = np.asarray(rounds[r["sim_id"], r["round"] - 1]["meanfield_shares"]["stance"])
         want = (n * shares + k * np.asarray(base[r["event_id"]])) / (n + k)
