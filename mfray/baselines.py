@@ -26,8 +26,10 @@ from mfray.errors import ConfigError
 from mfray.llm import ScriptedModel
 from mfray.persona import FOLLOWER_BUCKETS
 from mfray.references import base_rate, fit_crowd_prior, fit_persistence_weight, persistence
+from mfray.schedule import stable_hash
 
 SURROGATE_SMOOTH = 0.02
+CROWD_FIT_EVENTS = 64  # at most this many training events in ``crowd``'s fit
 
 
 def label_indices(labels: Sequence[Mapping[str, str | None]], dim: str,
@@ -37,15 +39,31 @@ def label_indices(labels: Sequence[Mapping[str, str | None]], dim: str,
                      for lab in labels], dtype=int)
 
 
-def _train_labels(event_id: str, labels_by_event: Mapping[str, Sequence[Mapping]],
-                  dim: str, options: Sequence[str], cfg: SimConfig) -> list[np.ndarray]:
-    """Label indices of the training events: ``cfg.train_events``, or else every other real
-    event of the dataset (leave one event out; resampled copies, ``mfray data mix``, are
-    evaluation events, never another event to fit on)."""
+def training_events(event_id: str, labels_by_event: Mapping[str, Sequence[Mapping]],
+                    cfg: SimConfig) -> tuple[str, ...]:
+    """The events the references fit on for ``event_id``: ``cfg.train_events``, or else every
+    other real event of the dataset (leave one event out; resampled copies, ``mfray data
+    mix``, are evaluation events, never another event to fit on)."""
     source = source_event(event_id)
-    train = cfg.train_events or tuple(e for e in labels_by_event
-                                      if source_event(e) == e != source)
-    return [label_indices(labels_by_event[e], dim, options) for e in train]
+    return cfg.train_events or tuple(e for e in labels_by_event
+                                     if source_event(e) == e != source)
+
+
+def crowd_fit_events(event_id: str, labels_by_event: Mapping[str, Sequence[Mapping]],
+                     cfg: SimConfig) -> tuple[str, ...]:
+    """The training events ``crowd``'s prior is fitted on, in name order: all of them, or the
+    first :data:`CROWD_FIT_EVENTS` by a stable hash of their names where there are more. The fit
+    simulates every event it reads, so this bounds its cost on a dataset of thousands of
+    events, where most held-out events then share one fit (the engine fits once per set)."""
+    train = training_events(event_id, labels_by_event, cfg)
+    if len(train) > CROWD_FIT_EVENTS:
+        train = sorted(train, key=stable_hash)[:CROWD_FIT_EVENTS]
+    return tuple(sorted(train))
+
+
+def _labels(events: Sequence[str], labels_by_event: Mapping[str, Sequence[Mapping]], dim: str,
+            options: Sequence[str]) -> list[np.ndarray]:
+    return [label_indices(labels_by_event[e], dim, options) for e in events]
 
 
 def reference_distribution(variant: str, event_id: str, unit_labels: Sequence[Mapping],
@@ -57,7 +75,8 @@ def reference_distribution(variant: str, event_id: str, unit_labels: Sequence[Ma
     unit's own warm-up agents only."""
     out = {}
     for dim, options in label_space.items():
-        train_labels = _train_labels(event_id, labels_by_event, dim, options, cfg)
+        train_labels = _labels(training_events(event_id, labels_by_event, cfg),
+                               labels_by_event, dim, options)
         base = base_rate(train_labels, len(options))
         if variant in ("base-rate", "crowd"):
             out[dim] = base
@@ -68,12 +87,12 @@ def reference_distribution(variant: str, event_id: str, unit_labels: Sequence[Ma
     return out
 
 
-def crowd_priors(event_id: str, labels_by_event: Mapping[str, Sequence[Mapping]],
+def crowd_priors(fit_events: Sequence[str], labels_by_event: Mapping[str, Sequence[Mapping]],
                  label_space: Mapping[str, Sequence[str]], cfg: SimConfig) -> dict[str, float]:
-    """``crowd``'s prior weight per dimension for an event, fitted by simulating the training
-    events in closed loop with the run's warm-up and round size."""
-    return {dim: fit_crowd_prior(_train_labels(event_id, labels_by_event, dim, options, cfg),
-                                  cfg.warmup, cfg.round_size, len(options))
+    """``crowd``'s prior weight per dimension, fitted by simulating ``fit_events``
+    (:func:`crowd_fit_events`) in closed loop with the run's warm-up and round size."""
+    return {dim: fit_crowd_prior(_labels(fit_events, labels_by_event, dim, options),
+                                 cfg.warmup, cfg.round_size, len(options))
             for dim, options in label_space.items()}
 
 

@@ -83,7 +83,7 @@ def test_crowd_follows_the_simulated_mean_field(small_world_dir: Path, tmp_path:
     """Each rollout round, ``crowd`` gives (n · shares + k · base rate) / (n + k): the mean
     field after the round before (the rollout's own draws included) and its n decisions, k
     fitted on the other events."""
-    from mfray.baselines import crowd_priors
+    from mfray.baselines import crowd_fit_events, crowd_priors
     from mfray.schedule import build_units
 
     cfg = _cfg(small_world_dir, variants=("crowd", "base-rate"), seeds=(0,))
@@ -94,7 +94,8 @@ def test_crowd_follows_the_simulated_mean_field(small_world_dir: Path, tmp_path:
     rounds = {(r["sim_id"], r["round"]): r for r in store.read_rounds().to_pylist()}
     rows = [r for r in store.read_decisions().to_pylist() if not r["is_warmup"]]
     base = {r["event_id"]: r["probs"]["stance"] for r in rows if r["variant"] == "base-rate"}
-    prior = {e: crowd_priors(e, labels, ds.label_space, cfg.sim)["stance"] for e in base}
+    prior = {e: crowd_priors(crowd_fit_events(e, labels, cfg.sim), labels, ds.label_space,
+                             cfg.sim)["stance"] for e in base}
     assert all(0 <= k < np.inf for k in prior.values())  # the world herds: the crowd pays
     checked = set()
     for r in (r for r in rows if r["variant"] == "crowd"):

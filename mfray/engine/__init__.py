@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from mfray.baselines import crowd_priors, load_world, reference_distribution
+from mfray.baselines import crowd_fit_events, crowd_priors, load_world, reference_distribution
 from mfray.config import LLM_VARIANTS, REFERENCE_VARIANTS, SURROGATE_VARIANTS, RunConfig, from_dict
 from mfray.data.schema import Dataset
 from mfray.data.synthetic import SyntheticWorld
@@ -86,7 +86,7 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
     shards: list[list[ShardSim]] = [[] for _ in range(n_shards)]
     metas = []
     key, col, followers = None, {}, ()
-    priors: dict[str, dict[str, float]] = {}  # crowd's fitted prior weights by event
+    priors: dict[tuple[str, ...], dict[str, float]] = {}  # crowd's fits by training set
     for spec in specs:  # unit-major order: one unit's columns are alive at a time
         unit = spec.unit
         if unit.key() != key:
@@ -100,9 +100,12 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
         fixed = (reference_distribution(spec.variant, unit.event_id, col["labels"],
                                         labels_by_event, ds.label_space, cfg.sim)
                  if spec.variant in REFERENCE_VARIANTS else None)
-        if spec.variant == "crowd" and unit.event_id not in priors:
-            priors[unit.event_id] = crowd_priors(unit.event_id, labels_by_event,
-                                                   ds.label_space, cfg.sim)
+        crowd_prior = None
+        if spec.variant == "crowd":
+            fit = crowd_fit_events(unit.event_id, labels_by_event, cfg.sim)
+            if fit not in priors:
+                priors[fit] = crowd_priors(fit, labels_by_event, ds.label_space, cfg.sim)
+            crowd_prior = priors[fit]
         feats = (np.stack([world.features(p) for p in col["profile"]])
                  if spec.variant in SURROGATE_VARIANTS else None)
         for k in range(n_shards):
@@ -114,7 +117,7 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
                 spec.sim_id, unit.event_id, unit.key(), spec.variant, spec.seed, unit.topic,
                 tuple(idx), **part, features=None if feats is None else feats[idx],
                 fixed=fixed, label=spec.label,
-                crowd_prior=priors[unit.event_id] if spec.variant == "crowd" else None))
+                crowd_prior=crowd_prior))
     return shards, metas, world
 
 
