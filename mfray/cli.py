@@ -97,7 +97,8 @@ def cmd_data_mix(args: argparse.Namespace) -> None:
     ds = read_dataset(args.dir)
     events = args.events.split(",") if args.events else ds.event_ids()
     mixed, ids = mix_events(ds, events, args.copies, alpha=args.alpha, seed=args.seed,
-                            dimension=args.dimension, min_agents=args.min_agents)
+                            dimension=args.dimension, min_agents=args.min_agents,
+                            centre=args.centre)
     if not ids:
         raise MfrayError(f"no copy has {args.min_agents} replies: the events' label counts "
                          "cannot fill one (lower --min-agents or raise --alpha)")
@@ -340,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--copies", type=int, default=4, help="copies per event (default 4)")
     m.add_argument("--alpha", type=float, default=1.0,
                    help="Dirichlet concentration of the drawn mixes (default 1: any mix)")
+    m.add_argument("--centre", choices=("uniform", "base-rate"), default="uniform",
+                   help="mean of the drawn mixes: uniform (default), or the pooled reply mix "
+                   "of --events, which copies then scatter around")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--dimension", help="the label dimension to resample (default: the first)")
     m.add_argument("--min-agents", type=int, default=80,

@@ -58,6 +58,32 @@ def test_copies_are_ordered_subsets_of_the_real_replies_in_varied_mixes(
     assert not other.posts.equals(mixed.posts)
 
 
+def test_copies_centred_on_the_base_rate_scatter_around_it(small_world_dir: Path) -> None:
+    """``centre="base-rate"``: mixes drawn around the copied events' pooled reply mix, where
+    the default draws them around the uniform mix; the default's draws are unchanged."""
+    ds = read_dataset(small_world_dir)
+    events = ds.event_ids()
+    pooled = sum(reply_mix(ds, e, "stance") for e in events)
+    pooled = pooled / pooled.sum()
+    assert pooled[STANCE_OPTIONS.index("query")] < 0.1  # far from uniform
+
+    def mean_mix(mixed, ids) -> np.ndarray:
+        shares = [reply_mix(mixed, i, "stance") / reply_mix(mixed, i, "stance").sum()
+                  for i in ids]
+        return np.mean(shares, axis=0)
+
+    centred = mix_events(ds, events, 12, alpha=20.0, seed=0, min_agents=10, centre="base-rate")
+    uniform = mix_events(ds, events, 12, alpha=20.0, seed=0, min_agents=10)
+    assert len(centred[1]) >= 20 and len(uniform[1]) >= 20  # the counts fill some copies
+    near, far = (np.abs(mean_mix(*m) - pooled).max() for m in (centred, uniform))
+    assert near < 0.03 and far > 0.1
+    np.testing.assert_allclose(mean_mix(*uniform), 0.25, atol=0.05)
+    same = mix_events(ds, events, 12, alpha=20.0, seed=0, min_agents=10, centre="uniform")
+    assert same[0].posts.equals(uniform[0].posts)
+    with pytest.raises(ConfigError, match="centre"):
+        mix_events(ds, events, 1, centre="median")
+
+
 def test_a_copy_the_counts_cannot_fill_is_left_out(small_world_dir: Path) -> None:
     ds = read_dataset(small_world_dir)
     assert mix_events(ds, ds.event_ids()[:1], 3, min_agents=10_000) == (ds, [])

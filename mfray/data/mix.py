@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +35,8 @@ from mfray.data.schema import Dataset
 from mfray.errors import ConfigError
 
 SEPARATOR = "~mix"
+Centre = Literal["uniform", "base-rate"]
+CENTRES: tuple[Centre, ...] = ("uniform", "base-rate")
 MAX_DRAWS = 100  # redraws of a mix whose feasible size is below min_agents
 
 
@@ -51,14 +54,20 @@ def copy_sizes(counts: np.ndarray, mix: np.ndarray) -> np.ndarray:
 
 
 def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float = 1.0,
-               seed: int = 0, dimension: str | None = None, min_agents: int = 64
-               ) -> tuple[Dataset, list[str]]:
+               seed: int = 0, dimension: str | None = None, min_agents: int = 64,
+               centre: Centre = "uniform") -> tuple[Dataset, list[str]]:
     """``ds`` plus ``copies`` resampled copies of each of ``events``; returns the dataset and
     the ids of the copies (``event~mixK``, ``K`` from the first name the dataset does not
     have yet). Copies smaller than ``min_agents`` replies are redrawn (up to ``MAX_DRAWS``
-    times, then left out)."""
-    if copies < 0 or alpha <= 0 or min_agents < 1:
-        raise ConfigError("need copies >= 0, alpha > 0 and min_agents >= 1")
+    times, then left out).
+
+    The mixes are drawn from ``Dirichlet(alpha · K · c)`` over the ``K`` options: ``centre``
+    ``"uniform"`` (``c = 1/K``: ``Dirichlet(alpha)``, any mix) or ``"base-rate"`` (``c`` the
+    pooled reply mix of ``events``, Laplace-smoothed), so that copies scatter around the
+    events' own base rate and a policy trained on them learns that as its prior mean."""
+    if copies < 0 or alpha <= 0 or min_agents < 1 or centre not in CENTRES:
+        raise ConfigError(f"need copies >= 0, alpha > 0, min_agents >= 1 and a centre in "
+                          f"{CENTRES}")
     dim = dimension or next(iter(ds.label_space))
     if dim not in ds.label_space:
         raise ConfigError(f"unknown dimension {dim!r}; the data has {list(ds.label_space)}")
@@ -68,6 +77,10 @@ def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float 
     if unknown:
         raise ConfigError(f"unknown event(s) {unknown}; the dataset has {sorted(known)}")
     rng = np.random.default_rng(seed)
+    concentration = np.full(len(options), alpha)
+    if centre == "base-rate":
+        pooled = sum(reply_mix(ds, e, dim) for e in events) + 1.0
+        concentration = alpha * len(options) * pooled / pooled.sum()
     new_events, new_posts, ids = [], [], []
     for event in events:
         posts = ds.posts_of(event)
@@ -76,7 +89,7 @@ def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float 
         row = ds.events.filter(pc.equal(ds.events["event_id"], event)).slice(0, 1)
         for _copy in range(copies):
             for _ in range(MAX_DRAWS):
-                sizes = copy_sizes(counts, rng.dirichlet(np.full(len(options), alpha)))
+                sizes = copy_sizes(counts, rng.dirichlet(concentration))
                 if sizes.sum() >= min_agents:
                     break
             else:
