@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mfray.data.mix import CENTRES
 from mfray.data.topics import EARLIEST, retopic
 from mfray.data.topics import RULES as TOPIC_RULES
 from mfray.errors import MfrayError
@@ -341,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--copies", type=int, default=4, help="copies per event (default 4)")
     m.add_argument("--alpha", type=float, default=1.0,
                    help="Dirichlet concentration of the drawn mixes (default 1: any mix)")
-    m.add_argument("--centre", choices=("uniform", "base-rate"), default="uniform",
+    m.add_argument("--centre", choices=CENTRES, default="uniform",
                    help="mean of the drawn mixes: uniform (default), or the pooled reply mix "
                    "of --events, which copies then scatter around")
     m.add_argument("--seed", type=int, default=0)

@@ -103,7 +103,7 @@ def crowd_rollout(labels: np.ndarray, base: np.ndarray, prior: float, warmup: in
     for start in range(0, len(labels), round_size):
         block = labels[start:start + round_size]
         seen = counts.sum()
-        p = crowd(counts / seen if seen else counts, base, prior, seen)
+        p = crowd(counts / max(seen, 1.0), base, prior, seen)
         rollout = np.arange(start, start + len(block)) >= warmup
         total += p * int((rollout & (block >= 0)).sum())
         real = block[~rollout]

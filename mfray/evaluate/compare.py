@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from scipy import stats
 
-from mfray.config import EvalConfig
+from mfray.config import REFERENCE_VARIANTS, EvalConfig
 from mfray.errors import DataError
 from mfray.evaluate import metrics as M
 from mfray.evaluate.report import (
@@ -42,7 +42,7 @@ LLM_BASELINES = ("state", "recent", "popular", "sft")
 REFERENCES = ("base-rate", "persistence")
 #: Variants without an LLM, shown as references; ``crowd`` is not in the ΔKL pool, whose
 #: reference is the better of ``base-rate`` and ``persistence`` (method.md §3)
-NO_LLM = (*REFERENCES, "crowd")
+NO_LLM = REFERENCE_VARIANTS
 AGAINST = {"llm": LLM_BASELINES, "ref": REFERENCES}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
