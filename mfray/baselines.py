@@ -1,7 +1,7 @@
 """Policies that need no language model, as vectorised functions the shards call.
 
 - ``base-rate`` / ``persistence`` (method.md §3): one fixed distribution per simulation and
-  dimension, fitted by :func:`reference_distribution` on the training events only.
+  dimension, fitted by :func:`reference_fits` on the training events only.
 - ``crowd``: the Dirichlet posterior predictive of the simulated mean field, each round, with
   the base rate as the prior's mean and the prior weight :func:`crowd_priors` fits on the
   training events in closed loop.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -66,33 +67,44 @@ def _labels(events: Sequence[str], labels_by_event: Mapping[str, Sequence[Mappin
     return [label_indices(labels_by_event[e], dim, options) for e in events]
 
 
-def reference_distribution(variant: str, event_id: str, unit_labels: Sequence[Mapping],
-                           labels_by_event: Mapping[str, Sequence[Mapping]],
-                           label_space: Mapping[str, Sequence[str]], cfg: SimConfig
-                           ) -> dict[str, np.ndarray]:
-    """The fixed distribution per dimension of ``base-rate`` or ``persistence`` for one unit,
-    fitted on the training events only (``crowd``: its base rate). ``persistence`` reads the
-    unit's own warm-up agents only."""
+@dataclass(frozen=True)
+class ReferenceFit:
+    """``base-rate``'s, ``persistence``'s or ``crowd``'s fit for one unit and dimension: the
+    distribution every rollout agent gets (``crowd``: its prior's mean, the base rate) and,
+    for ``persistence``, the fitted weight of the warm-up's mix."""
+
+    probs: np.ndarray
+    weight: float | None = None
+
+
+def reference_fits(variant: str, event_id: str, unit_labels: Sequence[Mapping],
+                   labels_by_event: Mapping[str, Sequence[Mapping]],
+                   label_space: Mapping[str, Sequence[str]], cfg: SimConfig
+                   ) -> dict[str, ReferenceFit]:
+    """The fit per dimension of ``base-rate``, ``persistence`` or ``crowd`` for one unit, on
+    the training events only. ``persistence`` reads the unit's own warm-up agents only."""
     out = {}
     for dim, options in label_space.items():
         train_labels = _labels(training_events(event_id, labels_by_event, cfg),
                                labels_by_event, dim, options)
         base = base_rate(train_labels, len(options))
         if variant in ("base-rate", "crowd"):
-            out[dim] = base
+            out[dim] = ReferenceFit(base)
         else:
             weight = fit_persistence_weight(train_labels, cfg.warmup, len(options))
             warm = label_indices(unit_labels, dim, options)[: cfg.warmup]
-            out[dim] = persistence(warm, base, weight)
+            out[dim] = ReferenceFit(persistence(warm, base, weight), weight)
     return out
 
 
 def crowd_priors(fit_events: Sequence[str], labels_by_event: Mapping[str, Sequence[Mapping]],
                  label_space: Mapping[str, Sequence[str]], cfg: SimConfig) -> dict[str, float]:
     """``crowd``'s prior weight per dimension, fitted by simulating ``fit_events``
-    (:func:`crowd_fit_events`) in closed loop with the run's warm-up and round size."""
+    (:func:`crowd_fit_events`) in closed loop with the run's warm-up, round size and
+    mean-field update."""
     return {dim: fit_crowd_prior(_labels(fit_events, labels_by_event, dim, options),
-                                 cfg.warmup, cfg.round_size, len(options))
+                                 cfg.warmup, cfg.round_size, len(options),
+                                 expected=cfg.meanfield_update == "expected")
             for dim, options in label_space.items()}
 
 

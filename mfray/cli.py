@@ -216,7 +216,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from mfray.config import EvalConfig
     from mfray.evaluate.effects import format_effects, intervention_effects
-    from mfray.evaluate.report import evaluate, markdown_table, write_report
+    from mfray.evaluate.report import evaluate, format_reference_fits, markdown_table, write_report
+    from mfray.store import RunStore
 
     ev = evaluate(args.run_dir, EvalConfig(source=args.source))
     paths = write_report(ev, args.out or Path(args.run_dir) / "eval")
@@ -224,6 +225,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"\n{dim} — mean over events [95% bootstrap interval], rollout agents only "
               f"(simulated distribution from {args.source})\n")
         print(markdown_table(ev.summary, dim))
+    fits = RunStore.open(args.run_dir).read_references()
+    if fits.num_rows:
+        print("\nreferences, fitted on the training events (references.parquet)\n")
+        print(format_reference_fits(fits))
     effects = intervention_effects(args.run_dir)
     if effects:
         print("\nintervention effects (treated − untouched twin, same seeds), decisions after "

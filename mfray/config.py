@@ -24,7 +24,7 @@ import yaml
 from mfray.data.mix import source_event
 from mfray.errors import ConfigError
 from mfray.interventions import Intervention
-from mfray.meanfield import Form
+from mfray.meanfield import Form, Update
 
 #: Policy variants (method.md §3). The LLM variants arrive with the engine; the statistical
 #: references and the synthetic world's built-in policies run without a model.
@@ -55,6 +55,10 @@ class SimConfig:
     # which a tuned small model reads (README, "The synthetic world"). An adapter is tuned
     # for one form: simulate it with the same
     meanfield_form: Form = "shares"
+    # what a model decision adds to the numeric mean field: "draws" its drawn label, as a real
+    # action does; "expected" its action distribution (choice mode), so the population state
+    # is the expected one and not one draw of it. Real and injected actions count their label
+    meanfield_update: Update = "draws"
     max_failure_rate: float = 0.2  # share of a round's model decisions that may fail
     interventions: tuple[Intervention, ...] = ()  # each runs next to its untouched twin
 

@@ -20,6 +20,10 @@ TALLY_SIZE = 20  # reactions written out by the ``tally`` form
 
 Form = Literal["shares", "tally"]
 FORMS: tuple[Form, ...] = ("shares", "tally")
+#: what a model decision adds to the mean field: its drawn label (one count), or its whole
+#: action distribution (the expected count of each option; see ``SimConfig.meanfield_update``)
+Update = Literal["draws", "expected"]
+UPDATES: tuple[Update, ...] = ("draws", "expected")
 
 
 def tally(shares: np.ndarray, size: int = TALLY_SIZE) -> np.ndarray:
@@ -35,9 +39,12 @@ def tally(shares: np.ndarray, size: int = TALLY_SIZE) -> np.ndarray:
 
 @dataclass(frozen=True)
 class NumericMeanField:
-    """Counts of each label per dimension over all decisions so far (options in label order)."""
+    """Counts of each label per dimension over all decisions so far (options in label order).
 
-    counts: Mapping[str, tuple[int, ...]]
+    Whole numbers while every decision counts its label; fractional once decisions count their
+    action distributions (:meth:`update` with ``probs``)."""
+
+    counts: Mapping[str, tuple[float, ...]]
 
     @classmethod
     def empty(cls, label_space: LabelSpace) -> NumericMeanField:
@@ -45,19 +52,29 @@ class NumericMeanField:
         return cls({dim: (0,) * len(options) for dim, options in label_space.items()})
 
     def update(self, label_space: LabelSpace,
-               labels: Mapping[str, Sequence[str | None]]) -> NumericMeanField:
-        """Add one round's decisions (None labels, e.g. failed decisions, are not counted)."""
+               labels: Mapping[str, Sequence[str | None]],
+               probs: Mapping[str, Sequence[Sequence[float] | None]] | None = None
+               ) -> NumericMeanField:
+        """Add one round's decisions (None labels, e.g. failed decisions, are not counted).
+
+        ``probs`` (aligned with ``labels``): a decision with a distribution adds it, the
+        expected count of each option, instead of one count for its label; the others (real
+        actions, injected posts) add their label."""
         out = {}
         for dim, options in label_space.items():
-            add = np.zeros(len(options), dtype=np.int64)
-            for label in labels.get(dim, ()):
-                if label is not None:
+            add = np.zeros(len(options))
+            dist = (probs or {}).get(dim) or [None] * len(labels.get(dim, ()))
+            for label, p in zip(labels.get(dim, ()), dist, strict=True):
+                if p is not None:
+                    add += np.asarray(p, dtype=float)
+                elif label is not None:
                     add[options.index(label)] += 1
-            out[dim] = tuple(int(c) for c in np.asarray(self.counts[dim]) + add)
+            out[dim] = tuple(_count(c) for c in np.asarray(self.counts[dim], dtype=float) + add)
         return NumericMeanField(out)
 
     def n(self, dim: str) -> int:
-        return int(sum(self.counts[dim]))
+        """The number of decisions counted (expected counts sum to whole decisions)."""
+        return round(float(sum(self.counts[dim])))
 
     def shares(self, dim: str) -> np.ndarray:
         """Shares of each option; uniform while nothing has been decided."""
@@ -89,7 +106,8 @@ class NumericMeanField:
             order = np.argsort(-np.asarray(self.counts[dim]), kind="stable")
             if form == "tally":
                 words = np.repeat(np.asarray(options)[order], tally(shares)[order])
-                seed = zlib.crc32(repr((dim, tuple(self.counts[dim]))).encode())
+                seed = zlib.crc32(repr((dim, tuple(_count(c, 6) for c in self.counts[dim])
+                                        )).encode())
                 words = np.random.default_rng(seed).permutation(words)
                 lines.append(f"{dim}: {len(words)} typical reactions: {' '.join(words)} "
                              f"(n={self.n(dim)})")
@@ -97,3 +115,10 @@ class NumericMeanField:
             parts = ", ".join(f"{options[k]} {shares[k]:.0%}" for k in order)
             lines.append(f"{dim}: {parts} (n={self.n(dim)})")
         return "\n".join(lines)
+
+
+def _count(c: float, digits: int = 9) -> float:
+    """A count as stored: an int when whole (labels only), else rounded to ``digits`` decimals,
+    so that sums in another order give the same mean field."""
+    r = round(float(c), digits)
+    return int(r) if r.is_integer() else r

@@ -91,12 +91,14 @@ def crowd(shares: np.ndarray, base: np.ndarray, prior: float, n_seen: float) -> 
 
 
 def crowd_rollout(labels: np.ndarray, base: np.ndarray, prior: float, warmup: int,
-                  round_size: int, rng: np.random.Generator) -> np.ndarray:
+                  round_size: int, rng: np.random.Generator, expected: bool = False
+                  ) -> np.ndarray:
     """``crowd``'s expected label distribution over one event's labelled rollout agents.
 
     The simulator's schedule: rounds of ``round_size`` agents see the mean field of every earlier
     decision; agents before ``warmup`` act with their real labels (missing ones count for
-    nothing), the others draw from :func:`crowd`, and their draws join the mean field."""
+    nothing), the others draw from :func:`crowd`, and their draws join the mean field (with
+    ``expected``, their distributions: ``sim.meanfield_update = "expected"``)."""
     labels = np.asarray(labels, dtype=int)
     counts = np.zeros(len(base))
     total = np.zeros(len(base))
@@ -109,16 +111,18 @@ def crowd_rollout(labels: np.ndarray, base: np.ndarray, prior: float, warmup: in
         real = block[~rollout]
         counts += np.bincount(real[real >= 0], minlength=len(base))
         draws = rng.choice(len(base), size=int(rollout.sum()), p=p / p.sum())
-        counts += np.bincount(draws, minlength=len(base))
+        counts += (p * len(draws) if expected else np.bincount(draws, minlength=len(base)))
     return total / total.sum() if total.sum() else np.asarray(base, dtype=float)
 
 
 def fit_crowd_prior(train_events: Sequence[np.ndarray], warmup: int, round_size: int,
-                    n_options: int, seeds: int = CROWD_FIT_SEEDS) -> float:
+                    n_options: int, seeds: int = CROWD_FIT_SEEDS, expected: bool = False
+                    ) -> float:
     """The prior weight (in decisions, from :data:`PRIOR_GRID`) minimising the mean
     KL(real rollout ‖ ``crowd``) over the training events, each simulated in closed loop
     (:func:`crowd_rollout`) with the base rate of the *other* training events, ``seeds`` times
-    per value with the same draws for every value.
+    per value with the same draws for every value (one is enough with ``expected``: no draw
+    enters the mean field).
 
     Events without a labelled rollout agent are skipped; with none left, the base rate
     (``inf``)."""
@@ -129,8 +133,8 @@ def fit_crowd_prior(train_events: Sequence[np.ndarray], warmup: int, round_size:
     losses = np.zeros(len(PRIOR_GRID))
     for i, base, real in _left_out(train_events, usable, warmup, n_options):
         for g, k in enumerate(PRIOR_GRID):
-            for seed in range(seeds):
+            for seed in range(1 if expected else seeds):
                 pred = crowd_rollout(train_events[i], base, k, warmup, round_size,
-                                     np.random.default_rng([i, seed]))
+                                     np.random.default_rng([i, seed]), expected)
                 losses[g] += rel_entr(real, _dist(pred)).sum()
     return float(PRIOR_GRID[int(np.argmin(losses))])

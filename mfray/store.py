@@ -7,6 +7,7 @@ A run lives in one directory::
     RUN_DIR/config.json                           the resolved config, pretty-printed
     RUN_DIR/decisions/round=000012/part-0.parquet one row per agent decision of round 12
     RUN_DIR/rounds/round=000012/part-0.parquet    one row per simulation of round 12
+    RUN_DIR/references.parquet                    the model-free references' fits (if any ran)
 
 Partitions are by round only, one file per round holding *all* simulations of the run, rows sorted
 by (sim_id, agent_index). This deviates on purpose from the architecture's ``run=/sim=/round=``
@@ -110,6 +111,19 @@ RUNS_SCHEMA = pa.schema([
     _f("finished_at", _TIME), _f("config_json", _STR, False), _f("versions_json", _STR, False),
     _f("model_id", _STR), _f("label_space_json", _STR, False),
     _f("n_simulations", _I32, False), _f("message", _STR),
+])
+
+
+#: one row per (unit, reference variant, dimension): what ``base-rate``, ``persistence`` and
+#: ``crowd`` were fitted to (the same for every seed and intervention of the unit)
+REFERENCES_SCHEMA = pa.schema([
+    _f("unit_key", _STR, False), _f("event_id", _STR, False), _f("variant", _STR, False),
+    _f("dimension", _STR, False), _f("options", pa.list_(_STR), False),
+    _f("probs", pa.list_(_F64), False),  # every rollout agent's (crowd: its prior's mean)
+    _f("persistence_weight", _F64),  # persistence: the warm-up mix's weight
+    _f("crowd_prior", _F64),  # crowd: the prior's weight in decisions (inf: the base rate)
+    _f("n_train_events", _I32, False),  # the events the base rate pools
+    _f("n_fit_events", _I32),  # crowd: the events its prior was fitted on
 ])
 
 
@@ -481,6 +495,19 @@ class RunStore:
             return json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read {path}: {exc}") from exc
+
+    def write_references(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """The references' fits (:data:`REFERENCES_SCHEMA`), written atomically at the run's
+        start (again on resume: the same fits)."""
+        table = pa.Table.from_pylist(list(rows), schema=REFERENCES_SCHEMA)
+        _write_atomic(self.run_dir / "references.parquet", _parquet_writer(table))
+
+    def read_references(self) -> pa.Table:
+        """The references' fits; an empty table for a run without model-free references."""
+        path = self.run_dir / "references.parquet"
+        if not path.exists():
+            return REFERENCES_SCHEMA.empty_table()
+        return _read_parquet(path, REFERENCES_SCHEMA)
 
     def files(self, table: str = "decisions") -> list[Path]:
         """The files of ``table`` ("decisions" or "rounds") for the complete rounds, in order."""

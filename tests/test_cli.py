@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mfray.cli import main
+from mfray.store import RunStore
 from tests.conftest import FIXTURES, require_real_data
 
 RUMOUREVAL_FIXTURE = FIXTURES / "rumoureval" / "traindev2017"
@@ -135,6 +136,10 @@ def test_simulate_evaluate_round_trip(small_world_dir: Path, tmp_path: Path,
     assert main(["evaluate", str(run)]) == 0
     out = capsys.readouterr().out
     assert "| persistence | 4 |" in out and "| base-rate | 4 |" in out
+    assert "| base-rate | stance | the base rate (4) | 3 |" in out  # 4 events, 3 to fit each
+    weights = [r["persistence_weight"] for r in RunStore.open(run).read_references().to_pylist()
+               if r["variant"] == "persistence"]
+    assert len(weights) == 4 and all(f"warm-up weight {w:.2f}" in out for w in weights)
     assert (run / "eval" / "shares.png").exists()
     assert main(["simulate", "--data", str(small_world_dir), "--out", str(tmp_path / "r2"),
                  "--variants", "mf", "--model", str(tmp_path / "no-model")]) == 2

@@ -129,7 +129,7 @@ def test_training_with_mix_copies_reads_only_copies_of_training_events(
 
 def test_copies_are_evaluation_events_for_every_leave_one_out_rule(
         small_world_dir: Path) -> None:
-    from mfray.baselines import reference_distribution
+    from mfray.baselines import reference_fits
     from mfray.train.config import TrainConfig
     from mfray.train.run import training_events
 
@@ -156,8 +156,8 @@ def test_copies_are_evaluation_events_for_every_leave_one_out_rule(
     space = {"stance": list(STANCE_OPTIONS)}
     labels = {e: _replies(mixed, e)["labels"].to_pylist() for e in mixed.event_ids()}
     sim = SimConfig(data=str(small_world_dir))
-    got = reference_distribution("base-rate", held_ids[1], labels[held_ids[1]], labels, space,
-                                 sim)
+    got = {d: f.probs for d, f in reference_fits("base-rate", held_ids[1], labels[held_ids[1]],
+                                                 labels, space, sim).items()}
     counts = Counter(x["stance"] for e in real_others for x in labels[e])
     np.testing.assert_allclose(got["stance"], [counts[o] / sum(counts.values())
                                                for o in STANCE_OPTIONS], atol=1e-5)

@@ -86,7 +86,7 @@ def test_crowd_follows_the_simulated_mean_field(small_world_dir: Path, tmp_path:
     from mfray.baselines import crowd_fit_events, crowd_priors
     from mfray.schedule import build_units
 
-    cfg = _cfg(small_world_dir, variants=("crowd", "base-rate"), seeds=(0,))
+    cfg = _cfg(small_world_dir, variants=("crowd", "base-rate", "persistence"), seeds=(0, 1))
     store = _run(cfg, tmp_path / "r")
     ds = read_dataset(small_world_dir)
     labels = {u.event_id: u.agents["labels"].to_pylist()
@@ -106,6 +106,50 @@ def test_crowd_follows_the_simulated_mean_field(small_world_dir: Path, tmp_path:
         np.testing.assert_allclose(r["probs"]["stance"], want, rtol=1e-12)
         checked.add((r["event_id"], tuple(np.round(want, 12))))
     assert len(checked) > 2 * len(base)  # the distribution moves from round to round
+    # the run records the fits: one row per event and reference, whatever the seeds
+    refs = {(r["event_id"], r["variant"]): r for r in store.read_references().to_pylist()}
+    assert len(refs) == 3 * len(base) == store.read_references().num_rows
+    for e, base_probs in base.items():
+        crowd_row, base_row, pers = (refs[e, v] for v in ("crowd", "base-rate", "persistence"))
+        assert crowd_row["crowd_prior"] == prior[e] and crowd_row["n_fit_events"] == len(base) - 1
+        assert crowd_row["probs"] == base_row["probs"] == base_probs
+        assert base_row["crowd_prior"] is None and base_row["persistence_weight"] is None
+        assert base_row["n_train_events"] == len(base) - 1 and base_row["options"][1] == "deny"
+        got = {tuple(r["probs"]["stance"]) for r in rows
+               if r["variant"] == "persistence" and r["event_id"] == e}
+        assert got == {tuple(pers["probs"])}  # what every rollout agent got
+        w = pers["persistence_weight"]
+        warm = [x["stance"] for x in labels[e][:cfg.sim.warmup] if x["stance"]]
+        mix = np.array([warm.count(o) for o in base_row["options"]]) / len(warm)
+        np.testing.assert_allclose(pers["probs"], w * mix + (1 - w) * np.asarray(base_probs),
+                                   atol=1e-5)
+
+
+def test_expected_update_counts_each_rollout_distribution(small_world_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """``sim.meanfield_update = "expected"``: after each round the mean field holds the real
+    labels of the warm-up and the action distributions of the rollout (crowd, surrogate-mf and
+    the model's mf alike), and the run is the same on 1 and 4 shards."""
+    kw = {"variants": ("crowd", "surrogate-mf", "mf"), "seeds": (0,),
+          "meanfield_update": "expected"}
+    runs = [_run(_cfg(small_world_dir, shards=s, **kw), tmp_path / f"s{s}") for s in (1, 4)]
+    rows = runs[0].read_decisions().to_pylist()
+    assert _stable(runs[0].read_decisions()) == _stable(runs[1].read_decisions())
+    options = ("support", "deny", "query", "comment")
+    added: dict = {}
+    for r in rows:
+        one = (np.asarray(r["probs"]["stance"]) if not r["is_warmup"] else
+               np.eye(4)[options.index(r["real"]["stance"])] if r["real"]["stance"]
+               else np.zeros(4))
+        key = (r["sim_id"], r["round"])
+        added[key] = added.get(key, np.zeros(4)) + one
+    total: dict = {}
+    for r in sorted(runs[0].read_rounds().to_pylist(), key=lambda r: (r["sim_id"], r["round"])):
+        total[r["sim_id"]] = total.get(r["sim_id"], np.zeros(4)) + added[r["sim_id"], r["round"]]
+        np.testing.assert_allclose(r["meanfield_shares"]["stance"],
+                                   total[r["sim_id"]] / total[r["sim_id"]].sum(), atol=1e-8)
+        assert f"(n={round(total[r['sim_id']].sum())})" in r["meanfield_text"]
+    assert any(not float(c).is_integer() for t in total.values() for c in t)
 
 
 def test_llm_variants_with_the_scripted_model(small_world_dir: Path, tmp_path: Path) -> None:

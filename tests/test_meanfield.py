@@ -43,6 +43,27 @@ def test_none_labels_are_not_counted() -> None:
     np.testing.assert_array_equal(mf.shares("emotion"), [0.5, 0.5])  # still uniform
 
 
+def test_decisions_with_a_distribution_add_their_expected_counts() -> None:
+    """``sim.meanfield_update = "expected"``: a model decision adds its action distribution,
+    a real or injected one (no distribution) its label; n still counts whole decisions."""
+    mf = NumericMeanField.empty(SPACE).update(SPACE, {"stance": ["comment", "deny"]})
+    mf = mf.update(SPACE, {"stance": ["deny", "query", "support"]},
+                   {"stance": [[0.1, 0.2, 0.3, 0.4], None, [0.5, 0.0, 0.25, 0.25]]})
+    np.testing.assert_allclose(mf.counts["stance"], [0.6, 1.2, 1.55, 1.65])
+    assert mf.n("stance") == 5
+    np.testing.assert_allclose(mf.shares("stance"), np.array([0.6, 1.2, 1.55, 1.65]) / 5)
+    assert mf.render(SPACE).splitlines()[0] == "stance: comment 33%, query 31%, deny 24%, support 12% (n=5)"
+    # a sum that lands on whole counts is stored as ints, the same as labels give
+    whole = NumericMeanField.empty(SPACE).update(SPACE, {"stance": ["deny", "deny"]},
+                                                 {"stance": [[0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0]]})
+    assert whole.counts["stance"] == (1, 1, 0, 0) == whole.update(SPACE, {}).counts["stance"]
+    assert all(isinstance(c, int) for c in whole.counts["stance"])
+    # the tally line depends on the counts only, not on float noise in the order of the sum
+    a = NumericMeanField({"stance": (0.1 + 0.2, 0.7, 1.0, 2.0), "emotion": (0, 0)})
+    b = NumericMeanField({"stance": (0.3, 0.7, 1.0, 2.0), "emotion": (0, 0)})
+    assert a.render(SPACE, "tally") == b.render(SPACE, "tally")
+
+
 def test_render_exact() -> None:
     mf = NumericMeanField.empty(SPACE).update(
         SPACE, {"stance": ["support", "support", "comment", None], "emotion": ["pos"]})

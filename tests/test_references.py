@@ -141,6 +141,28 @@ def test_crowd_rollout_follows_the_simulators_schedule() -> None:
     np.testing.assert_allclose(got, [1.0, 0, 0, 0])  # only round 1's agents are scored
 
 
+def test_crowd_rollout_with_expected_counts_draws_nothing_into_the_mean_field() -> None:
+    """``expected``: the rollout agents add their distribution to the mean field, so the
+    rollout is deterministic, and with no prior the warm-up's shares never move."""
+    labels = np.array([0, 3] * 10 + [1] * 30)  # warm-up: half option 0, half option 3
+    base = np.array([0.1, 0.2, 0.3, 0.4])
+    got = [crowd_rollout(labels, base, 0.0, 20, 16, np.random.default_rng(s), expected=True)
+           for s in range(3)]
+    np.testing.assert_allclose(got[0], [0.5, 0.0, 0.0, 0.5])
+    np.testing.assert_array_equal(got[0], got[1])
+    np.testing.assert_array_equal(got[0], got[2])
+    # a prior worth 16 decisions, by hand: round 1 (12 rollout agents) has seen round 0's 16
+    # labels; each later round sees the real labels and the expected counts before it
+    c = np.array([8.0, 0, 0, 8])
+    p1 = (c + 16 * base) / 32
+    c = c + [2, 0, 0, 2] + 12 * p1
+    p2 = (c + 16 * base) / 48
+    p3 = (c + 16 * p2 + 16 * base) / 64
+    want = (12 * p1 + 16 * p2 + 2 * p3) / 30
+    got = crowd_rollout(labels, base, 16.0, 20, 16, np.random.default_rng(0), expected=True)
+    np.testing.assert_allclose(got, want)
+
+
 def test_crowd_prior_fits_closed_loop() -> None:
     w = 16
     # each event keeps its warm-up's single option: following the crowd alone is exact
@@ -158,3 +180,8 @@ def test_crowd_prior_fits_closed_loop() -> None:
     # the fit is deterministic, and no labelled rollout anywhere gives the base rate
     assert fit_crowd_prior(noisy, w, 16, K) == fit_crowd_prior(noisy, w, 16, K)
     assert fit_crowd_prior([np.array([0, 1]), np.array([2, -1, -1])], 2, 16, K) == math.inf
+    # with expected counts the rollout does not wander: following the crowd alone is exact
+    # for sticky events, and the noisy ones still want a finite prior
+    assert fit_crowd_prior(sticky, w, 16, K, expected=True) == 0.0
+    assert fit_crowd_prior(contrary, w, 16, K, expected=True) == math.inf
+    assert fit_crowd_prior(noisy, w, 16, K, expected=True) < math.inf

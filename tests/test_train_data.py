@@ -139,6 +139,11 @@ def test_onpolicy_examples_show_the_rollouts_own_mean_field(small_world_dir: Pat
     with pytest.raises(ConfigError, match="ran with sim.round_size=16, this training has 8"):
         prepare_examples(replace(tcfg, sim=replace(cfg.sim, round_size=8)), ds,
                          tmp_path / "tune4", "policy")
+    expected = simulate(replace(cfg, sim=replace(cfg.sim, meanfield_update="expected")), ds,
+                        tmp_path / "expected", progress=False)
+    with pytest.raises(ConfigError, match="sim.meanfield_update='expected'"):
+        prepare_examples(replace(tcfg, train=replace(
+            tcfg.train, onpolicy_runs=(str(expected.run_dir),))), ds, tmp_path / "tune5", "policy")
     with pytest.raises(ConfigError, match="show no population"):
         replace(tcfg.train, variant="sft")
     with pytest.raises(ConfigError, match="mix_copies"):

@@ -22,7 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from mfray.baselines import crowd_fit_events, crowd_priors, load_world, reference_distribution
+from mfray.baselines import (
+    crowd_fit_events,
+    crowd_priors,
+    load_world,
+    reference_fits,
+    training_events,
+)
 from mfray.config import LLM_VARIANTS, REFERENCE_VARIANTS, SURROGATE_VARIANTS, RunConfig, from_dict
 from mfray.data.schema import Dataset
 from mfray.data.synthetic import SyntheticWorld
@@ -73,8 +79,11 @@ def plan(cfg: RunConfig, ds: Dataset) -> list[SimSpec]:
 
 
 def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
-                ) -> tuple[list[list[ShardSim]], list[SimMeta], SyntheticWorld | None]:
-    """Split every simulation's agents over the shards (agent i goes to shard i mod S)."""
+               ) -> tuple[list[list[ShardSim]], list[SimMeta], SyntheticWorld | None,
+                          list[dict[str, Any]]]:
+    """Split every simulation's agents over the shards (agent i goes to shard i mod S); also
+    the references' fits, one row per unit, reference variant and dimension (the store's
+    ``references.parquet``)."""
     labels_by_event: dict[str, list[Any]] = {}
     if any(s.variant in REFERENCE_VARIANTS for s in specs):
         every = replace(cfg.sim, unit="event", events=(), min_replies=0, train_events=())
@@ -87,6 +96,7 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
     metas = []
     key, col, followers = None, {}, ()
     priors: dict[tuple[str, ...], dict[str, float]] = {}  # crowd's fits by training set
+    references: dict[tuple[str, str, str], dict[str, Any]] = {}  # one row per unit and variant
     for spec in specs:  # unit-major order: one unit's columns are alive at a time
         unit = spec.unit
         if unit.key() != key:
@@ -97,15 +107,25 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
             followers = tuple((p or {}).get("followers_count") for p in col["profile"])
         metas.append(SimMeta(spec.sim_id, unit.event_id, spec.variant, spec.seed, followers,
                              spec.label, spec.intervention, unit.topic))
-        fixed = (reference_distribution(spec.variant, unit.event_id, col["labels"],
-                                        labels_by_event, ds.label_space, cfg.sim)
-                 if spec.variant in REFERENCE_VARIANTS else None)
-        crowd_prior = None
-        if spec.variant == "crowd":
-            fit = crowd_fit_events(unit.event_id, labels_by_event, cfg.sim)
-            if fit not in priors:
-                priors[fit] = crowd_priors(fit, labels_by_event, ds.label_space, cfg.sim)
-            crowd_prior = priors[fit]
+        fixed, crowd_prior = None, None
+        if spec.variant in REFERENCE_VARIANTS:
+            fits = reference_fits(spec.variant, unit.event_id, col["labels"], labels_by_event,
+                                  ds.label_space, cfg.sim)
+            fixed = {d: f.probs for d, f in fits.items()}
+            fit = ()
+            if spec.variant == "crowd":
+                fit = crowd_fit_events(unit.event_id, labels_by_event, cfg.sim)
+                if fit not in priors:
+                    priors[fit] = crowd_priors(fit, labels_by_event, ds.label_space, cfg.sim)
+                crowd_prior = priors[fit]
+            n_train = len(training_events(unit.event_id, labels_by_event, cfg.sim))
+            references.update({(unit.key(), spec.variant, d): {
+                "unit_key": unit.key(), "event_id": unit.event_id, "variant": spec.variant,
+                "dimension": d, "options": list(ds.label_space[d]), "probs": f.probs.tolist(),
+                "persistence_weight": f.weight, "n_train_events": n_train,
+                "crowd_prior": None if crowd_prior is None else crowd_prior[d],
+                "n_fit_events": len(fit) if crowd_prior is not None else None,
+            } for d, f in fits.items()})
         feats = (np.stack([world.features(p) for p in col["profile"]])
                  if spec.variant in SURROGATE_VARIANTS else None)
         for k in range(n_shards):
@@ -118,7 +138,7 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
                 tuple(idx), **part, features=None if feats is None else feats[idx],
                 fixed=fixed, label=spec.label,
                 crowd_prior=crowd_prior))
-    return shards, metas, world
+    return shards, metas, world, list(references.values())
 
 
 def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool = False,
@@ -138,7 +158,7 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     if llm and model is None:
         check_model(cfg.policy)  # fail before Ray starts when the model cannot exist
     total = max(n_rounds(s.unit.n_agents, cfg.sim.round_size) for s in specs)
-    per_shard, metas, world = shard_sims(specs, ds, cfg, cfg.resources.num_shards)
+    per_shard, metas, world, references = shard_sims(specs, ds, cfg, cfg.resources.num_shards)
     ensure_ray(cfg.resources)
     # the actors' inputs live in the object store, so that lost actors can be rebuilt
     inputs = (ray.put(metas), [ray.put(sims) for sims in per_shard], ray.put(world))
@@ -155,6 +175,8 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
         population, shards = _state_actors(cfg, ds, run_id, inputs)
         model_id = _get(inference[0].model_id.remote()) if inference else "none"
         store = _open_store(cfg, ds, run_dir, stored, model_id, n_sims, run_id)
+        if references:
+            store.write_references(references)
         for attempt in range(MAX_RECOVERIES + 1):
             if attempt:
                 population, shards = _state_actors(cfg, ds, run_id, inputs)

@@ -85,8 +85,10 @@ class Population:
     def update(self, round_index: int, decisions: pa.Table) -> list[dict[str, Any]]:
         """Apply one round's decisions (sorted by sim, agent) and return the rounds-table rows
         (without run id and timings, which the driver adds)."""
-        cols = decisions.select(["sim_id", "agent_index", "action", "action_text",
-                                 "ok", "is_warmup"]).to_pydict()
+        names = ["sim_id", "agent_index", "action", "action_text", "ok", "is_warmup"]
+        if self.cfg.meanfield_update == "expected":  # real histories (training) have none
+            names += ["probs"] if "probs" in decisions.column_names else []
+        cols = decisions.select(names).to_pydict()
         self.round_actions = {}
         rows: list[dict[str, Any]] = []
         start = 0
@@ -106,7 +108,11 @@ class Population:
         order = sorted(idx, key=lambda i: cols["agent_index"][i])
         actions = [cols["action"][i] if cols["ok"][i] else None for i in order]
         labels = {d: [a[d] if a else None for a in actions] for d in self.space}
-        self.mf[sim_id] = self.mf[sim_id].update(self.space, labels)
+        probs = None
+        if "probs" in cols:  # model decisions count their distribution
+            dist = [cols["probs"][i] if cols["ok"][i] else None for i in order]
+            probs = {d: [p[d] if p else None for p in dist] for d in self.space}
+        self.mf[sim_id] = self.mf[sim_id].update(self.space, labels, probs)
         done = [PastAction(action, cols["action_text"][i], meta.followers[cols["agent_index"][i]])
                 for i, action in zip(order, actions, strict=True) if action is not None]
         self.history[sim_id].extend(done)

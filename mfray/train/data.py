@@ -132,7 +132,7 @@ def build_examples(cfg: RunConfig, ds: Dataset, variant: str, *,
     run = replace(cfg, sim=sim_cfg)
     units = build_units(ds, sim_cfg)
     specs = [SimSpec(k, unit, variant, 0) for k, unit in enumerate(units)]
-    per_shard, metas, _ = shard_sims(specs, ds, run, 1)
+    per_shard, metas, _, _ = shard_sims(specs, ds, run, 1)
     mode = cfg.policy.mode
     shard = AgentShard(per_shard[0], ds.label_space, sim_cfg, "train", mode=mode)
     population = Population(metas, ds.label_space, sim_cfg)

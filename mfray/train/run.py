@@ -108,6 +108,11 @@ def _onpolicy_examples(cfg: TrainConfig, run: RunConfig, ds: Dataset, events: li
     tables = []
     for run_dir in cfg.train.onpolicy_runs:
         feed, ran = rollout_feed(run_dir, variant)
+        if ran.get("meanfield_update", "draws") != "draws":
+            raise ConfigError(f"train.onpolicy_runs: {run_dir} ran with sim.meanfield_update="
+                              f"{ran['meanfield_update']!r}; on-policy examples replay the "
+                              "run's drawn actions, so they rebuild a mean field of draws: "
+                              "simulate the run with the default 'draws'")
         for key in ("round_size", "unit"):  # the rollout's rounds must be this run's rounds
             if ran[key] != getattr(cfg.sim, key):
                 raise ConfigError(f"train.onpolicy_runs: {run_dir} ran with sim.{key}="
