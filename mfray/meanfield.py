@@ -23,7 +23,6 @@ FORMS: tuple[Form, ...] = ("shares", "tally")
 #: what a model decision adds to the mean field: its drawn label (one count), or its whole
 #: action distribution (the expected count of each option; see ``SimConfig.meanfield_update``)
 Update = Literal["draws", "expected"]
-UPDATES: tuple[Update, ...] = ("draws", "expected")
 
 
 def tally(shares: np.ndarray, size: int = TALLY_SIZE) -> np.ndarray:

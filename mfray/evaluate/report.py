@@ -346,8 +346,8 @@ def plot_kl_by_event(ev: Evaluation, path: str | Path) -> Path:
 
 def format_reference_fits(fits: pa.Table) -> str:
     """One line per reference and dimension: its fitted parameter and on how many units each
-    value was fitted (``RunStore.read_references``), e.g. ``crowd | stance | prior k = 5 (4
-    units)``; the base rates are in the table itself."""
+    value was fitted, in brackets (``RunStore.read_references``), e.g. ``| crowd | stance |
+    prior k = 5 (4) | 11 |``; the distributions are in the table itself."""
     lines = ["| reference | dimension | fitted (units) | training events |", "|---|---|---|---|"]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in fits.to_pylist():
