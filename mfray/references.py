@@ -110,8 +110,11 @@ def crowd_rollout(labels: np.ndarray, base: np.ndarray, prior: float, warmup: in
         total += p * int((rollout & (block >= 0)).sum())
         real = block[~rollout]
         counts += np.bincount(real[real >= 0], minlength=len(base))
-        draws = rng.choice(len(base), size=int(rollout.sum()), p=p / p.sum())
-        counts += (p * len(draws) if expected else np.bincount(draws, minlength=len(base)))
+        if expected:  # the distributions join the mean field: nothing to draw
+            counts += p * int(rollout.sum())
+        else:
+            draws = rng.choice(len(base), size=int(rollout.sum()), p=p / p.sum())
+            counts += np.bincount(draws, minlength=len(base))
     return total / total.sum() if total.sum() else np.asarray(base, dtype=float)
 
 

@@ -96,7 +96,7 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
     metas = []
     key, col, followers = None, {}, ()
     priors: dict[tuple[str, ...], dict[str, float]] = {}  # crowd's fits by training set
-    references: dict[tuple[str, str, str], dict[str, Any]] = {}  # one row per unit and variant
+    fitted: dict[tuple[str, str], tuple[Any, Any, list[dict[str, Any]]]] = {}  # by unit, variant
     for spec in specs:  # unit-major order: one unit's columns are alive at a time
         unit = spec.unit
         if unit.key() != key:
@@ -108,24 +108,12 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
         metas.append(SimMeta(spec.sim_id, unit.event_id, spec.variant, spec.seed, followers,
                              spec.label, spec.intervention, unit.topic))
         fixed, crowd_prior = None, None
-        if spec.variant in REFERENCE_VARIANTS:
-            fits = reference_fits(spec.variant, unit.event_id, col["labels"], labels_by_event,
-                                  ds.label_space, cfg.sim)
-            fixed = {d: f.probs for d, f in fits.items()}
-            fit = ()
-            if spec.variant == "crowd":
-                fit = crowd_fit_events(unit.event_id, labels_by_event, cfg.sim)
-                if fit not in priors:
-                    priors[fit] = crowd_priors(fit, labels_by_event, ds.label_space, cfg.sim)
-                crowd_prior = priors[fit]
-            n_train = len(training_events(unit.event_id, labels_by_event, cfg.sim))
-            references.update({(unit.key(), spec.variant, d): {
-                "unit_key": unit.key(), "event_id": unit.event_id, "variant": spec.variant,
-                "dimension": d, "options": list(ds.label_space[d]), "probs": f.probs.tolist(),
-                "persistence_weight": f.weight, "n_train_events": n_train,
-                "crowd_prior": None if crowd_prior is None else crowd_prior[d],
-                "n_fit_events": len(fit) if crowd_prior is not None else None,
-            } for d, f in fits.items()})
+        if spec.variant in REFERENCE_VARIANTS:  # fitted once per unit, whatever the seeds
+            ref = (unit.key(), spec.variant)
+            if ref not in fitted:
+                fitted[ref] = _fit_reference(spec.variant, unit, col["labels"], labels_by_event,
+                                             ds.label_space, cfg, priors)
+            fixed, crowd_prior, _ = fitted[ref]
         feats = (np.stack([world.features(p) for p in col["profile"]])
                  if spec.variant in SURROGATE_VARIANTS else None)
         for k in range(n_shards):
@@ -138,7 +126,31 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
                 tuple(idx), **part, features=None if feats is None else feats[idx],
                 fixed=fixed, label=spec.label,
                 crowd_prior=crowd_prior))
-    return shards, metas, world, list(references.values())
+    return shards, metas, world, [row for *_, rows in fitted.values() for row in rows]
+
+
+def _fit_reference(variant: str, unit: Unit, labels: list[Any],
+                   labels_by_event: dict[str, list[Any]], label_space: dict[str, Any],
+                   cfg: RunConfig, priors: dict[tuple[str, ...], dict[str, float]]
+                   ) -> tuple[dict[str, np.ndarray], dict[str, float] | None,
+                              list[dict[str, Any]]]:
+    """A reference's fixed distributions, ``crowd``'s prior weights (``priors`` caches them
+    by training set) and its ``references.parquet`` rows, for one unit."""
+    fits = reference_fits(variant, unit.event_id, labels, labels_by_event, label_space, cfg.sim)
+    fit, prior = (), None
+    if variant == "crowd":
+        fit = crowd_fit_events(unit.event_id, labels_by_event, cfg.sim)
+        if fit not in priors:
+            priors[fit] = crowd_priors(fit, labels_by_event, label_space, cfg.sim)
+        prior = priors[fit]
+    n_train = len(training_events(unit.event_id, labels_by_event, cfg.sim))
+    rows = [{"unit_key": unit.key(), "event_id": unit.event_id, "variant": variant,
+             "dimension": d, "options": list(label_space[d]), "probs": f.probs.tolist(),
+             "persistence_weight": f.weight, "n_train_events": n_train,
+             "crowd_prior": None if prior is None else prior[d],
+             "n_fit_events": len(fit) if prior is not None else None}
+            for d, f in fits.items()]
+    return {d: f.probs for d, f in fits.items()}, prior, rows
 
 
 def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool = False,
