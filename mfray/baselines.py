@@ -5,9 +5,11 @@
 - ``crowd``: the Dirichlet posterior predictive of the simulated mean field, each round, with
   the base rate as the prior's mean and the prior weight :func:`crowd_priors` fits on the
   training events in closed loop.
-- ``oracle`` / ``surrogate-mf`` / ``surrogate-state``: the synthetic world's own rule, given the
-  simulated mean field (oracle), a persona model reweighted to the mean field, or the persona
-  model alone. They exist only on a synthetic-world dataset.
+- ``oracle`` / ``bayes`` / ``surrogate-mf`` / ``surrogate-state``: the synthetic world's own
+  rule, given the simulated mean field (oracle); the same rule with the event's latent taste
+  not known but inferred from the warm-up (bayes: the best a policy can do that knows the world
+  but not the event); a persona model reweighted to the mean field; or the persona model alone.
+  They exist only on a synthetic-world dataset.
 """
 
 from __future__ import annotations
@@ -118,12 +120,18 @@ def load_world(variant: str, ds: Dataset) -> SyntheticWorld:
 
 
 def surrogate_probs(variant: str, world: SyntheticWorld, event_id: str, x: np.ndarray,
-                    shares: np.ndarray, n_seen: int) -> np.ndarray:
-    """Stance probabilities of agents with features ``x`` given the mean field's shares."""
+                    shares: np.ndarray, n_seen: int, latent: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """Stance probabilities of agents with features ``x`` given the mean field's shares
+    (``bayes``: and ``latent``, samples of the event latent's posterior)."""
     if variant not in SURROGATE_VARIANTS:
         raise ConfigError(f"{variant!r} is not a surrogate variant")
     if variant == "oracle":  # the world's truth, given the simulated mean field
         return world.probs(event_id, x, shares)
+    if variant == "bayes":
+        if latent is None:
+            raise ConfigError("bayes needs the posterior of the event latent (latent_posterior)")
+        return world.predictive(latent, x, shares)
     q = world.persona_probs(x)
     if variant == "surrogate-state" or n_seen == 0:
         return q

@@ -30,7 +30,7 @@ from mfray.meanfield import Form, Update
 #: references and the synthetic world's built-in policies run without a model.
 LLM_VARIANTS = ("state", "recent", "popular", "mf", "mf-text", "mf-hybrid")
 REFERENCE_VARIANTS = ("base-rate", "persistence", "crowd")
-SURROGATE_VARIANTS = ("oracle", "surrogate-mf", "surrogate-state")
+SURROGATE_VARIANTS = ("oracle", "bayes", "surrogate-mf", "surrogate-state")
 VARIANTS = LLM_VARIANTS + REFERENCE_VARIANTS + SURROGATE_VARIANTS
 
 

@@ -19,7 +19,8 @@ from mfray.evaluate.report import evaluate
 from mfray.llm import ScriptedModel
 from mfray.store import RunStore
 
-FREE = ("oracle", "surrogate-mf", "surrogate-state", "persistence", "base-rate", "crowd")
+FREE = ("oracle", "bayes", "surrogate-mf", "surrogate-state", "persistence", "base-rate",
+        "crowd")
 LLM = ("state", "recent", "popular", "mf")
 VOLATILE = ("run_id", "latency_s")
 
@@ -77,6 +78,37 @@ def test_common_random_numbers_across_variants(small_world_dir: Path, tmp_path: 
     for a, b in pairs:
         if a["probs"] == b["probs"]:
             assert a["action"] == b["action"]
+
+
+def test_bayes_reads_the_world_rule_under_the_warm_ups_posterior(small_world_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """Each rollout agent of ``bayes`` gets the world's rule averaged over the posterior of
+    the event latent given the warm-up agents, with the simulated mean field of the round
+    before; a thread unit is refused (its agents did not see their own thread's shares)."""
+    from mfray.data.schema import STANCE_OPTIONS
+    from mfray.data.synthetic import SyntheticWorld
+    from mfray.schedule import build_units
+
+    cfg = _cfg(small_world_dir, variants=("bayes",), seeds=(0,))
+    store = _run(cfg, tmp_path / "r")
+    ds = read_dataset(small_world_dir)
+    world = SyntheticWorld.from_dataset(ds)
+    rounds = {(r["sim_id"], r["round"]): r for r in store.read_rounds().to_pylist()}
+    rows = store.read_decisions().to_pylist()
+    for unit in build_units(ds, cfg.sim):
+        x = np.stack([world.features(p) for p in unit.agents["profile"].to_pylist()])
+        y = np.array([STANCE_OPTIONS.index(lab["stance"])
+                      for lab in unit.agents["labels"].to_pylist()])
+        latent = world.latent_posterior(x[:20], y[:20])
+        mine = [r for r in rows if r["event_id"] == unit.event_id and not r["is_warmup"]]
+        assert len(mine) == unit.n_agents - 20
+        for r in mine:
+            shares = rounds[r["sim_id"], r["round"] - 1]["meanfield_shares"]["stance"]
+            want = world.predictive(latent, x[r["agent_index"]][None], np.asarray(shares))[0]
+            np.testing.assert_allclose(r["probs"]["stance"], want, rtol=1e-12)
+    with pytest.raises(ConfigError, match="sim.unit = event"):
+        _run(_cfg(small_world_dir, variants=("bayes",), seeds=(0,), unit="thread"),
+             tmp_path / "thread")
 
 
 def test_crowd_follows_the_simulated_mean_field(small_world_dir: Path, tmp_path: Path) -> None:
@@ -167,7 +199,7 @@ def test_llm_variants_with_the_scripted_model(small_world_dir: Path, tmp_path: P
 @pytest.mark.parametrize("model", ["scripted", "tiny-hf"])
 def test_one_shard_equals_four_shards_bit_for_bit(model: str, small_world_dir: Path,
                                                   tmp_path: Path, request) -> None:
-    variants = (*LLM, "surrogate-mf", "persistence", "crowd")
+    variants = (*LLM, "surrogate-mf", "bayes", "persistence", "crowd")
     kw = {"variants": variants, "seeds": (0,)}
     injected = request.getfixturevalue("tiny_hf") if model == "tiny-hf" else None
     if injected is not None:  # a tiny model: fewer agents keep the test fast

@@ -180,3 +180,52 @@ def test_features() -> None:
 def test_world_params_are_checked(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         WorldParams(**kwargs)
+
+
+def _agents(ds: Dataset, event_id: str) -> tuple[np.ndarray, np.ndarray]:
+    posts = ds.posts_of(event_id).filter(pc.is_valid(ds.posts_of(event_id)["parent_id"]))
+    x = np.stack([SyntheticWorld.features(p) for p in posts["profile"].to_pylist()])
+    y = np.array([STANCE_OPTIONS.index(lab[STANCE]) for lab in posts["labels"].to_pylist()])
+    return x, y
+
+
+def test_latent_posterior_without_agents_is_the_prior(small: tuple[SyntheticWorld, Dataset]
+                                                      ) -> None:
+    world, _ = small
+    b = world.latent_posterior(np.zeros((0, 3)), np.zeros(0, dtype=int))
+    assert b.shape == (1024, K)
+    np.testing.assert_allclose(b.mean(axis=0), 0.0, atol=0.1)
+    np.testing.assert_allclose(b.std(axis=0), SMALL.event_spread, rtol=0.1)
+
+
+def test_latent_posterior_finds_the_event_latent_of_a_long_event() -> None:
+    """With 1,000 agents the posterior sits on the event's latent (up to the constant the
+    softmax cannot see), is narrow, deterministic, and its predictive is the world's truth."""
+    world, ds = generate(WorldParams(n_events=1, min_agents=1000, max_agents=1000, seed=5))
+    x, y = _agents(ds, "synth-00")
+    b = world.latent_posterior(x, y)
+    np.testing.assert_array_equal(b, world.latent_posterior(x, y))
+    true = np.asarray(world.event_logits["synth-00"])
+    centred = b - b.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(centred.mean(axis=0), true - true.mean(), atol=0.2)
+    assert (centred.std(axis=0) < 0.2).all()  # the prior's centred sd is 0.69
+    shares = np.array([0.3, 0.1, 0.1, 0.5])
+    np.testing.assert_allclose(world.predictive(b, x[:50], shares),
+                               world.probs("synth-00", x[:50], shares), atol=0.03)
+    # one sample at the truth: the predictive is the rule itself
+    np.testing.assert_allclose(world.predictive(true[None, :], x[:50], shares),
+                               world.probs("synth-00", x[:50], shares), rtol=1e-12)
+
+
+def test_latent_posterior_follows_what_the_first_agents_did(
+        small: tuple[SyntheticWorld, Dataset]) -> None:
+    world, _ = small
+    x = np.zeros((40, 3))
+    deny = world.latent_posterior(x, np.full(40, 1))
+    query = world.latent_posterior(x, np.full(40, 2))
+    unlabelled = world.latent_posterior(x, np.full(40, -1))  # unlabelled agents say nothing
+    prior = world.latent_posterior(np.zeros((0, 3)), np.zeros(0, dtype=int))
+    np.testing.assert_array_equal(unlabelled, prior)
+    gap = (lambda b, k: (b[:, k] - b[:, 3]).mean())  # the latent's pull of k against comment
+    assert gap(deny, 1) > gap(prior, 1) + 1.0 and gap(query, 2) > gap(prior, 2) + 1.0
+    assert gap(deny, 2) < gap(query, 2)

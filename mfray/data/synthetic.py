@@ -15,7 +15,9 @@ Each event is a population of agents who reply, in arrival order, to one of a fe
   numeric mean field; uniform before any decision), with strength ``herding``.
 
 A policy that reads the mean field can infer ``b_e`` and the herding drift; a state-only policy
-cannot, so a mean-field policy *should* beat it. The size of that effect is computed when the
+cannot, so a mean-field policy *should* beat it. :meth:`SyntheticWorld.latent_posterior` is
+that inference done exactly (the ``bayes`` variant): the posterior of ``b_e`` given an event's
+first agents, for a policy that knows the rule but not the event. The size of that effect is computed when the
 world is generated and stored in the dataset notes (``effect``): the KL from the real rollout
 distribution to the state-only truth ``softmax(mu + W x)``, to the full truth given the real mean
 field, and to the base rate of the other events. Everything is seeded.
@@ -30,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from scipy.special import softmax
+from scipy.special import logsumexp, softmax
 
 from mfray.data.schema import STANCE, STANCE_OPTIONS, Dataset, build_dataset
 
@@ -45,6 +47,9 @@ PERSONA_WEIGHTS = np.array(
     ]
 )
 BASE_SHARES = np.array([0.20, 0.08, 0.08, 0.64])  # close to the RumourEval reply mix
+PROPOSAL_SAMPLES = 8_192  # draws of the event latent weighted by its posterior
+PROPOSAL_SCALE = 1.5  # the proposal's widening of the posterior's Laplace approximation
+LATENT_SAMPLES = 1_024  # equal-weight draws kept of its posterior
 SCEPTIC_DESCRIPTION = "Sceptical reader. I check sources before I share anything."
 OTHER_DESCRIPTIONS = (
     "News junkie and coffee drinker.",
@@ -126,15 +131,75 @@ class SyntheticWorld:
         logits = self.base_logits + self.params.persona_strength * persona
         return softmax(logits, axis=1)
 
+    def _rule_logits(self, x: np.ndarray, shares: np.ndarray) -> np.ndarray:
+        """The rule's logits without the event latent ``b_e``."""
+        return (self.base_logits
+                + self.params.persona_strength * np.atleast_2d(x) @ PERSONA_WEIGHTS.T
+                + self.params.herding * (np.asarray(shares) - BASE_SHARES))
+
     def probs(self, event_id: str, x: np.ndarray, shares: np.ndarray) -> np.ndarray:
         """The full truth p(stance | persona, event, mean field) for agents with features ``x``."""
-        logits = (
-            self.base_logits
-            + self.params.persona_strength * np.atleast_2d(x) @ PERSONA_WEIGHTS.T
-            + np.asarray(self.event_logits[event_id])
-            + self.params.herding * (np.asarray(shares) - BASE_SHARES)
-        )
-        return softmax(logits, axis=1)
+        return softmax(self._rule_logits(x, shares) + np.asarray(self.event_logits[event_id]),
+                       axis=1)
+
+    def latent_posterior(self, x: np.ndarray, labels: np.ndarray,
+                         n_samples: int = LATENT_SAMPLES) -> np.ndarray:
+        """Equal-weight samples of an event's latent ``b_e`` given its first agents.
+
+        ``x`` and ``labels`` (stance indices, ``-1`` unlabelled) are the event's first agents
+        in arrival order; each saw the shares of the labelled agents of the world's earlier
+        rounds, as in :func:`generate`. The posterior of ``b_e`` under the prior
+        ``N(0, event_spread²)`` and the world's rule is log-concave: its mode and curvature
+        (Newton's method) give a Gaussian proposal, widened by :data:`PROPOSAL_SCALE`, whose
+        :data:`PROPOSAL_SAMPLES` draws (a fixed seed) are weighted by posterior / proposal and
+        resampled systematically. What a policy that knows the rule but not the event believes
+        after those agents; deterministic; with no agents, the prior."""
+        labels = np.asarray(labels, dtype=int)
+        x = np.asarray(x, dtype=float).reshape(len(labels), len(FEATURES))
+        k = len(STANCE_OPTIONS)
+        shares = np.empty((len(labels), k))
+        counts = np.zeros(k)
+        for r0 in range(0, len(labels), self.params.round_size):
+            shares[r0:r0 + self.params.round_size] = (counts / counts.sum() if counts.sum()
+                                                     else np.full(k, 1.0 / k))
+            seen = labels[r0:r0 + self.params.round_size]
+            counts += np.bincount(seen[seen >= 0], minlength=k)
+        known = labels >= 0
+        rule = self._rule_logits(x[known], shares[known])  # (n, k)
+        y = labels[known]
+        observed = np.bincount(y, minlength=k).astype(float)
+        var = self.params.event_spread ** 2
+
+        def log_post(b: np.ndarray) -> np.ndarray:  # b: (S, k), up to a constant
+            out = b @ observed - (b ** 2).sum(axis=1) / (2 * var)
+            for i in range(0, len(y), 64):  # 64 agents at a time: memory stays O(S)
+                out -= logsumexp(b[:, None, :] + rule[None, i:i + 64, :], axis=2).sum(axis=1)
+            return out
+
+        mode = np.zeros(k)
+        for _ in range(100):  # Newton's method, halving a step that does not climb
+            p = softmax(rule + mode, axis=1)
+            grad = observed - p.sum(axis=0) - mode / var
+            hess = p.T @ p - np.diag(p.sum(axis=0)) - np.eye(k) / var
+            step, here = -np.linalg.solve(hess, grad), log_post(mode[None])[0]
+            while log_post((mode + step)[None])[0] < here and np.abs(step).max() > 1e-12:
+                step = step / 2
+            mode = mode + step
+            if np.abs(step).max() < 1e-9:
+                break
+        chol = np.linalg.cholesky(np.linalg.inv(-hess)) * PROPOSAL_SCALE
+        z = np.random.default_rng(0).standard_normal((PROPOSAL_SAMPLES, k))
+        draws = mode + z @ chol.T
+        logw = log_post(draws) + 0.5 * (z ** 2).sum(axis=1)  # − log proposal, up to a constant
+        w = np.exp(logw - logw.max())
+        cdf = np.cumsum(w / w.sum())
+        picks = np.searchsorted(cdf, (np.arange(n_samples) + 0.5) / n_samples)
+        return draws[np.minimum(picks, PROPOSAL_SAMPLES - 1)]
+
+    def predictive(self, latent: np.ndarray, x: np.ndarray, shares: np.ndarray) -> np.ndarray:
+        """The rule averaged over samples of the event latent (:meth:`latent_posterior`)."""
+        rule = self._rule_logits(x, shares)  # (n, k)
+        return softmax(rule[None, :, :] + latent[:, None, :], axis=2).mean(axis=0)
 
     def to_json(self) -> str:
         return json.dumps({"params": asdict(self.params), "event_logits": self.event_logits})

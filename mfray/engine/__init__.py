@@ -25,17 +25,18 @@ from tqdm import tqdm
 from mfray.baselines import (
     crowd_fit_events,
     crowd_priors,
+    label_indices,
     load_world,
     reference_fits,
     training_events,
 )
 from mfray.config import LLM_VARIANTS, REFERENCE_VARIANTS, SURROGATE_VARIANTS, RunConfig, from_dict
-from mfray.data.schema import Dataset
+from mfray.data.schema import STANCE, STANCE_OPTIONS, Dataset
 from mfray.data.synthetic import SyntheticWorld
 from mfray.engine.population import TEXT_MEANFIELD, Population, SimMeta
 from mfray.engine.ray_env import ensure_ray
 from mfray.engine.shard import AgentShard, ShardSim
-from mfray.errors import MfrayError, StoreError
+from mfray.errors import ConfigError, MfrayError, StoreError
 from mfray.interventions import Intervention
 from mfray.llm import LanguageModel
 from mfray.persona import persona_for
@@ -97,6 +98,7 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
     key, col, followers = None, {}, ()
     priors: dict[tuple[str, ...], dict[str, float]] = {}  # crowd's fits by training set
     fitted: dict[tuple[str, str], tuple[Any, Any, list[dict[str, Any]]]] = {}  # by unit, variant
+    latents: dict[str, np.ndarray] = {}  # bayes: the event latent's posterior, by unit
     for spec in specs:  # unit-major order: one unit's columns are alive at a time
         unit = spec.unit
         if unit.key() != key:
@@ -116,6 +118,11 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
             fixed, crowd_prior, _ = fitted[ref]
         feats = (np.stack([world.features(p) for p in col["profile"]])
                  if spec.variant in SURROGATE_VARIANTS else None)
+        latent = None
+        if spec.variant == "bayes":  # inferred once per unit, from its warm-up only
+            if unit.key() not in latents:
+                latents[unit.key()] = _bayes_latent(world, cfg, feats, col["labels"])
+            latent = latents[unit.key()]
         for k in range(n_shards):
             idx = list(range(k, unit.n_agents, n_shards))
             if not idx:
@@ -124,9 +131,23 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
             shards[k].append(ShardSim(
                 spec.sim_id, unit.event_id, unit.key(), spec.variant, spec.seed, unit.topic,
                 tuple(idx), **part, features=None if feats is None else feats[idx],
+                latent=latent,
                 fixed=fixed, label=spec.label,
                 crowd_prior=crowd_prior))
     return shards, metas, world, [row for *_, rows in fitted.values() for row in rows]
+
+
+def _bayes_latent(world: SyntheticWorld, cfg: RunConfig, features: np.ndarray,
+                  labels: list[Any]) -> np.ndarray:
+    """``bayes``'s belief about the event latent: its posterior given the unit's warm-up
+    agents, who are the event's first agents (an event unit; a thread's agents did not see
+    the shares of its own replies only)."""
+    if cfg.sim.unit != "event":
+        raise ConfigError("variant 'bayes' needs sim.unit = event: it infers the event's "
+                          "latent from the event's first replies and the shares they saw")
+    warm = min(cfg.sim.warmup, len(labels))
+    y = label_indices(labels[:warm], STANCE, STANCE_OPTIONS)
+    return world.latent_posterior(features[:warm], y)
 
 
 def _fit_reference(variant: str, unit: Unit, labels: list[Any],

@@ -51,6 +51,7 @@ class ShardSim:
     real: tuple[Mapping[str, str | None], ...]
     persona: tuple[str, ...]
     features: np.ndarray | None = None  # synthetic-world persona features (surrogates)
+    latent: np.ndarray | None = None  # bayes: samples of the event latent's posterior
     fixed: Mapping[str, np.ndarray] | None = None  # base-rate / persistence / crowd's base
     crowd_prior: Mapping[str, float] | None = None  # crowd: the prior's weight, in decisions
     label: str = ""  # the stored variant name (``mf+<intervention>`` for an intervened twin)
@@ -171,7 +172,8 @@ class AgentShard:
         if sim.variant in SURROGATE_VARIANTS:
             x = sim.features[positions.start:positions.stop]
             return {"stance": surrogate_probs(sim.variant, self.world, sim.event_id, x,
-                                              view.shares["stance"], view.n_seen["stance"])}
+                                              view.shares["stance"], view.n_seen["stance"],
+                                              sim.latent)}
         if sim.crowd_prior is not None:  # one distribution per round, from the mean field
             return {d: np.tile(crowd(view.shares[d], p, sim.crowd_prior[d], view.n_seen[d]),
                                (len(positions), 1)) for d, p in sim.fixed.items()}
