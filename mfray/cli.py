@@ -18,6 +18,7 @@ from mfray.data.mix import CENTRES
 from mfray.data.topics import EARLIEST, retopic
 from mfray.data.topics import RULES as TOPIC_RULES
 from mfray.errors import MfrayError
+from mfray.meanfield import TALLY_SIZE
 
 if TYPE_CHECKING:
     from mfray.config import RunConfig
@@ -150,6 +151,11 @@ def _check_adapter_form(cfg: RunConfig) -> None:
         raise MfrayError(f"{cfg.policy.adapter} was tuned on the mean field written as "
                          f"{form!r}; this run writes it as {cfg.sim.meanfield_form!r}: add "
                          f"--set sim.meanfield_form={form}")
+    size = tuned.get("sim", {}).get("tally_size", TALLY_SIZE)
+    if variant in ("mf", "mf-hybrid") and form == "tally" and size != cfg.sim.tally_size:
+        raise MfrayError(f"{cfg.policy.adapter} was tuned on the mean field written as "
+                         f"{size} reactions; this run writes {cfg.sim.tally_size}: add "
+                         f"--set sim.tally_size={size}")
 
 
 def _ints(text: str, flag: str) -> list[int]:

@@ -24,7 +24,7 @@ import yaml
 from mfray.data.mix import source_event
 from mfray.errors import ConfigError
 from mfray.interventions import Intervention
-from mfray.meanfield import Form, Update
+from mfray.meanfield import TALLY_SIZE, Form, Update
 
 #: Policy variants (method.md §3). The LLM variants arrive with the engine; the statistical
 #: references and the synthetic world's built-in policies run without a model.
@@ -55,6 +55,9 @@ class SimConfig:
     # which a tuned small model reads (README, "The synthetic world"). An adapter is tuned
     # for one form: simulate it with the same
     meanfield_form: Form = "shares"
+    # the number of reactions the "tally" form writes out: 20 rounds each share to 5 %, which
+    # loses what a reader needs of the rare options (README, "The synthetic world")
+    tally_size: int = TALLY_SIZE
     # what a model decision adds to the numeric mean field: "draws" its drawn label, as a real
     # action does; "expected" its action distribution (choice mode), so the population state
     # is the expected one and not one draw of it. Real and injected actions count their label
@@ -67,6 +70,8 @@ class SimConfig:
             raise ConfigError(f"sim.round_size must be >= 1, got {self.round_size}")
         if self.warmup < 0:
             raise ConfigError(f"sim.warmup must be >= 0, got {self.warmup}")
+        if not 1 <= self.tally_size <= 1000:
+            raise ConfigError(f"sim.tally_size must be in 1..1000, got {self.tally_size}")
         if not self.variants:
             raise ConfigError("sim.variants is empty: name at least one of " + ", ".join(VARIANTS))
         for v in self.variants:

@@ -80,7 +80,8 @@ class NumericMeanField:
         c = np.asarray(self.counts[dim], dtype=float)
         return c / c.sum() if c.sum() else np.full(len(c), 1.0 / len(c))
 
-    def render(self, label_space: LabelSpace, form: Form = "shares") -> str:
+    def render(self, label_space: LabelSpace, form: Form = "shares",
+               tally_size: int = TALLY_SIZE) -> str:
         """The prompt form of the mean field, one line per dimension.
 
         ``shares`` (the default): the options most common first (ties in label order),
@@ -88,7 +89,7 @@ class NumericMeanField:
         them in label order barely reacts to the shares (``mfray probe`` sensitivity +0.007 on
         RumourEval agents) and copies the first option it reads (+0.25 with this order).
 
-        ``tally``: the shares as :data:`TALLY_SIZE` reactions in a shuffled order,
+        ``tally``: the shares as ``tally_size`` reactions in a shuffled order,
         ``stance: 20 typical reactions: comment query comment … support (n=120)``. The order
         is a fixed function of the counts (the same line for the same counts, on any shard).
         A small model can learn to count words where it does not learn to read percentages:
@@ -104,7 +105,7 @@ class NumericMeanField:
             shares = self.shares(dim)
             order = np.argsort(-np.asarray(self.counts[dim]), kind="stable")
             if form == "tally":
-                words = np.repeat(np.asarray(options)[order], tally(shares)[order])
+                words = np.repeat(np.asarray(options)[order], tally(shares, tally_size)[order])
                 seed = zlib.crc32(repr((dim, tuple(_count(c, 6) for c in self.counts[dim])
                                         )).encode())
                 words = np.random.default_rng(seed).permutation(words)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mfray.errors import ConfigError
-from mfray.meanfield import NO_REACTIONS, Form, NumericMeanField
+from mfray.meanfield import NO_REACTIONS, TALLY_SIZE, Form, NumericMeanField
 from mfray.prompts import render_parts
 
 ROLE = "policy"
@@ -40,14 +40,15 @@ def _describe(action: PastAction, dims: Sequence[str]) -> str:
 def population_text(variant: str, *, meanfield: NumericMeanField,
                     history: Sequence[PastAction], label_space: Mapping[str, Sequence[str]],
                     recent_k: int = 5, popular_k: int = 5, popular_window: int = 30,
-                    summary: str | None = None, meanfield_form: Form = "shares") -> str:
+                    summary: str | None = None, meanfield_form: Form = "shares",
+                    tally_size: int = TALLY_SIZE) -> str:
     """The population block of the shared prompt part ("" for ``state``). ``summary`` is the
     text mean field (``mf-text``; ``mf-hybrid`` shows it with the numeric mean field, written
-    in ``meanfield_form``)."""
+    in ``meanfield_form``, with ``tally_size`` reactions for ``tally``)."""
     dims = list(label_space)
     if variant == "state":
         return ""
-    numeric = f"How the other users have reacted so far:\n{meanfield.render(label_space, meanfield_form)}\n\n"
+    numeric = f"How the other users have reacted so far:\n{meanfield.render(label_space, meanfield_form, tally_size)}\n\n"
     text = f"Summary of the other users' reactions so far:\n{summary or NO_REACTIONS}\n\n"
     if variant == "mf":
         return numeric

@@ -81,7 +81,8 @@ def probe(model: LanguageModel, ds: Dataset, sim: SimConfig, *, n: int = 24,
         rest = round(100 * (1 - strength) / strength / (len(options) - 1))
         counts[dim] = tuple(100 if j == k else rest for j in range(len(options)))
         pop = population_text("mf", meanfield=NumericMeanField(counts), history=[],
-                              label_space=ds.label_space, meanfield_form=sim.meanfield_form)
+                              label_space=ds.label_space, meanfield_form=sim.meanfield_form,
+                              tally_size=sim.tally_size)
         prompts = [model_input(model, "".join(prompt_parts(
             topic=a["topic"], population=pop, context=a["context"], persona=a["persona"],
             dimension=dim, options=options))) for a in people]

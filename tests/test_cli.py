@@ -251,6 +251,13 @@ def test_adapter_tuned_on_another_meanfield_form_is_refused(
     assert "--set sim.meanfield_form=tally" in err and not (tmp_path / "run").exists()
     assert main(["probe", "--data", str(small_world_dir), "--model", "scripted",
                  "--policy-adapter", str(tmp_path / "adapter")]) == 2
+    # the same form with another number of reactions
+    saved.write_text(json.dumps({"train": {"variant": "mf"},
+                                 "sim": {"meanfield_form": "tally", "tally_size": 48}}))
+    assert main([*base, "--set", "sim.meanfield_form=tally"]) == 2
+    err = capsys.readouterr().err
+    assert "written as 48 reactions; this run writes 20" in err
+    assert "--set sim.tally_size=48" in err and not (tmp_path / "run").exists()
     # an sft adapter never saw a mean field: any form goes
     saved.write_text(json.dumps({"train": {"variant": "sft"}, "sim": {"meanfield_form": "tally"}}))
     from mfray.cli import _check_adapter_form

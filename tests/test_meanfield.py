@@ -109,6 +109,10 @@ def test_render_tally() -> None:
     # the order is shuffled, not sorted: another count with the same tally words differs
     other = NumericMeanField({"stance": (6, 10, 2, 20), "emotion": (0, 0)}).render(SPACE, "tally")
     assert sorted(other.split("\n")[0].split()[4:24]) == sorted(words) and other != line
+    # 19 reactions written out as 19 words: the counts themselves
+    exact = mf.render(SPACE, "tally", tally_size=19).split("\n")[0]
+    assert exact.startswith("stance: 19 typical reactions: ")
+    assert [exact.split()[4:-1].count(o) for o in SPACE["stance"]] == [3, 5, 1, 10]
     with pytest.raises(ValueError, match="unknown mean-field form 'bars'"):
         mf.render(SPACE, "bars")  # type: ignore[arg-type]
 

@@ -24,9 +24,10 @@ WARMUP, B = 32, 16  # the first rollout round (2) sees real actions only: same a
 
 
 def _cfg(data: Path, variants: tuple[str, ...], mode: str = "choice",
-         meanfield_form: str = "shares") -> RunConfig:
+         meanfield_form: str = "shares", tally_size: int = 20) -> RunConfig:
     return RunConfig(sim=SimConfig(data=str(data), variants=variants, seeds=(0,), warmup=WARMUP,
-                                   round_size=B, meanfield_form=meanfield_form),
+                                   round_size=B, meanfield_form=meanfield_form,
+                                   tally_size=tally_size),
                      policy=PolicyConfig(model="scripted", log_prompts=True, mode=mode),
                      meanfield=MeanFieldConfig(max_new_tokens=16),
                      resources=ResourcesConfig(num_shards=2, num_cpus=2))
@@ -57,7 +58,7 @@ def _simulated(cfg: RunConfig, out: Path) -> tuple[dict, dict, list]:
     ("shares", ("state", "recent", "popular", "mf", "mf-hybrid")), ("tally", ("mf",))])
 def test_policy_prompts_identical_to_the_simulation(small_world_dir: Path, tmp_path: Path,
                                                     form: str, variants: tuple[str, ...]) -> None:
-    cfg = _cfg(small_world_dir, variants, meanfield_form=form)
+    cfg = _cfg(small_world_dir, variants, meanfield_form=form, tally_size=32)
     logged, decisions, _ = _simulated(cfg, tmp_path / "run")
     ds = read_dataset(small_world_dir)
     server = InferenceServer(cfg.policy, ds.label_space, model=ScriptedModel())
@@ -76,7 +77,7 @@ def test_policy_prompts_identical_to_the_simulation(small_world_dir: Path, tmp_p
         # and the warm-up agents, which the simulator never prompts, are examples too
         assert pc.min(pol["agent_index"]).as_py() == 0
         if variant == "mf":  # the form the config names, in training and in simulation
-            shown = "typical reactions: " if form == "tally" else "%, "
+            shown = "32 typical reactions: " if form == "tally" else "%, "
             assert all(shown in p for p in pol["prompt"].to_pylist() if "(n=" in p)
     assert compared == sum(1 for k in logged if k[0] == "policy")
     assert compared > 20

@@ -76,7 +76,8 @@ class Population:
                     meta.variant, meanfield=mf, history=list(self.history[sim_id]),
                     label_space=self.space, recent_k=self.cfg.recent_k,
                     popular_k=self.cfg.popular_k, popular_window=self.cfg.popular_window,
-                    summary=self.summary[sim_id], meanfield_form=self.cfg.meanfield_form)
+                    summary=self.summary[sim_id], meanfield_form=self.cfg.meanfield_form,
+                    tally_size=self.cfg.tally_size)
             out[sim_id] = SimView(self.meanfield_id[sim_id],
                                   {d: mf.shares(d) for d in self.space},
                                   {d: mf.n(d) for d in self.space}, text)
@@ -129,7 +130,7 @@ class Population:
         return {
             "sim_id": sim_id, "event_id": meta.event_id, "variant": meta.label or meta.variant,
             "seed": meta.seed, "round": round_index, "meanfield_id": self.meanfield_id[sim_id],
-            "meanfield_text": mf.render(self.space, self.cfg.meanfield_form),
+            "meanfield_text": mf.render(self.space, self.cfg.meanfield_form, self.cfg.tally_size),
             "meanfield_shares": {d: mf.shares(d).tolist() for d in self.space},
             "counts": {d: list(counts.counts[d]) for d in self.space},
             "n_agents": len(order),
