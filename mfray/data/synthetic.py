@@ -131,7 +131,7 @@ class SyntheticWorld:
         logits = self.base_logits + self.params.persona_strength * persona
         return softmax(logits, axis=1)
 
-    def _rule_logits(self, x: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    def rule_logits(self, x: np.ndarray, shares: np.ndarray) -> np.ndarray:
         """The rule's logits without the event latent ``b_e``."""
         return (self.base_logits
                 + self.params.persona_strength * np.atleast_2d(x) @ PERSONA_WEIGHTS.T
@@ -139,7 +139,7 @@ class SyntheticWorld:
 
     def probs(self, event_id: str, x: np.ndarray, shares: np.ndarray) -> np.ndarray:
         """The full truth p(stance | persona, event, mean field) for agents with features ``x``."""
-        return softmax(self._rule_logits(x, shares) + np.asarray(self.event_logits[event_id]),
+        return softmax(self.rule_logits(x, shares) + np.asarray(self.event_logits[event_id]),
                        axis=1)
 
     def latent_posterior(self, x: np.ndarray, labels: np.ndarray,
@@ -165,7 +165,7 @@ class SyntheticWorld:
             seen = labels[r0:r0 + self.params.round_size]
             counts += np.bincount(seen[seen >= 0], minlength=k)
         known = labels >= 0
-        rule = self._rule_logits(x[known], shares[known])  # (n, k)
+        rule = self.rule_logits(x[known], shares[known])  # (n, k)
         y = labels[known]
         observed = np.bincount(y, minlength=k).astype(float)
         var = self.params.event_spread ** 2
@@ -198,7 +198,7 @@ class SyntheticWorld:
 
     def predictive(self, latent: np.ndarray, x: np.ndarray, shares: np.ndarray) -> np.ndarray:
         """The rule averaged over samples of the event latent (:meth:`latent_posterior`)."""
-        rule = self._rule_logits(x, shares)  # (n, k)
+        rule = self.rule_logits(x, shares)  # (n, k)
         return softmax(rule[None, :, :] + latent[:, None, :], axis=2).mean(axis=0)
 
     def to_json(self) -> str:
