@@ -17,10 +17,10 @@ Each event is a population of agents who reply, in arrival order, to one of a fe
 A policy that reads the mean field can infer ``b_e`` and the herding drift; a state-only policy
 cannot, so a mean-field policy *should* beat it. :meth:`SyntheticWorld.latent_posterior` is
 that inference done exactly (the ``bayes`` variant): the posterior of ``b_e`` given an event's
-first agents, for a policy that knows the rule but not the event. The size of that effect is computed when the
-world is generated and stored in the dataset notes (``effect``): the KL from the real rollout
-distribution to the state-only truth ``softmax(mu + W x)``, to the full truth given the real mean
-field, and to the base rate of the other events. Everything is seeded.
+first agents, for a policy that knows the rule but not the event. The size of the effect is
+computed when the world is generated and stored in the dataset notes (``effect``): the KL from
+the real rollout distribution to the state-only truth ``softmax(mu + W x)``, to the full truth
+given the real mean field, and to the base rate of the other events. Everything is seeded.
 """
 
 from __future__ import annotations

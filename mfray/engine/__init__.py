@@ -140,8 +140,8 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
 def _bayes_latent(world: SyntheticWorld, cfg: RunConfig, features: np.ndarray,
                   labels: list[Any]) -> np.ndarray:
     """``bayes``'s belief about the event latent: its posterior given the unit's warm-up
-    agents, who are the event's first agents (an event unit; a thread's agents did not see
-    the shares of its own replies only)."""
+    agents, the event's first agents. Only for an event unit: a thread's first replies saw
+    the whole event's shares, which the thread's own replies do not give."""
     if cfg.sim.unit != "event":
         raise ConfigError("variant 'bayes' needs sim.unit = event: it infers the event's "
                           "latent from the event's first replies and the shares they saw")
