@@ -78,6 +78,9 @@ class SimConfig:
             if v not in VARIANTS:
                 raise ConfigError(f"sim.variants: unknown variant {v!r}; choose from "
                                   + ", ".join(VARIANTS))
+        if "bayes" in self.variants and self.unit != "event":
+            raise ConfigError("variant 'bayes' needs sim.unit = event: it infers the event's "
+                              "latent from the event's first replies and the shares they saw")
         if len(set(self.variants)) != len(self.variants):
             raise ConfigError("sim.variants lists a variant twice")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

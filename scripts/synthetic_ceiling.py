@@ -30,7 +30,7 @@ from scipy.special import logsumexp, softmax
 
 from mfray.config import EvalConfig
 from mfray.data.schema import STANCE, STANCE_OPTIONS, read_dataset
-from mfray.data.synthetic import BASE_SHARES, PERSONA_WEIGHTS, SyntheticWorld
+from mfray.data.synthetic import BASE_SHARES, PERSONA_WEIGHTS, SyntheticWorld, shares_seen
 from mfray.evaluate.compare import relative_change
 from mfray.evaluate.metrics import kl
 from mfray.meanfield import tally
@@ -88,7 +88,7 @@ def main() -> None:
         kls["no herding drift"][event] = kl(real, ev.rollout(even, latent, frozen=True))
         # what a prompt shows: the warm-up's counts, not who the warm-up agents were
         seen_mix = np.bincount(y[:(warm_n // size) * size], minlength=K).astype(float)
-        mean_shares = _mean_shares_seen(y[:warm_n], size)
+        mean_shares = shares_seen(y[:warm_n], size).mean(axis=0)
         persona = world.base_logits + world.params.persona_strength * sample @ PERSONA_WEIGHTS.T \
             + world.params.herding * (mean_shares - BASE_SHARES)
         logits = persona[None] + prior[:, None, :]
@@ -149,16 +149,6 @@ class _Event:
                 added += p.sum(0)
             counts += added
         return total
-
-
-def _mean_shares_seen(labels: np.ndarray, size: int) -> np.ndarray:
-    """The mean of the shares the warm-up agents saw (earlier rounds'), uniform at first."""
-    seen, counts = [], np.zeros(K)
-    for r0 in range(0, len(labels), size):
-        seen += [counts / counts.sum() if counts.sum() else np.full(K, 1.0 / K)] * len(
-            labels[r0:r0 + size])
-        counts += np.bincount(labels[r0:r0 + size], minlength=K)
-    return np.mean(seen, axis=0)
 
 
 def _pct(change: tuple[float, float, float]) -> str:

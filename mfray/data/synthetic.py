@@ -157,13 +157,7 @@ class SyntheticWorld:
         labels = np.asarray(labels, dtype=int)
         x = np.asarray(x, dtype=float).reshape(len(labels), len(FEATURES))
         k = len(STANCE_OPTIONS)
-        shares = np.empty((len(labels), k))
-        counts = np.zeros(k)
-        for r0 in range(0, len(labels), self.params.round_size):
-            shares[r0:r0 + self.params.round_size] = (counts / counts.sum() if counts.sum()
-                                                     else np.full(k, 1.0 / k))
-            seen = labels[r0:r0 + self.params.round_size]
-            counts += np.bincount(seen[seen >= 0], minlength=k)
+        shares = shares_seen(labels, self.params.round_size)
         known = labels >= 0
         rule = self.rule_logits(x[known], shares[known])  # (n, k)
         y = labels[known]
@@ -212,6 +206,21 @@ class SyntheticWorld:
             raise ValueError(f"dataset {ds.name!r} is not a synthetic world")
         return cls(WorldParams(**world["params"]),
                    {e: tuple(v) for e, v in world["event_logits"].items()})
+
+
+def shares_seen(labels: np.ndarray, round_size: int) -> np.ndarray:
+    """The stance shares each of an event's first agents saw: those of the labelled agents of
+    earlier rounds (``labels``: stance indices in arrival order, ``-1`` unlabelled), uniform
+    before any; one row per agent."""
+    k = len(STANCE_OPTIONS)
+    labels = np.asarray(labels, dtype=int)
+    shares = np.empty((len(labels), k))
+    counts = np.zeros(k)
+    for r0 in range(0, len(labels), round_size):
+        shares[r0:r0 + round_size] = counts / counts.sum() if counts.sum() else 1.0 / k
+        seen = labels[r0:r0 + round_size]
+        counts += np.bincount(seen[seen >= 0], minlength=k)
+    return shares
 
 
 def generate(params: WorldParams = WorldParams()) -> tuple[SyntheticWorld, Dataset]:

@@ -36,7 +36,7 @@ from mfray.data.synthetic import SyntheticWorld
 from mfray.engine.population import TEXT_MEANFIELD, Population, SimMeta
 from mfray.engine.ray_env import ensure_ray
 from mfray.engine.shard import AgentShard, ShardSim
-from mfray.errors import ConfigError, MfrayError, StoreError
+from mfray.errors import MfrayError, StoreError
 from mfray.interventions import Intervention
 from mfray.llm import LanguageModel
 from mfray.persona import persona_for
@@ -140,11 +140,8 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
 def _bayes_latent(world: SyntheticWorld, cfg: RunConfig, features: np.ndarray,
                   labels: list[Any]) -> np.ndarray:
     """``bayes``'s belief about the event latent: its posterior given the unit's warm-up
-    agents, the event's first agents. Only for an event unit: a thread's first replies saw
-    the whole event's shares, which the thread's own replies do not give."""
-    if cfg.sim.unit != "event":
-        raise ConfigError("variant 'bayes' needs sim.unit = event: it infers the event's "
-                          "latent from the event's first replies and the shares they saw")
+    agents, the event's first agents (the config allows ``bayes`` on event units only: a
+    thread's first replies saw the whole event's shares, which its own replies do not give)."""
     warm = min(cfg.sim.warmup, len(labels))
     y = label_indices(labels[:warm], STANCE, STANCE_OPTIONS)
     return world.latent_posterior(features[:warm], y)
