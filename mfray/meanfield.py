@@ -102,19 +102,28 @@ class NumericMeanField:
             if self.n(dim) == 0:
                 lines.append(f"{dim}: {NO_REACTIONS}")
                 continue
+            if form == "tally":
+                lines.append(self.tally_line(dim, options, tally_size))
+                continue
             shares = self.shares(dim)
             order = np.argsort(-np.asarray(self.counts[dim]), kind="stable")
-            if form == "tally":
-                words = np.repeat(np.asarray(options)[order], tally(shares, tally_size)[order])
-                seed = zlib.crc32(repr((dim, tuple(_count(c, 6) for c in self.counts[dim])
-                                        )).encode())
-                words = np.random.default_rng(seed).permutation(words)
-                lines.append(f"{dim}: {len(words)} typical reactions: {' '.join(words)} "
-                             f"(n={self.n(dim)})")
-                continue
             parts = ", ".join(f"{options[k]} {shares[k]:.0%}" for k in order)
             lines.append(f"{dim}: {parts} (n={self.n(dim)})")
         return "\n".join(lines)
+
+    def tally_line(self, dim: str, options: Sequence[str], tally_size: int = TALLY_SIZE,
+                   order_seed: int | None = None) -> str:
+        """The ``tally`` form's line for ``dim`` (which must have reactions). The words are
+        shuffled by ``order_seed``; by default a fixed function of the counts, as the prompts
+        use. Another seed gives the same words in another order (``scripts/tally_order.py``
+        measures how much a policy's read depends on the order alone)."""
+        counts = self.counts[dim]
+        order = np.argsort(-np.asarray(counts), kind="stable")
+        words = np.repeat(np.asarray(options)[order], tally(self.shares(dim), tally_size)[order])
+        if order_seed is None:
+            order_seed = zlib.crc32(repr((dim, tuple(_count(c, 6) for c in counts))).encode())
+        words = np.random.default_rng(order_seed).permutation(words)
+        return f"{dim}: {len(words)} typical reactions: {' '.join(words)} (n={self.n(dim)})"
 
 
 def _count(c: float, digits: int = 9) -> float:

@@ -133,3 +133,19 @@ def test_equal_states_compare_equal() -> None:
     b = NumericMeanField.empty(SPACE).update(SPACE, {"stance": ["query"]}).update(
         SPACE, {"stance": ["deny"]})
     assert a == b  # order of decisions does not matter to the numeric mean field
+
+
+def test_tally_line_is_the_rendered_line_and_another_seed_only_reorders_it() -> None:
+    mf = NumericMeanField({"stance": (3, 5, 1, 10), "emotion": (0, 0)})
+    line = mf.tally_line("stance", SPACE["stance"], 48)
+    assert mf.render(SPACE, "tally", tally_size=48).split("\n")[0] == line
+    words = line.split()[4:-1]
+    assert len(words) == 48
+    others = [mf.tally_line("stance", SPACE["stance"], 48, order_seed=s).split()[4:-1]
+              for s in range(3)]
+    for w in others:
+        assert sorted(w) == sorted(words)  # the same reactions ...
+    assert len({tuple(w) for w in [words, *others]}) == 4  # ... each seed in its own order
+    # the seed is the whole randomness: the same seed, the same line
+    assert (mf.tally_line("stance", SPACE["stance"], 48, order_seed=1)
+            == mf.tally_line("stance", SPACE["stance"], 48, order_seed=1))
