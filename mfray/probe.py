@@ -64,6 +64,16 @@ def agents(ds: Dataset, sim: SimConfig, n: int, seed: int = 0) -> list[dict[str,
     return out
 
 
+def mean_read(model: LanguageModel, people: list[dict[str, str]], population: str, dim: str,
+              options: tuple[str, ...]) -> np.ndarray:
+    """The mean probabilities of ``options`` over ``people`` (from :func:`agents`), each shown
+    the population block ``population`` in the simulator's prompt."""
+    prompts = [model_input(model, "".join(prompt_parts(
+        topic=a["topic"], population=population, context=a["context"], persona=a["persona"],
+        dimension=dim, options=options))) for a in people]
+    return choice_distribution(model.score(prompts, options)).mean(axis=0)
+
+
 def probe(model: LanguageModel, ds: Dataset, sim: SimConfig, *, n: int = 24,
           strength: float = 0.85, dimension: str | None = None, seed: int = 0) -> Probe:
     """Score ``n`` real agents under mean fields favouring each option in turn."""
@@ -83,10 +93,7 @@ def probe(model: LanguageModel, ds: Dataset, sim: SimConfig, *, n: int = 24,
         pop = population_text("mf", meanfield=NumericMeanField(counts), history=[],
                               label_space=ds.label_space, meanfield_form=sim.meanfield_form,
                               tally_size=sim.tally_size)
-        prompts = [model_input(model, "".join(prompt_parts(
-            topic=a["topic"], population=pop, context=a["context"], persona=a["persona"],
-            dimension=dim, options=options))) for a in people]
-        shown[favoured] = choice_distribution(model.score(prompts, options)).mean(axis=0)
+        shown[favoured] = mean_read(model, people, pop, dim, options)
     sens = {o: float(shown[o][k] - np.mean([shown[q][k] for q in options if q != o]))
             for k, o in enumerate(options)}
     return Probe(dim, options, {o: v.tolist() for o, v in shown.items()}, sens)

@@ -21,10 +21,9 @@ import numpy as np
 from mfray.config import PolicyConfig, SimConfig
 from mfray.data.schema import read_dataset
 from mfray.engine.inference import build_model
-from mfray.llm import model_input
 from mfray.meanfield import NumericMeanField
-from mfray.policy import choice_distribution, population_text, prompt_parts
-from mfray.probe import agents
+from mfray.policy import population_text
+from mfray.probe import agents, mean_read
 
 
 def main() -> None:
@@ -64,10 +63,7 @@ def main() -> None:
     reads = []
     for seed in [None, *range(args.orders)]:
         pop = block.replace(line, mf.tally_line(dim, options, args.tally_size, order_seed=seed))
-        prompts = [model_input(model, "".join(prompt_parts(
-            topic=a["topic"], population=pop, context=a["context"], persona=a["persona"],
-            dimension=dim, options=options))) for a in people]
-        reads.append(choice_distribution(model.score(prompts, options)).mean(axis=0))
+        reads.append(mean_read(model, people, pop, dim, options))
         name = "the prompt's" if seed is None else str(seed)
         print(f"| {name} | " + " | ".join(f"{p:.2f}" for p in reads[-1]) + " |")
     r = np.array(reads)
