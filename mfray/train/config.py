@@ -38,6 +38,11 @@ class TrainParams:
     # field is the one the run built from its own actions, labelled with the real action
     # (mfray/train/data.py), to the teacher-forced examples before `max_examples` draws
     onpolicy_runs: tuple[str, ...] = ()
+    # policy only, sim.meanfield_form=tally: each training example this many times, each with
+    # its tally's words in an order of its own (a seeded draw), so that the policy learns to
+    # read the counts, not where the words stand; 0: the order the simulator writes
+    # (validation examples always keep it)
+    tally_orders: int = 0
     # optimisation
     lr: float = 2e-4
     epochs: int = 1
@@ -76,11 +81,12 @@ class TrainParams:
                 or self.checkpoint_every < 1 or self.log_every < 1 or self.k < 2 \
                 or self.num_workers < 0 or not 0 <= self.warmup_ratio < 1 \
                 or self.max_grad_norm <= 0 or self.beta < 0 or self.mix_copies < 0 \
-                or self.mix_alpha <= 0 or self.val_examples < 0:
+                or self.mix_alpha <= 0 or self.val_examples < 0 or self.tally_orders < 0:
             raise ConfigError("need train.lr > 0, epochs >= 1, batch_size >= 1, lora_r >= 1, "
                               "checkpoint_every >= 1, log_every >= 1, k >= 2, num_workers >= 0, "
                               "0 <= warmup_ratio < 1, max_grad_norm > 0, beta >= 0, "
-                              "mix_copies >= 0, mix_alpha > 0, val_examples >= 0")
+                              "mix_copies >= 0, mix_alpha > 0, val_examples >= 0, "
+                              "tally_orders >= 0")
         if self.onpolicy_runs and (self.prompt_variant == "state" or self.mix_copies):
             raise ConfigError("train.onpolicy_runs: " + (
                 f"the {self.variant} prompts show no population" if self.mix_copies == 0 else
@@ -106,6 +112,11 @@ class TrainConfig:
     meanfield: MeanFieldConfig = field(default_factory=MeanFieldConfig)
     train: TrainParams = field(default_factory=TrainParams)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.tally_orders and self.sim.meanfield_form != "tally":
+            raise ConfigError("train.tally_orders reorders the tally's words: it needs "
+                              f"sim.meanfield_form=tally, not {self.sim.meanfield_form!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

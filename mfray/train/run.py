@@ -32,6 +32,7 @@ from mfray.data.schema import Dataset, read_dataset
 from mfray.engine.population import TEXT_MEANFIELD
 from mfray.engine.ray_env import ensure_ray
 from mfray.errors import ConfigError, MfrayError
+from mfray.meanfield import reorder_tally
 from mfray.schedule import build_units
 from mfray.train.config import TrainConfig
 from mfray.train.data import build_examples, read_examples, rollout_feed, write_examples
@@ -64,9 +65,10 @@ def training_events(cfg: TrainConfig, ds: Dataset) -> list[str]:
 def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
                      summarize: Any = None) -> Path:
     """Build, subsample (seeded) and write the examples of ``kind`` (policy | meanfield)."""
-    if cfg.train.onpolicy_runs and kind != "policy":
-        raise ConfigError("train.onpolicy_runs: on-policy examples are policy examples; "
-                          "mfray train meanfield takes none")
+    for name in ("onpolicy_runs", "tally_orders"):
+        if getattr(cfg.train, name) and kind != "policy":
+            raise ConfigError(f"train.{name} is for policy examples; mfray train meanfield "
+                              "takes none")
     run = RunConfig(sim=cfg.sim, policy=cfg.policy, meanfield=cfg.meanfield)
     if summarize is None and cfg.train.prompt_variant in TEXT_MEANFIELD:
         summarize = _summarizer(cfg, ds)
@@ -97,6 +99,8 @@ def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
     n = cfg.train.max_examples
     if n is not None and n < table.num_rows:
         table, _ = _draw(table, n, cfg.train.seed)
+    if kind == "policy" and cfg.train.tally_orders:
+        table = tally_orders(table, cfg.train.tally_orders, [cfg.train.seed, 2])
     return write_examples(table, out / "examples" / f"{kind}.parquet")
 
 
@@ -128,6 +132,18 @@ def _onpolicy_examples(cfg: TrainConfig, run: RunConfig, ds: Dataset, events: li
         print(f"on-policy examples: {policy.num_rows} from {run_dir} ({len(fed)} events)")
         tables.append(policy)
     return tables
+
+
+def tally_orders(table: pa.Table, k: int, seed: Any) -> pa.Table:
+    """Each example of ``table`` ``k`` times (copies together), each copy's prompt with the
+    tally's words in an order drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(table.num_rows), k)
+    prompts = [reorder_tally(p, rng) for p in table.column("prompt").take(pa.array(rows))
+               .to_pylist()]
+    out = table.take(pa.array(rows))
+    return out.set_column(out.schema.get_field_index("prompt"), "prompt",
+                          pa.array(prompts, pa.string()))
 
 
 def _draw(table: pa.Table, n: int, seed: Any) -> tuple[pa.Table, pa.Table]:
