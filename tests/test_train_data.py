@@ -186,6 +186,8 @@ def test_tally_orders_repeat_each_example_in_orders_of_its_own(small_world_dir: 
     assert again.equals(out)
     with pytest.raises(ConfigError, match="needs sim.meanfield_form=tally, not 'shares'"):
         replace(two, sim=cfg.sim)
+    with pytest.raises(ConfigError, match="the sft prompts show no tally"):
+        replace(two, train=replace(two.train, variant="sft"))
     with pytest.raises(ConfigError, match="tally_orders is for policy examples"):
         prepare_examples(two, ds, tmp_path / "mf", "meanfield")
 

@@ -117,6 +117,9 @@ class TrainConfig:
         if self.train.tally_orders and self.sim.meanfield_form != "tally":
             raise ConfigError("train.tally_orders reorders the tally's words: it needs "
                               f"sim.meanfield_form=tally, not {self.sim.meanfield_form!r}")
+        if self.train.tally_orders and self.train.variant not in ("mf", "mf-hybrid"):
+            raise ConfigError(f"train.tally_orders: the {self.train.variant} prompts show no "
+                              "tally (only mf and mf-hybrid do)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -99,7 +99,7 @@ def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
     n = cfg.train.max_examples
     if n is not None and n < table.num_rows:
         table, _ = _draw(table, n, cfg.train.seed)
-    if kind == "policy" and cfg.train.tally_orders:
+    if cfg.train.tally_orders:
         table = tally_orders(table, cfg.train.tally_orders, [cfg.train.seed, 2])
     return write_examples(table, out / "examples" / f"{kind}.parquet")
 
