@@ -2,7 +2,8 @@
 
 Shows the same real agents of one event (as `mfray probe` draws them) the same counts written
 as a tally in several orders, and prints the mean probability of each option per order, with
-the spread over orders. A policy that reads the tally by value gives the same mix for every
+the spread over orders, and how each option's read follows its share of the first and of the
+last words over the orders (a correlation). A policy that reads the tally by value gives the same mix for every
 order; one whose read swings with the order wanders in a rollout, where each round's new
 counts redraw the order (README, "The synthetic world").
 
@@ -36,6 +37,8 @@ def main() -> None:
     ap.add_argument("--tally-size", type=int, default=48)
     ap.add_argument("--orders", type=int, default=8)
     ap.add_argument("--agents", type=int, default=24)
+    ap.add_argument("--edge", type=int, default=8,
+                    help="words at each end of the line whose mix the reads are checked against")
     ap.add_argument("--bf16", default="off", choices=("auto", "on", "off"))
     args = ap.parse_args()
 
@@ -60,10 +63,13 @@ def main() -> None:
                             meanfield_form="tally", tally_size=args.tally_size)
     line = mf.tally_line(dim, options, args.tally_size)
     assert line in block, "the tally line is not in the population block"
-    reads = []
+    reads, first, last = [], [], []
     for seed in [None, *range(args.orders)]:
-        pop = block.replace(line, mf.tally_line(dim, options, args.tally_size, order_seed=seed))
-        reads.append(mean_read(model, people, pop, dim, options))
+        ordered = mf.tally_line(dim, options, args.tally_size, order_seed=seed)
+        words = ordered.split(": ", 2)[2].rsplit(" (n=", 1)[0].split()
+        first.append([words[:args.edge].count(o) / args.edge for o in options])
+        last.append([words[-args.edge:].count(o) / args.edge for o in options])
+        reads.append(mean_read(model, people, block.replace(line, ordered), dim, options))
         name = "the prompt's" if seed is None else str(seed)
         print(f"| {name} | " + " | ".join(f"{p:.2f}" for p in reads[-1]) + " |")
     r = np.array(reads)
@@ -71,6 +77,13 @@ def main() -> None:
     for name, row in [("shown", shown), ("mean over orders", r.mean(0)),
                       ("sd over orders", r.std(0)), ("range", r.max(0) - r.min(0))]:
         print(f"| {name} | " + " | ".join(f"{p:.2f}" for p in row) + " |")
+    # where the order acts: the read against the mix of the first and the last words
+    for name, mix in [(f"corr. with the first {args.edge} words", first),
+                      (f"corr. with the last {args.edge} words", last)]:
+        m = np.array(mix)
+        corr = [np.corrcoef(r[:, k], m[:, k])[0, 1] if m[:, k].std() and r[:, k].std()
+                else float("nan") for k in range(len(options))]
+        print(f"| {name} | " + " | ".join(f"{c:+.2f}" for c in corr) + " |")
 
 
 if __name__ == "__main__":
