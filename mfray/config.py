@@ -52,8 +52,8 @@ class SimConfig:
     popular_window: int = 30
     # how the `mf` prompt shows the numeric mean field (mfray/meanfield.py): "shares" lists the
     # percentages most common first; "tally" writes them as 20 reactions in a shuffled order,
-    # which a tuned small model reads (README, "The synthetic world"); "tally-even" the
-    # same words spread evenly (each prefix holds the shares). An adapter is tuned for one form:
+    # which a tuned small model reads (README, "The synthetic world"); "tally-grouped" the
+    # same words each option's together, in label order. An adapter is tuned for one form:
     # simulate it with the same
     meanfield_form: Form = "shares"
     # the number of reactions the tally forms write out: 20 rounds each share to 5 %, which

@@ -22,9 +22,9 @@ _TALLY = "typical reactions"
 #: a tally line inside a prompt: dimension, number of words, the words, the rest
 _TALLY_LINE = re.compile(rf"^([^\n:]+): (\d+) {_TALLY}: ([^\n]*?) (\(n=\d+\))$", re.MULTILINE)
 
-Form = Literal["shares", "tally", "tally-even"]
-FORMS: tuple[Form, ...] = ("shares", "tally", "tally-even")
-TALLY_FORMS: tuple[Form, ...] = ("tally", "tally-even")
+Form = Literal["shares", "tally", "tally-grouped"]
+FORMS: tuple[Form, ...] = ("shares", "tally", "tally-grouped")
+TALLY_FORMS: tuple[Form, ...] = ("tally", "tally-grouped")
 #: what a model decision adds to the mean field: its drawn label (one count), or its whole
 #: action distribution (the expected count of each option; see ``SimConfig.meanfield_update``)
 Update = Literal["draws", "expected"]
@@ -115,7 +115,7 @@ class NumericMeanField:
                 continue
             if form in TALLY_FORMS:
                 lines.append(self.tally_line(dim, options, tally_size,
-                                             even=form == "tally-even"))
+                                             grouped=form == "tally-grouped"))
                 continue
             shares = self.shares(dim)
             order = np.argsort(-np.asarray(self.counts[dim]), kind="stable")
@@ -124,15 +124,15 @@ class NumericMeanField:
         return "\n".join(lines)
 
     def tally_line(self, dim: str, options: Sequence[str], tally_size: int = TALLY_SIZE,
-                   order_seed: int | None = None, even: bool = False) -> str:
+                   order_seed: int | None = None, grouped: bool = False) -> str:
         """The ``tally`` form's line for ``dim`` (which must have reactions). The words are
         shuffled by ``order_seed``; by default a fixed function of the counts, as the prompts
         use. Another seed gives the same words in another order (``scripts/tally_order.py``
         measures how much a policy's read depends on the order alone). ``grouped``: each
         option's words together, in label order (the ``tally-grouped`` form)."""
         counts = self.counts[dim]
-        if even:
-            words = np.asarray(options)[even_order(tally(self.shares(dim), tally_size))]
+        if grouped:
+            words = np.repeat(np.asarray(options), tally(self.shares(dim), tally_size))
             return f"{dim}: {len(words)} {_TALLY}: {' '.join(words)} (n={self.n(dim)})"
         order = np.argsort(-np.asarray(counts), kind="stable")
         words = np.repeat(np.asarray(options)[order], tally(self.shares(dim), tally_size)[order])
@@ -140,20 +140,6 @@ class NumericMeanField:
             order_seed = zlib.crc32(repr((dim, tuple(_count(c, 6) for c in counts))).encode())
         words = np.random.default_rng(order_seed).permutation(words)
         return f"{dim}: {len(words)} {_TALLY}: {' '.join(words)} (n={self.n(dim)})"
-
-
-def even_order(counts: np.ndarray) -> np.ndarray:
-    """Option indices, ``counts[k]`` of each, in the order that keeps every prefix closest to
-    the shares: each next word is the option furthest behind its share of the words so far
-    (ties to the larger count, then the earlier option)."""
-    counts = np.asarray(counts, dtype=int)
-    total, placed, out = counts.sum(), np.zeros(len(counts), dtype=int), []
-    for t in range(1, total + 1):
-        behind = t * counts / total - placed
-        k = max(range(len(counts)), key=lambda j: (behind[j], counts[j], -j))
-        placed[k] += 1
-        out.append(k)
-    return np.asarray(out, dtype=int)
 
 
 def reorder_tally(text: str, rng: np.random.Generator) -> str:

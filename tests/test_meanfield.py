@@ -7,14 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mfray.meanfield import (
-    NO_REACTIONS,
-    TALLY_SIZE,
-    NumericMeanField,
-    even_order,
-    reorder_tally,
-    tally,
-)
+from mfray.meanfield import NO_REACTIONS, TALLY_SIZE, NumericMeanField, reorder_tally, tally
 
 SPACE = {"stance": ("support", "deny", "query", "comment"), "emotion": ("pos", "neg")}
 
@@ -158,27 +151,21 @@ def test_tally_line_is_the_rendered_line_and_another_seed_only_reorders_it() -> 
             == mf.tally_line("stance", SPACE["stance"], 48, order_seed=1))
 
 
-def test_render_tally_even_spreads_the_same_words_so_every_prefix_holds_the_shares() -> None:
+def test_render_tally_grouped_writes_the_same_words_in_label_order() -> None:
     mf = NumericMeanField({"stance": (3, 5, 1, 10), "emotion": (0, 0)})
-    line = mf.render(SPACE, "tally-even")
-    assert line == ("stance: 20 typical reactions: comment deny comment support comment deny "
-                    "comment comment query comment deny support comment comment deny comment "
-                    f"support comment deny comment (n=19)\nemotion: {NO_REACTIONS}")
+    line = mf.render(SPACE, "tally-grouped")
+    assert line == ("stance: 20 typical reactions: support support support deny deny deny deny "
+                    "deny query comment comment comment comment comment comment comment comment "
+                    f"comment comment comment (n=19)\nemotion: {NO_REACTIONS}")
     shuffled = mf.render(SPACE, "tally").split("\n")[0]
     assert sorted(line.split("\n")[0].split()) == sorted(shuffled.split())
-    counts = np.array([13, 7, 11, 17])
-    order = even_order(counts)
-    assert np.bincount(order, minlength=4).tolist() == counts.tolist()
-    for t in range(1, len(order) + 1):  # every prefix within one word of its share
-        seen = np.bincount(order[:t], minlength=4)
-        assert np.abs(seen - t * counts / counts.sum()).max() < 1 + 1e-9, t
-    # a function of the counts only, and a shuffled order's prefixes stray much further
-    assert (even_order(counts) == order).all()
-    words = shuffled.split()[4:-1]
-    share = tally(mf.shares("stance"))
-    worst = max(abs(words[:t].count(o) - t * share[k] / 20) for t in range(1, 21)
-                for k, o in enumerate(SPACE["stance"]))
-    assert worst > 1
+    # one more `query` changes one word (and n), where the shuffled order is redrawn
+    more = NumericMeanField({"stance": (3, 5, 2, 10), "emotion": (0, 0)})
+    a, b = (m.render(SPACE, "tally-grouped", 19).split("\n")[0].split() for m in (mf, more))
+    assert b[4:-1] == ["support"] * 3 + ["deny"] * 5 + ["query"] * 2 + ["comment"] * 9
+    assert [k for k, (x, y) in enumerate(zip(a, b, strict=True)) if x != y] == [13, 23]  # a word, n
+    c, d = (m.render(SPACE, "tally", 19).split("\n")[0].split() for m in (mf, more))
+    assert sum(x != y for x, y in zip(c, d, strict=True)) > 2
 
 
 def test_reorder_tally_shuffles_only_the_tally_words() -> None:
