@@ -18,7 +18,7 @@ from mfray.data.mix import CENTRES
 from mfray.data.topics import EARLIEST, retopic
 from mfray.data.topics import RULES as TOPIC_RULES
 from mfray.errors import MfrayError
-from mfray.meanfield import TALLY_FORMS, TALLY_SIZE
+from mfray.meanfield import TALLY_SIZE
 
 if TYPE_CHECKING:
     from mfray.config import RunConfig
@@ -152,7 +152,7 @@ def _check_adapter_form(cfg: RunConfig) -> None:
                          f"{form!r}; this run writes it as {cfg.sim.meanfield_form!r}: add "
                          f"--set sim.meanfield_form={form}")
     size = tuned.get("sim", {}).get("tally_size", TALLY_SIZE)
-    if variant in ("mf", "mf-hybrid") and form in TALLY_FORMS and size != cfg.sim.tally_size:
+    if variant in ("mf", "mf-hybrid") and form == "tally" and size != cfg.sim.tally_size:
         raise MfrayError(f"{cfg.policy.adapter} was tuned on the mean field written as "
                          f"{size} reactions; this run writes {cfg.sim.tally_size}: add "
                          f"--set sim.tally_size={size}")

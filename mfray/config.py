@@ -52,11 +52,10 @@ class SimConfig:
     popular_window: int = 30
     # how the `mf` prompt shows the numeric mean field (mfray/meanfield.py): "shares" lists the
     # percentages most common first; "tally" writes them as 20 reactions in a shuffled order,
-    # which a tuned small model reads (README, "The synthetic world"); "tally-grouped" the
-    # same words each option's together, in label order. An adapter is tuned for one form:
-    # simulate it with the same
+    # which a tuned small model reads (README, "The synthetic world"). An adapter is tuned
+    # for one form: simulate it with the same
     meanfield_form: Form = "shares"
-    # the number of reactions the tally forms write out: 20 rounds each share to 5 %, which
+    # the number of reactions the "tally" form writes out: 20 rounds each share to 5 %, which
     # loses what a reader needs of the rare options (README, "The synthetic world")
     tally_size: int = TALLY_SIZE
     # what a model decision adds to the numeric mean field: "draws" its drawn label, as a real

@@ -22,9 +22,8 @@ _TALLY = "typical reactions"
 #: a tally line inside a prompt: dimension, number of words, the words, the rest
 _TALLY_LINE = re.compile(rf"^([^\n:]+): (\d+) {_TALLY}: ([^\n]*?) (\(n=\d+\))$", re.MULTILINE)
 
-Form = Literal["shares", "tally", "tally-grouped"]
-FORMS: tuple[Form, ...] = ("shares", "tally", "tally-grouped")
-TALLY_FORMS: tuple[Form, ...] = ("tally", "tally-grouped")
+Form = Literal["shares", "tally"]
+FORMS: tuple[Form, ...] = ("shares", "tally")
 #: what a model decision adds to the mean field: its drawn label (one count), or its whole
 #: action distribution (the expected count of each option; see ``SimConfig.meanfield_update``)
 Update = Literal["draws", "expected"]
@@ -99,13 +98,7 @@ class NumericMeanField:
         is a fixed function of the counts (the same line for the same counts, on any shard).
         A small model can learn to count words where it does not learn to read percentages:
         tuned on the shares it learns which option is listed first, not the numbers (README,
-        "The synthetic world").
-
-        ``tally-grouped``: the same words each option's together, in label order,
-        ``stance: 20 typical reactions: support support deny … comment comment (n=120)``.
-        No order to read besides the counts: a small change of the counts changes the line
-        a little, where the shuffled order is redrawn (a tuned SmolLM2's read of a shuffled
-        tally moves with the order alone, ``scripts/tally_order.py``)."""
+        "The synthetic world")."""
         if form not in FORMS:
             raise ValueError(f"unknown mean-field form {form!r}; one of {', '.join(FORMS)}")
         lines = []
@@ -113,9 +106,8 @@ class NumericMeanField:
             if self.n(dim) == 0:
                 lines.append(f"{dim}: {NO_REACTIONS}")
                 continue
-            if form in TALLY_FORMS:
-                lines.append(self.tally_line(dim, options, tally_size,
-                                             grouped=form == "tally-grouped"))
+            if form == "tally":
+                lines.append(self.tally_line(dim, options, tally_size))
                 continue
             shares = self.shares(dim)
             order = np.argsort(-np.asarray(self.counts[dim]), kind="stable")
@@ -124,16 +116,12 @@ class NumericMeanField:
         return "\n".join(lines)
 
     def tally_line(self, dim: str, options: Sequence[str], tally_size: int = TALLY_SIZE,
-                   order_seed: int | None = None, grouped: bool = False) -> str:
+                   order_seed: int | None = None) -> str:
         """The ``tally`` form's line for ``dim`` (which must have reactions). The words are
         shuffled by ``order_seed``; by default a fixed function of the counts, as the prompts
         use. Another seed gives the same words in another order (``scripts/tally_order.py``
-        measures how much a policy's read depends on the order alone). ``grouped``: each
-        option's words together, in label order (the ``tally-grouped`` form)."""
+        measures how much a policy's read depends on the order alone)."""
         counts = self.counts[dim]
-        if grouped:
-            words = np.repeat(np.asarray(options), tally(self.shares(dim), tally_size))
-            return f"{dim}: {len(words)} {_TALLY}: {' '.join(words)} (n={self.n(dim)})"
         order = np.argsort(-np.asarray(counts), kind="stable")
         words = np.repeat(np.asarray(options)[order], tally(self.shares(dim), tally_size)[order])
         if order_seed is None:

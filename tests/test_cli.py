@@ -258,13 +258,6 @@ def test_adapter_tuned_on_another_meanfield_form_is_refused(
     err = capsys.readouterr().err
     assert "written as 48 reactions; this run writes 20" in err
     assert "--set sim.tally_size=48" in err and not (tmp_path / "run").exists()
-    # the grouped tally: another form, and its size checked the same way
-    saved.write_text(json.dumps({"train": {"variant": "mf"},
-                                 "sim": {"meanfield_form": "tally-grouped", "tally_size": 48}}))
-    assert main([*base, "--set", "sim.meanfield_form=tally", "--set", "sim.tally_size=48"]) == 2
-    assert "--set sim.meanfield_form=tally-grouped" in capsys.readouterr().err
-    assert main([*base, "--set", "sim.meanfield_form=tally-grouped"]) == 2
-    assert "--set sim.tally_size=48" in capsys.readouterr().err
     # an sft adapter never saw a mean field: any form goes
     saved.write_text(json.dumps({"train": {"variant": "sft"}, "sim": {"meanfield_form": "tally"}}))
     from mfray.cli import _check_adapter_form

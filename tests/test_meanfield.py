@@ -151,23 +151,6 @@ def test_tally_line_is_the_rendered_line_and_another_seed_only_reorders_it() -> 
             == mf.tally_line("stance", SPACE["stance"], 48, order_seed=1))
 
 
-def test_render_tally_grouped_writes_the_same_words_in_label_order() -> None:
-    mf = NumericMeanField({"stance": (3, 5, 1, 10), "emotion": (0, 0)})
-    line = mf.render(SPACE, "tally-grouped")
-    assert line == ("stance: 20 typical reactions: support support support deny deny deny deny "
-                    "deny query comment comment comment comment comment comment comment comment "
-                    f"comment comment comment (n=19)\nemotion: {NO_REACTIONS}")
-    shuffled = mf.render(SPACE, "tally").split("\n")[0]
-    assert sorted(line.split("\n")[0].split()) == sorted(shuffled.split())
-    # one more `query` changes one word (and n), where the shuffled order is redrawn
-    more = NumericMeanField({"stance": (3, 5, 2, 10), "emotion": (0, 0)})
-    a, b = (m.render(SPACE, "tally-grouped", 19).split("\n")[0].split() for m in (mf, more))
-    assert b[4:-1] == ["support"] * 3 + ["deny"] * 5 + ["query"] * 2 + ["comment"] * 9
-    assert [k for k, (x, y) in enumerate(zip(a, b, strict=True)) if x != y] == [13, 23]  # a word, n
-    c, d = (m.render(SPACE, "tally", 19).split("\n")[0].split() for m in (mf, more))
-    assert sum(x != y for x, y in zip(c, d, strict=True)) > 2
-
-
 def test_reorder_tally_shuffles_only_the_tally_words() -> None:
     space = {"stance": SPACE["stance"], "emotion": SPACE["emotion"]}
     mf = NumericMeanField({"stance": (3, 5, 1, 10), "emotion": (4, 1)})
