@@ -138,10 +138,8 @@ def tally_orders(table: pa.Table, k: int, seed: Any) -> pa.Table:
     """Each example of ``table`` ``k`` times (copies together), each copy's prompt with the
     tally's words in an order drawn from ``seed``."""
     rng = np.random.default_rng(seed)
-    rows = np.repeat(np.arange(table.num_rows), k)
-    prompts = [reorder_tally(p, rng) for p in table.column("prompt").take(pa.array(rows))
-               .to_pylist()]
-    out = table.take(pa.array(rows))
+    out = table.take(pa.array(np.repeat(np.arange(table.num_rows), k)))
+    prompts = [reorder_tally(p, rng) for p in out.column("prompt").to_pylist()]
     return out.set_column(out.schema.get_field_index("prompt"), "prompt",
                           pa.array(prompts, pa.string()))
 
