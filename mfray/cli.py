@@ -144,15 +144,17 @@ def _check_adapter_form(cfg: RunConfig) -> None:
     saved = Path(cfg.policy.adapter).parent / "train_config.json"
     if not saved.is_file():
         return
+    from mfray.config import NUMERIC_MEANFIELD
+
     tuned = json.loads(saved.read_text())
     variant = tuned.get("train", {}).get("variant")
     form = tuned.get("sim", {}).get("meanfield_form", "shares")
-    if variant in ("mf", "mf-hybrid") and form != cfg.sim.meanfield_form:
+    if variant in NUMERIC_MEANFIELD and form != cfg.sim.meanfield_form:
         raise MfrayError(f"{cfg.policy.adapter} was tuned on the mean field written as "
                          f"{form!r}; this run writes it as {cfg.sim.meanfield_form!r}: add "
                          f"--set sim.meanfield_form={form}")
     size = tuned.get("sim", {}).get("tally_size", TALLY_SIZE)
-    if variant in ("mf", "mf-hybrid") and form == "tally" and size != cfg.sim.tally_size:
+    if variant in NUMERIC_MEANFIELD and form == "tally" and size != cfg.sim.tally_size:
         raise MfrayError(f"{cfg.policy.adapter} was tuned on the mean field written as "
                          f"{size} reactions; this run writes {cfg.sim.tally_size}: add "
                          f"--set sim.tally_size={size}")

@@ -29,6 +29,8 @@ from mfray.meanfield import TALLY_SIZE, Form, Update
 #: Policy variants (method.md §3). The LLM variants arrive with the engine; the statistical
 #: references and the synthetic world's built-in policies run without a model.
 LLM_VARIANTS = ("state", "recent", "popular", "mf", "mf-text", "mf-hybrid")
+#: the variants whose prompt shows the numeric mean field (in ``sim.meanfield_form``)
+NUMERIC_MEANFIELD = ("mf", "mf-hybrid")
 REFERENCE_VARIANTS = ("base-rate", "persistence", "crowd")
 SURROGATE_VARIANTS = ("oracle", "bayes", "surrogate-mf", "surrogate-state")
 VARIANTS = LLM_VARIANTS + REFERENCE_VARIANTS + SURROGATE_VARIANTS

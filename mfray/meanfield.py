@@ -130,6 +130,14 @@ class NumericMeanField:
         return f"{dim}: {len(words)} {_TALLY}: {' '.join(words)} (n={self.n(dim)})"
 
 
+def tally_words(line: str) -> list[str]:
+    """The words of a tally line (:meth:`NumericMeanField.tally_line`), in their order."""
+    m = _TALLY_LINE.fullmatch(line)
+    if m is None:
+        raise ValueError(f"not a tally line: {line!r}")
+    return m[3].split(" ")
+
+
 def reorder_tally(text: str, rng: np.random.Generator) -> str:
     """``text`` (a prompt) with the words of each tally line it holds shuffled by ``rng``:
     the same counts in another order, everything else unchanged (``train.tally_orders``).

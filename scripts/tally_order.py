@@ -22,7 +22,7 @@ import numpy as np
 from mfray.config import PolicyConfig, SimConfig
 from mfray.data.schema import read_dataset
 from mfray.engine.inference import build_model
-from mfray.meanfield import NumericMeanField
+from mfray.meanfield import NumericMeanField, tally_words
 from mfray.policy import population_text
 from mfray.probe import agents, mean_read
 
@@ -66,7 +66,7 @@ def main() -> None:
     reads, first, last = [], [], []
     for seed in [None, *range(args.orders)]:
         ordered = mf.tally_line(dim, options, args.tally_size, order_seed=seed)
-        words = ordered.split(": ", 2)[2].rsplit(" (n=", 1)[0].split()
+        words = tally_words(ordered)
         first.append([words[:args.edge].count(o) / args.edge for o in options])
         last.append([words[-args.edge:].count(o) / args.edge for o in options])
         reads.append(mean_read(model, people, block.replace(line, ordered), dim, options))

@@ -8,7 +8,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mfray.config import MeanFieldConfig, PolicyConfig, ResourcesConfig, SimConfig
+from mfray.config import (
+    NUMERIC_MEANFIELD,
+    MeanFieldConfig,
+    PolicyConfig,
+    ResourcesConfig,
+    SimConfig,
+)
 from mfray.errors import ConfigError
 
 #: what ``train.variant`` may name: an LLM variant's prompts, or ``sft`` (the ``state``
@@ -117,7 +123,7 @@ class TrainConfig:
         if self.train.tally_orders and self.sim.meanfield_form != "tally":
             raise ConfigError("train.tally_orders reorders the tally's words: it needs "
                               f"sim.meanfield_form=tally, not {self.sim.meanfield_form!r}")
-        if self.train.tally_orders and self.train.variant not in ("mf", "mf-hybrid"):
+        if self.train.tally_orders and self.train.variant not in NUMERIC_MEANFIELD:
             raise ConfigError(f"train.tally_orders: the {self.train.variant} prompts show no "
                               "tally (only mf and mf-hybrid do)")
 
