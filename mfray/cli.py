@@ -136,12 +136,15 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _check_adapter_form(cfg: RunConfig) -> None:
-    """Refuse a policy adapter tuned on another form of the numeric mean field than the run
-    shows (``sim.meanfield_form``): it learnt to read the other one. The form is in the
-    ``train_config.json`` that ``mfray train policy`` writes beside the adapter."""
-    if not cfg.policy.adapter:
+    """Refuse a policy adapter (or prompt classifier) tuned on another form of the numeric mean
+    field than the run shows (``sim.meanfield_form``): it learnt to read the other one. The
+    form is in the ``train_config.json`` that ``mfray train`` writes beside it."""
+    from mfray.classifier import classifier_path
+
+    tuned_by = cfg.policy.adapter or classifier_path(cfg.policy.model)
+    if not tuned_by:
         return
-    saved = Path(cfg.policy.adapter).parent / "train_config.json"
+    saved = Path(tuned_by).parent / "train_config.json"
     if not saved.is_file():
         return
     from mfray.config import NUMERIC_MEANFIELD
@@ -150,12 +153,12 @@ def _check_adapter_form(cfg: RunConfig) -> None:
     variant = tuned.get("train", {}).get("variant")
     form = tuned.get("sim", {}).get("meanfield_form", "shares")
     if variant in NUMERIC_MEANFIELD and form != cfg.sim.meanfield_form:
-        raise MfrayError(f"{cfg.policy.adapter} was tuned on the mean field written as "
+        raise MfrayError(f"{tuned_by} was tuned on the mean field written as "
                          f"{form!r}; this run writes it as {cfg.sim.meanfield_form!r}: add "
                          f"--set sim.meanfield_form={form}")
     size = tuned.get("sim", {}).get("tally_size", TALLY_SIZE)
     if variant in NUMERIC_MEANFIELD and form == "tally" and size != cfg.sim.tally_size:
-        raise MfrayError(f"{cfg.policy.adapter} was tuned on the mean field written as "
+        raise MfrayError(f"{tuned_by} was tuned on the mean field written as "
                          f"{size} reactions; this run writes {cfg.sim.tally_size}: add "
                          f"--set sim.tally_size={size}")
 
@@ -462,8 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--data", help="a converted dataset (when the sweep has no world)")
     sw.set_defaults(func=cmd_sweep)
 
-    tr = sub.add_parser("train", help="IB-Tune: LoRA fine-tuning on Ray Train")
-    tr.add_argument("kind", choices=("policy", "meanfield"))
+    tr = sub.add_parser("train", help="IB-Tune: LoRA fine-tuning on Ray Train (classifier: "
+                        "a bag-of-words reference fitted on the same examples)")
+    tr.add_argument("kind", choices=("policy", "meanfield", "classifier"))
     tr.add_argument("--out", required=True, help="the training directory (rerun to resume)")
     tr.add_argument("--config", help="a TOML or YAML config (sections sim, policy, meanfield, "
                     "train, resources)")
@@ -486,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> None:
     from mfray.config import load_config
     from mfray.train.config import TrainConfig
-    from mfray.train.run import loss_summary, train, validation_summary
+    from mfray.train.run import loss_summary, train, train_classifier, validation_summary
 
     overrides = list(args.set or [])
     for flag, key in (("data", "sim.data"), ("model", "policy.model"),
@@ -498,6 +502,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, overrides, cls=TrainConfig)
     if not cfg.sim.data:
         raise MfrayError("no data: pass --data DIR (a converted dataset) or set sim.data")
+    if args.kind == "classifier":
+        path = train_classifier(cfg, args.out)
+        print(f"classifier: {path} (simulate with --set policy.model={args.out})")
+        report = Path(args.out) / "validation.json"
+        if report.is_file():
+            loss = json.loads(report.read_text())["loss"]
+            print(f"validation: loss {loss['classifier']:.4f} classifier, "
+                  f"{loss['label_frequencies']:.4f} the training label frequencies")
+        return
     adapter = train(cfg, args.kind, args.out)
     out = Path(args.out)
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -266,6 +266,42 @@ def test_adapter_tuned_on_another_meanfield_form_is_refused(
     _check_adapter_form(RunConfig(policy=PolicyConfig(adapter=str(tmp_path / "adapter"))))
 
 
+def test_train_classifier_then_simulate_with_it(small_world_dir: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """`mfray train classifier` fits on the policy examples (held-out event left out, the
+    validation split scored) and `--set policy.model=OUT` simulates with it; a run whose mean
+    field is written in another form than the classifier read is refused, as for adapters."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "clf"
+    assert main(["train", "classifier", "--data", str(small_world_dir), "--out", str(out),
+                 "--variant", "mf", "--held-out", "synth-03", "--set",
+                 "train.val_examples=40", "--set", "sim.meanfield_form=tally"]) == 0
+    printed = capsys.readouterr().out
+    assert "fitted ['support', 'deny', 'query', 'comment'] on " in printed
+    assert f"simulate with --set policy.model={out}" in printed
+    report = json.loads((out / "validation.json").read_text())
+    assert report["examples"] == 40 and "synth-03" not in report["events"]
+    assert np.isfinite(report["loss"]["classifier"]) and report["loss"]["classifier"] > 0
+    examples = pq.read_table(out / "examples" / "policy.parquet")
+    assert "synth-03" not in set(examples["event_id"].to_pylist())
+    run = tmp_path / "run"
+    base = ["simulate", "--data", str(small_world_dir), "--out", str(run), "--variants", "mf",
+            "--set", f"policy.model={out}", "--set", "sim.events=[synth-03]", "--set",
+            "sim.warmup=16", "--max-rounds", "3"]
+    assert main(base) == 2
+    assert "was tuned on the mean field written as 'tally'" in capsys.readouterr().err
+    assert main([*base, "--set", "sim.meanfield_form=tally"]) == 0
+    decisions = RunStore.open(run).read_decisions(["is_warmup", "ok"])
+    rollout = decisions.filter(pc.invert(decisions["is_warmup"]))
+    assert rollout.num_rows > 0 and all(rollout["ok"].to_pylist())
+    assert main(["train", "classifier", "--data", str(small_world_dir), "--out",
+                 str(tmp_path / "text"), "--variant", "mf-text"]) == 2
+    assert "a prompt classifier reads the prompts" in capsys.readouterr().err
+
+
 def test_train_meanfield_end_to_end(small_world_dir: Path, tiny_model_dir: Path,
                                     tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The text mean field's model, tuned by the information bottleneck (REINFORCE, K = 2)."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from mfray.classifier import classifier_path, load_classifier
 from mfray.config import PolicyConfig
 from mfray.engine.shard import Key, Requests, Scored
 from mfray.llm import (
@@ -39,12 +40,16 @@ def check_model(cfg: PolicyConfig) -> None:
     """Fail early, in the driver, with a clear message when the named model cannot exist."""
     if cfg.adapter and not (Path(cfg.adapter).expanduser() / "adapter_config.json").is_file():
         raise ModelError(f"no LoRA adapter at {cfg.adapter} (adapter_config.json missing)")
-    if cfg.model in SCRIPTED or cfg.url:
+    if (path := classifier_path(cfg.model)) is not None and (cfg.mode != "choice" or cfg.adapter):
+        raise ModelError(f"{path} is a prompt classifier: it takes policy.mode=choice and no "
+                         "adapter")
+    if cfg.model in SCRIPTED or cfg.url or path is not None:
         return
     path = default_gguf() if cfg.model is None else Path(cfg.model).expanduser()
     if not ((path.is_file() and path.suffix == ".gguf") or (path / "config.json").is_file()):
         raise ModelError(f"no model at {path}: give a transformers directory (with "
-                         "config.json), a .gguf file, 'scripted' or 'scripted-world'")
+                         "config.json), a .gguf file, a classifier (`mfray train classifier`), "
+                         "'scripted' or 'scripted-world'")
 
 
 def _canonical(shard_requests: Sequence[Requests], part: tuple[int, int] = (0, 1)
@@ -73,6 +78,8 @@ def build_model(cfg: PolicyConfig, data_dir: str | None = None,
                                      requests_per_s=cfg.requests_per_s)
     if cfg.model == "scripted":
         return ScriptedModel()
+    if (path := classifier_path(cfg.model)) is not None:
+        return load_classifier(path)
     if cfg.model == "scripted-world":
         from mfray.baselines import load_world, world_rule_model
         from mfray.data.schema import read_dataset

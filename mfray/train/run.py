@@ -393,6 +393,56 @@ def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = 
     return adapter
 
 
+def train_classifier(cfg: TrainConfig, out: str | Path, *, ds: Dataset | None = None) -> Path:
+    """Fit a prompt classifier (:mod:`mfray.classifier`) on the policy examples that ``mfray
+    train policy`` would tune on (same events, draws and validation split), one model per
+    option set; write ``OUT/classifier.json`` and, with ``train.val_examples``,
+    ``OUT/validation.json`` (its loss against the training label frequencies)."""
+    from mfray.classifier import CLASSIFIER_FILE, ClassifierModel, fit_option_model
+
+    if cfg.train.prompt_variant in TEXT_MEANFIELD:
+        raise ConfigError(f"a prompt classifier reads the prompts of a numeric or no mean "
+                          f"field; train.variant={cfg.train.variant} writes a summary with an "
+                          "LLM")
+    cfg = absolute_paths(cfg)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    data = ds if ds is not None else read_dataset(cfg.sim.data)
+    table = read_examples(prepare_examples(cfg, data, out, "policy"))
+    if table["mode"][0].as_py() != "choice":
+        raise ConfigError("a prompt classifier chooses among options: use policy.mode=choice")
+    models = []
+    for opts, rows in _by_options(table).items():
+        models.append(fit_option_model(rows["prompt"].to_pylist(),
+                                       rows["label_index"].to_pylist(), opts,
+                                       rows["event_id"].to_pylist()))
+        print(f"fitted {list(opts)} on {rows.num_rows} examples of "
+              f"{len(set(rows['event_id'].to_pylist()))} events "
+              f"(L2 weight C = {models[-1].c:g}, {len(models[-1].vocabulary)} features)")
+    model = ClassifierModel(models)
+    path = model.save(out / CLASSIFIER_FILE)
+    if (out / "examples" / VAL_FILE).is_file():
+        val = read_examples(out / "examples" / VAL_FILE)
+        nll = 0.0
+        for opts, rows in _by_options(val).items():
+            logp = model.score(rows["prompt"].to_pylist(), opts)
+            nll -= float(logp[np.arange(rows.num_rows), rows["label_index"].to_numpy()].sum())
+        report = {"examples": val.num_rows, "events": sorted(set(val["event_id"].to_pylist())),
+                  "loss": {"classifier": nll / val.num_rows,
+                           "label_frequencies": _constant_nll(table, val)}}
+        (out / "validation.json").write_text(json.dumps(report, indent=2))
+    return path
+
+
+def _by_options(table: pa.Table) -> dict[tuple[str, ...], pa.Table]:
+    """The rows of ``table`` per option set, in order of first appearance."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, opts in enumerate(table["options"].to_pylist()):
+        groups.setdefault(tuple(opts), []).append(i)
+    return {opts: table.take(pa.array(idx)) for opts, idx in groups.items()}
+
+
 class LiveProgress:
     """A progress bar that follows ``metrics.jsonl`` while Ray Train runs: rank 0 appends a
     row per step there, and the workers' own output does not reach the driver (mfray starts
