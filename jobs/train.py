@@ -1,4 +1,4 @@
-"""Ray job entrypoint for ``mfray train policy|meanfield``; takes the same arguments."""
+"""Ray job entrypoint for ``mfray train policy|meanfield|classifier``; takes the same arguments."""
 
 import sys
 
