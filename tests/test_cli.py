@@ -300,6 +300,12 @@ def test_train_classifier_then_simulate_with_it(small_world_dir: Path, tmp_path:
     assert main(["train", "classifier", "--data", str(small_world_dir), "--out",
                  str(tmp_path / "text"), "--variant", "mf-text"]) == 2
     assert "a prompt classifier reads the prompts" in capsys.readouterr().err
+    assert main(["train", "classifier", "--data", str(small_world_dir), "--out", str(out),
+                 "--variant", "mf", "--held-out", "synth-02"]) == 2
+    assert "holds a training run with another config" in capsys.readouterr().err
+    assert main(["train", "classifier", "--data", str(small_world_dir), "--out",
+                 str(tmp_path / "text-mode"), "--set", "policy.mode=text"]) == 2
+    assert "use policy.mode=choice" in capsys.readouterr().err
 
 
 def test_train_meanfield_end_to_end(small_world_dir: Path, tiny_model_dir: Path,

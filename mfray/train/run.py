@@ -348,13 +348,7 @@ def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = 
 
     if kind not in ("policy", "meanfield"):
         raise ConfigError(f"unknown training kind {kind!r}: policy or meanfield")
-    cfg = absolute_paths(cfg)
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / "train_config.json"
-    if saved.is_file() and from_dict(TrainConfig, json.loads(saved.read_text())) != cfg:
-        raise MfrayError(f"{out} holds a training run with another config; use a new directory")
-    saved.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    cfg, out = _start(cfg, out)
     examples = out / "examples" / f"{kind}.parquet"
     if not examples.is_file():
         data = ds if ds is not None else read_dataset(cfg.sim.data)
@@ -404,14 +398,11 @@ def train_classifier(cfg: TrainConfig, out: str | Path, *, ds: Dataset | None = 
         raise ConfigError(f"a prompt classifier reads the prompts of a numeric or no mean "
                           f"field; train.variant={cfg.train.variant} writes a summary with an "
                           "LLM")
-    cfg = absolute_paths(cfg)
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    if cfg.policy.mode != "choice":
+        raise ConfigError("a prompt classifier chooses among options: use policy.mode=choice")
+    cfg, out = _start(cfg, out)
     data = ds if ds is not None else read_dataset(cfg.sim.data)
     table = read_examples(prepare_examples(cfg, data, out, "policy"))
-    if table["mode"][0].as_py() != "choice":
-        raise ConfigError("a prompt classifier chooses among options: use policy.mode=choice")
     models = []
     for opts, rows in _by_options(table).items():
         models.append(fit_option_model(rows["prompt"].to_pylist(),
@@ -441,6 +432,19 @@ def _by_options(table: pa.Table) -> dict[tuple[str, ...], pa.Table]:
     for i, opts in enumerate(table["options"].to_pylist()):
         groups.setdefault(tuple(opts), []).append(i)
     return {opts: table.take(pa.array(idx)) for opts, idx in groups.items()}
+
+
+def _start(cfg: TrainConfig, out: str | Path) -> tuple[TrainConfig, Path]:
+    """The config with absolute paths and the output directory, made; a directory that holds
+    a run of another config is refused, and the config is saved as ``train_config.json``."""
+    cfg = absolute_paths(cfg)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "train_config.json"
+    if saved.is_file() and from_dict(TrainConfig, json.loads(saved.read_text())) != cfg:
+        raise MfrayError(f"{out} holds a training run with another config; use a new directory")
+    saved.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    return cfg, out
 
 
 class LiveProgress:
