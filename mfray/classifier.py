@@ -69,12 +69,14 @@ def _vectorizer(vocabulary: dict[str, int] | None = None, min_df: int = 1) -> An
 
 def fit_option_model(prompts: Sequence[str], labels: Sequence[int], options: Sequence[str],
                      groups: Sequence[str], *, min_df: int = MIN_DF,
-                     c_grid: Sequence[float] = C_GRID) -> OptionModel:
+                     c_grid: Sequence[float] = C_GRID, progress: bool = False) -> OptionModel:
     """Fit one option set's model on ``prompts`` labelled ``labels`` (indices into
     ``options``); ``groups`` (the examples' events) are held out together in the choice of the
-    L2 weight, with up to 5 folds (with one event: the largest weight of the grid)."""
+    L2 weight, with up to 5 folds (with one event: the largest weight of the grid);
+    ``progress``: a bar over the cross-validation's folds."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold
+    from tqdm import tqdm
 
     y = np.asarray(labels, dtype=int)
     if len(prompts) != len(y) or len(y) != len(groups):
@@ -107,7 +109,9 @@ def fit_option_model(prompts: Sequence[str], labels: Sequence[int], options: Seq
     best = grid[-1]
     if n_groups > 1:
         losses = np.zeros(len(grid))
-        for tr, te in GroupKFold(n_splits=min(5, n_groups)).split(x, y, groups):
+        folds = list(GroupKFold(n_splits=min(5, n_groups)).split(x, y, groups))
+        for tr, te in tqdm(folds, desc=f"choosing the L2 weight ({len(grid)} values)",
+                           unit="fold", disable=not progress):
             m = LogisticRegression(max_iter=MAX_ITER, warm_start=True)  # along the grid
             for k, c in enumerate(grid):
                 coef, icpt = fitted(m.set_params(C=c), tr)

@@ -407,7 +407,7 @@ def train_classifier(cfg: TrainConfig, out: str | Path, *, ds: Dataset | None = 
     for opts, rows in _by_options(table).items():
         models.append(fit_option_model(rows["prompt"].to_pylist(),
                                        rows["label_index"].to_pylist(), opts,
-                                       rows["event_id"].to_pylist()))
+                                       rows["event_id"].to_pylist(), progress=True))
         print(f"fitted {list(opts)} on {rows.num_rows} examples of "
               f"{len(set(rows['event_id'].to_pylist()))} events "
               f"(L2 weight C = {models[-1].c:g}, {len(models[-1].vocabulary)} features)")
