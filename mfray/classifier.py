@@ -20,10 +20,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import log_softmax
 
 from mfray.llm import ModelError
 
@@ -45,10 +47,12 @@ class OptionModel:
     intercept: np.ndarray  # (len(options),)
     c: float  # the L2 weight chosen (scikit-learn's C: larger fits closer)
 
+    @cached_property
+    def _vectorizer(self) -> Any:  # built once per model, not per scoring call
+        return _vectorizer(self.vocabulary)
+
     def log_probs(self, prompts: Sequence[str]) -> np.ndarray:
-        z = _vectorizer(self.vocabulary).transform(prompts) @ self.coef.T + self.intercept
-        z = np.asarray(z) - np.max(z, axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return _log_probs(self._vectorizer.transform(prompts), self.coef, self.intercept)
 
     def to_dict(self) -> dict[str, Any]:
         return {"options": list(self.options), "vocabulary": self.vocabulary,
@@ -58,6 +62,11 @@ class OptionModel:
     def from_dict(cls, d: dict[str, Any]) -> OptionModel:
         return cls(tuple(d["options"]), dict(d["vocabulary"]), np.asarray(d["coef"], float),
                    np.asarray(d["intercept"], float), float(d["c"]))
+
+
+def _log_probs(x: Any, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """Rows of option log-probabilities of the feature rows ``x``."""
+    return log_softmax(np.asarray(x @ coef.T + intercept), axis=1)
 
 
 def _vectorizer(vocabulary: dict[str, int] | None = None, min_df: int = 1) -> Any:
@@ -114,10 +123,7 @@ def fit_option_model(prompts: Sequence[str], labels: Sequence[int], options: Seq
                            unit="fold", disable=not progress):
             m = LogisticRegression(max_iter=MAX_ITER, warm_start=True)  # along the grid
             for k, c in enumerate(grid):
-                coef, icpt = fitted(m.set_params(C=c), tr)
-                z = x[te] @ coef.T + icpt
-                z = z - z.max(axis=1, keepdims=True)
-                lp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+                lp = _log_probs(x[te], *fitted(m.set_params(C=c), tr))
                 losses[k] -= lp[np.arange(len(te)), y[te]].sum() / len(y)
         best = grid[int(np.argmin(losses))]
     coef, icpt = fitted(LogisticRegression(C=best, max_iter=MAX_ITER), np.arange(len(y)))
