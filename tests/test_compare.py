@@ -24,7 +24,7 @@ from mfray.evaluate.compare import (
 )
 from mfray.store import RunStore
 
-VARIANTS = ("persistence", "mf", "recent", "base-rate", "state", "crowd")
+VARIANTS = ("persistence", "mf", "recent", "base-rate", "state", "crowd", "oracle")
 CFG = EvalConfig(n_bootstrap=200)
 
 
@@ -57,7 +57,7 @@ def test_table_rows_order_and_relative_change(run_dir: Path) -> None:
     comp = compare(run_dir, CFG)
     rows = [r for r in comp.rows if r["dimension"] == "stance"]
     assert [r["variant"] for r in rows] == ["state", "recent", "mf", "base-rate", "persistence",
-                                            "crowd"]
+                                            "crowd", "oracle"]
     mf = rows[2]
     best = min(("state", "recent"), key=lambda v: next(r["kl"] for r in rows
                                                         if r["variant"] == v))
@@ -96,7 +96,8 @@ def test_comparison_files(run_dir: Path, tmp_path: Path) -> None:
     md = paths["markdown"].read_text()
     lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert [ln.split(" | ")[0] for ln in lines[1:]] == [
-        "| state", "| recent", "| mf", "| *base-rate*", "| *persistence*", "| *crowd*"]
+        "| state", "| recent", "| mf", "| *base-rate*", "| *persistence*", "| *crowd*",
+        "| *oracle*"]  # every variant without an LLM in italics, the world's rule too
     base = next(r["rel_kl_llm_base"] for r in comp.rows if r["variant"] == "mf")
     assert f" vs {base} |" in md
     csv = paths["csv"].read_text().splitlines()
@@ -123,7 +124,8 @@ def test_forecast_horizons_and_real_shares(run_dir: Path, tmp_path: Path) -> Non
     assert fc.rounds.tolist() == rollout_rounds and rollout_rounds[0] == 1  # W=20, B=16
     covered = np.concatenate(list(fc.horizons.values())).tolist()
     assert covered == rollout_rounds  # contiguous, no overlap, nothing left out
-    assert fc.variants == ["state", "recent", "mf", "base-rate", "persistence", "crowd"]
+    assert fc.variants == ["state", "recent", "mf", "base-rate", "persistence", "crowd",
+                           "oracle"]
     # real shares straight from the decisions table, one label per (event, agent)
     options = fc.label_space["stance"]
     agents = {(r["event_id"], r["agent_index"]): r for r in roll}
@@ -164,7 +166,7 @@ def test_several_runs_read_as_one_with_renames(run_dir: Path, small_world_dir: P
     comp = compare(both, CFG)
     variants = [r["variant"] for r in comp.rows]
     assert variants == ["state", "recent", "mf", "sft", "base-rate", "persistence", "crowd",
-                        "mf-tuned"]
+                        "mf-tuned", "oracle"]
     # each run's rows are evaluated exactly as alone
     alone = {r["variant"]: r["kl"] for r in evaluate(tmp_path / "tuned", CFG).summary}
     rows = {r["variant"]: r for r in comp.rows}

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from scipy import stats
 
-from mfray.config import REFERENCE_VARIANTS, EvalConfig
+from mfray.config import REFERENCE_VARIANTS, SURROGATE_VARIANTS, EvalConfig
 from mfray.errors import DataError
 from mfray.evaluate import metrics as M
 from mfray.evaluate.report import (
@@ -40,9 +40,10 @@ ORDER = ("state", "recent", "popular", "mf", "mf-text", "mf-hybrid", "sft",
 #: Non-mean-field LLM variants a mean-field variant is measured against.
 LLM_BASELINES = ("state", "recent", "popular", "sft")
 REFERENCES = ("base-rate", "persistence")
-#: Variants without an LLM, shown as references; ``crowd`` is not in the ΔKL pool, whose
-#: reference is the better of ``base-rate`` and ``persistence`` (method.md §3)
-NO_LLM = REFERENCE_VARIANTS
+#: Variants without an LLM (the references and the synthetic world's rules), in italics and
+#: hatched; ``crowd`` is not in the ΔKL pool, whose reference is the better of ``base-rate``
+#: and ``persistence`` (method.md §3)
+NO_LLM = REFERENCE_VARIANTS + SURROGATE_VARIANTS
 AGAINST = {"llm": LLM_BASELINES, "ref": REFERENCES}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -168,13 +169,13 @@ def comparison_markdown(comp: Comparison, dim: str) -> str:
         r["interval_over"] == "seeds" for r in rows) else "bootstrap intervals over events"
     lines.append(f"\nMean [{level}]. ΔKL = (KL − KL_best) / KL_best, paired over the same "
                  "events; negative is better; the reference is the better of base-rate and "
-                 "persistence. References without an LLM in italics.")
+                 "persistence. Variants without an LLM in italics.")
     return "\n".join(lines)
 
 
 def plot_comparison(comp: Comparison, path: str | Path) -> Path:
     """PNG: KL per variant with its interval, one panel per dimension; mean-field variants,
-    other LLM variants and statistical references in distinct colours (references hatched)."""
+    other LLM variants and variants without an LLM in distinct colours (the last hatched)."""
     plt = _pyplot()
     dims = list(comp.label_space)
     n = max(len([r for r in comp.rows if r["dimension"] == d]) for d in dims)
