@@ -18,6 +18,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Self
@@ -415,13 +416,9 @@ def train_classifier(cfg: TrainConfig, out: str | Path, *, ds: Dataset | None = 
     path = model.save(out / CLASSIFIER_FILE)
     if (out / "examples" / VAL_FILE).is_file():
         val = read_examples(out / "examples" / VAL_FILE)
-        nll = 0.0
-        for opts, rows in _by_options(val).items():
-            logp = model.score(rows["prompt"].to_pylist(), opts)
-            nll -= float(logp[np.arange(rows.num_rows), rows["label_index"].to_numpy()].sum())
+        nll = _mean_nll(val, lambda opts, rows: model.score(rows["prompt"].to_pylist(), opts))
         report = {"examples": val.num_rows, "events": sorted(set(val["event_id"].to_pylist())),
-                  "loss": {"classifier": nll / val.num_rows,
-                           "label_frequencies": _constant_nll(table, val)}}
+                  "loss": {"classifier": nll, "label_frequencies": _constant_nll(table, val)}}
         (out / "validation.json").write_text(json.dumps(report, indent=2))
     return path
 
@@ -567,15 +564,24 @@ def validate(cfg: TrainConfig, out: Path) -> dict[str, Any]:
 def _constant_nll(train: pa.Table, val: pa.Table) -> float:
     """Mean NLL of ``val``'s labels under the label frequencies of ``train`` (per option set,
     add-one smoothed): what a policy that ignores every input would score."""
-    freq: dict[tuple[str, ...], np.ndarray] = {}
-    for opts, label in zip(train["options"].to_pylist(), train["label_index"].to_pylist(),
-                           strict=True):
-        freq.setdefault(tuple(opts), np.ones(len(opts)))[label] += 1
+    freq = {opts: np.bincount(rows["label_index"].to_numpy(), minlength=len(opts)) + 1.0
+            for opts, rows in _by_options(train).items()}
+
+    def log_probs(opts: tuple[str, ...], rows: pa.Table) -> np.ndarray:
+        f = freq.get(opts, np.ones(len(opts)))
+        return np.broadcast_to(np.log(f / f.sum()), (rows.num_rows, len(opts)))
+
+    return _mean_nll(val, log_probs)
+
+
+def _mean_nll(val: pa.Table, log_probs: Callable[[tuple[str, ...], pa.Table], np.ndarray]
+              ) -> float:
+    """Mean NLL of ``val``'s labels, ``log_probs(options, rows)`` giving each option set's
+    rows their option log-probabilities."""
     nll = 0.0
-    for opts, label in zip(val["options"].to_pylist(), val["label_index"].to_pylist(),
-                           strict=True):
-        f = freq.get(tuple(opts), np.ones(len(opts)))
-        nll -= math.log(f[label] / f.sum())
+    for opts, rows in _by_options(val).items():
+        logp = log_probs(opts, rows)
+        nll -= float(logp[np.arange(rows.num_rows), rows["label_index"].to_numpy()].sum())
     return nll / val.num_rows
 
 
