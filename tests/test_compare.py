@@ -100,6 +100,13 @@ def test_comparison_files(run_dir: Path, tmp_path: Path) -> None:
         "| *oracle*"]  # every variant without an LLM in italics, the world's rule too
     base = next(r["rel_kl_llm_base"] for r in comp.rows if r["variant"] == "mf")
     assert f" vs {base} |" in md
+    # the floor line: the mean over events of each event's floor, one per event
+    floors = {}
+    for r in comp.evaluation.per_sim:
+        floors.setdefault(r["event_id"], set()).add(round(r["kl_floor"], 12))
+    assert all(len(v) == 1 for v in floors.values())  # the same for every variant and seed
+    mean = np.mean([v.pop() for v in floors.values()])
+    assert f"real replies: {mean:.3f} [" in md and f"for the {len(floors)} event(s)'" in md
     csv = paths["csv"].read_text().splitlines()
     assert len(csv) == 1 + len(VARIANTS) and "rel_kl_llm" in csv[0]
 

@@ -35,6 +35,12 @@ def test_sim_metrics_by_hand() -> None:
     assert m["f1_micro"] == pytest.approx(0.75)
     # horizons over 2 rollout rounds: short = round 3, mid = round 4, long empty
     assert not math.isnan(m["kl_short"]) and math.isnan(m["kl_long"])
+    # the sampling floor comes from the real replies alone: (2, 1, 0, 1)
+    from mfray.evaluate.metrics import kl_floor
+    assert m["kl_floor"] == kl_floor([2, 1, 0, 1]) and m["kl_floor"] > 0.1
+    other = sim_metrics(_rows(real, real, [[0, 0, 0, 1]] * 4, [3, 3, 4, 4]), "stance",
+                        OPTIONS, "probs")
+    assert other["kl_floor"] == m["kl_floor"]
 
 
 def test_labels_and_probs_sources_differ() -> None:

@@ -91,6 +91,49 @@ def test_kl_smoothing_keeps_a_missed_label_finite() -> None:
     assert M.kl([1, 1], [1, 0]) == pytest.approx(6.2146, abs=1e-3)
 
 
+def _exact_floor(counts: list[int]) -> float:
+    """E[KL(p̂‖p)] over every sample of n labels from p, by enumerating the multinomial."""
+    from itertools import product
+
+    from scipy.stats import multinomial
+
+    n, p = sum(counts), np.asarray(counts, dtype=float) / sum(counts)
+    total = 0.0
+    for head in product(range(n + 1), repeat=len(counts) - 1):
+        if sum(head) <= n:
+            x = [*head, n - sum(head)]
+            total += multinomial.pmf(x, n, p) * M.kl(x, p)
+    return total
+
+
+def test_kl_floor_matches_the_exact_expectation_on_a_small_event() -> None:
+    counts = [5, 2, 1, 4]  # 12 replies: small enough to enumerate every sample
+    exact = _exact_floor(counts)
+    assert exact > 0.05  # far from the large-n value (K-1)/2n = 0.125 only by the sampling
+    assert M.kl_floor(counts, n_draws=40000) == pytest.approx(exact, rel=0.03)
+
+
+def test_kl_floor_approaches_k_minus_one_over_2n() -> None:
+    n = 2000
+    assert M.kl_floor([1200, 400, 200, 200]) == pytest.approx(3 / (2 * n), rel=0.08)
+    # options never seen do not count in K: they are never drawn
+    assert M.kl_floor([1200, 400, 400, 0]) == pytest.approx(2 / (2 * n), rel=0.08)
+
+
+def test_kl_floor_edge_cases() -> None:
+    # every draw is the event itself: only the smoothing's own 1e-6-sized KL is left, as in kl
+    assert M.kl_floor([7, 0, 0]) == pytest.approx(M.kl([7, 0, 0], [1, 0, 0]))
+    assert M.kl_floor([7, 0, 0]) < 1e-5
+    assert M.kl_floor([3, 2, 1], seed=4) == M.kl_floor([3, 2, 1], seed=4)
+    assert M.kl_floor([30, 20, 10]) > M.kl_floor([300, 200, 100])
+    with pytest.raises(DataError):
+        M.kl_floor([0, 0])
+    with pytest.raises(DataError):
+        M.kl_floor([1, -1])
+    with pytest.raises(DataError, match="whole counts"):
+        M.kl_floor([0.5, 0.5])  # a mix, not counts: the floor needs the number of replies
+
+
 def test_js_and_tv_hand_values() -> None:
     # disjoint supports: JS = 1 bit, TV = 1
     assert M.js([1, 0], [0, 1]) == pytest.approx(1.0)

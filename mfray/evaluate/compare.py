@@ -170,7 +170,25 @@ def comparison_markdown(comp: Comparison, dim: str) -> str:
     lines.append(f"\nMean [{level}]. ΔKL = (KL − KL_best) / KL_best, paired over the same "
                  "events; negative is better; the reference is the better of base-rate and "
                  "persistence. Variants without an LLM in italics.")
+    floors = event_floors(comp.evaluation, dim)
+    if floors:
+        mean, lo, hi = M.bootstrap_ci(list(floors.values()))
+        lines.append(f"\nSampling floor of KL for the {len(floors)} event(s)' real replies: "
+                     f"{mean:.3f} [{lo:.3f}, {hi:.3f}], what a simulator that knew each "
+                     "event's mix exactly would still score on average "
+                     "(`mfray.evaluate.metrics.kl_floor`).")
     return "\n".join(lines)
+
+
+def event_floors(ev: Evaluation, dim: str) -> dict[Any, float]:
+    """The sampling floor of KL per event (:func:`mfray.evaluate.metrics.kl_floor`); it depends
+    on the real replies only, so the variants' rows of one event agree up to failed
+    decisions, and their mean is taken."""
+    groups: dict[Any, list[float]] = {}
+    for r in ev.per_sim:
+        if r["dimension"] == dim and not math.isnan(r["kl_floor"]):
+            groups.setdefault(r["event_id"], []).append(r["kl_floor"])
+    return {e: float(np.mean(v)) for e, v in sorted(groups.items(), key=lambda kv: str(kv[0]))}
 
 
 def plot_comparison(comp: Comparison, path: str | Path) -> Path:

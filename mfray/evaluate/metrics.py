@@ -4,7 +4,8 @@ Pure functions over numpy arrays. Labels are integer option indices in the order
 dataset's label space, with ``-1`` for a missing label. Distributions may be given as counts or
 as probabilities: every metric normalises its inputs itself.
 
-- distribution level: :func:`kl` (the headline metric), :func:`js`, :func:`tv`;
+- distribution level: :func:`kl` (the headline metric), :func:`js`, :func:`tv`, and
+  :func:`kl_floor`, the KL that the real replies' own sampling leaves;
 - over time: :func:`shares_per_round`, :func:`dtw`, :func:`horizon_slices`;
 - individual level: :func:`f1_scores`, :func:`nll`;
 - across events: :func:`bootstrap_ci`.
@@ -144,6 +145,30 @@ def kl(p_real: ArrayLike, p_sim: ArrayLike, eps: float = EPS) -> float:
         raise DataError(f"distributions differ in length: {a.size} vs {b.size} options")
     # rel_entr is exactly 0 where a == b, so identical inputs give exactly 0.
     return float(max(rel_entr(a, b).sum(), 0.0))
+
+
+def kl_floor(real_counts: ArrayLike, n_draws: int = 4000, seed: int = 0,
+             eps: float = EPS) -> float:
+    """The sampling floor of :func:`kl` for an event with these real label counts: the mean
+    KL(p̂‖p) of ``n`` labels drawn from ``p``, where ``p`` is the counts' own mix and ``n`` their
+    total (a seeded Monte Carlo over ``n_draws`` samples, smoothed as :func:`kl` smooths).
+
+    Why: the real replies are a finite sample of what the event's population does. A simulator
+    that knew the population's mix exactly would still score about this KL on average (about
+    ``(K − 1) / 2n`` for large ``n``, ``K`` the options present), so a variant's KL near it has
+    nothing left to explain; on an event of 40 replies it is most of any variant's KL. ``p`` is
+    the observed mix (a plug-in estimate), not the unknown true one.
+    """
+    c = _vector(real_counts, "real_counts")
+    if c.sum() <= 0:
+        raise DataError("real_counts holds no label: the floor is undefined")
+    if not np.allclose(c, np.round(c)):
+        raise DataError(f"real_counts must be whole counts of replies, got {c.tolist()}")
+    n = round(float(c.sum()))
+    p = c / c.sum()
+    draws = np.random.default_rng(seed).multinomial(n, p, size=n_draws) + eps
+    a = draws / draws.sum(axis=1, keepdims=True)
+    return float(np.maximum(rel_entr(a, smooth(p, eps)).sum(axis=1), 0.0).mean())
 
 
 def js(p: ArrayLike, q: ArrayLike) -> float:

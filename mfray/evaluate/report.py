@@ -28,6 +28,10 @@ from mfray.store import RunStore
 
 METRICS = ("kl", "js", "tv", "dtw", "f1_micro", "f1_macro", "nll")
 HORIZONS = ("short", "mid", "long")
+#: Every column of a simulation's row: the metrics, KL per horizon, and the sampling floor of
+#: KL for the event's real replies (:func:`mfray.evaluate.metrics.kl_floor`), which depends on
+#: the real rollout replies only, not on the variant.
+COLUMNS = (*METRICS, *(f"kl_{h}" for h in HORIZONS), "kl_floor")
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ def sim_metrics(rows: dict[str, list[Any]], dim: str, options: Sequence[str],
     prob_mat = np.array(probs, dtype=float) if has_probs else None
     rounds = np.asarray(rows["round"])
     labelled = real >= 0
-    out: dict[str, float] = {m: math.nan for m in (*METRICS, *(f"kl_{h}" for h in HORIZONS))}
+    out: dict[str, float] = {m: math.nan for m in COLUMNS}
     out["n_agents"] = float(len(real))
     if not labelled.any():
         return out
@@ -74,7 +78,7 @@ def sim_metrics(rows: dict[str, list[Any]], dim: str, options: Sequence[str],
     real_dist = M.counts(real[labelled], k)
     sim_all = sim_dist(labelled)
     out |= {"kl": M.kl(real_dist, sim_all), "js": M.js(real_dist, sim_all),
-            "tv": M.tv(real_dist, sim_all)}
+            "tv": M.tv(real_dist, sim_all), "kl_floor": M.kl_floor(real_dist)}
     out["f1_micro"], out["f1_macro"] = M.f1_scores(real, sampled, k)
     if prob_mat is not None:
         out["nll"] = M.nll(prob_mat, real)
@@ -207,7 +211,7 @@ def summarise(per_sim: list[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, 
 
     With a single event there is nothing to resample over events: the interval is then over
     its simulations (seeds), and ``interval_over`` says so."""
-    cols = list(METRICS) + [f"kl_{h}" for h in HORIZONS]
+    cols = list(COLUMNS)
     groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
     for row in per_sim:
         groups.setdefault((row["variant"], row["dimension"]), {}).setdefault(
@@ -267,7 +271,7 @@ def markdown_table(summary: list[dict[str, Any]], dim: str) -> str:
             return "–"
         return f"{e[c]:.3f} [{e[c + '_lo']:.3f}, {e[c + '_hi']:.3f}]"
 
-    cols = list(METRICS) + [f"kl_{h}" for h in HORIZONS]
+    cols = list(COLUMNS)
     lines = ["| variant | events | sims | " + " | ".join(cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
     rows = [e for e in summary if e["dimension"] == dim]
@@ -313,7 +317,8 @@ def plot_shares(ev: Evaluation, path: str | Path) -> Path:
 
 def plot_kl_by_event(ev: Evaluation, path: str | Path) -> Path:
     """PNG: KL(real‖sim) per event (seeds averaged), one bar per variant, one panel per
-    dimension — where the pooled share curves hide which events a variant gets wrong."""
+    dimension — where the pooled share curves hide which events a variant gets wrong — with
+    each event's sampling floor of KL as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -334,6 +339,10 @@ def plot_kl_by_event(ev: Evaluation, path: str | Path) -> Path:
                 values.append(float(np.nanmean(kls)) if kls else np.nan)
             ax.bar(np.arange(len(events)) + (j - (len(variants) - 1) / 2) * width, values,
                    width, label=variant)
+        floors = [float(np.nanmean([r["kl_floor"] for r in ev.per_sim if r["event_id"] == e
+                                    and r["dimension"] == dim] or [np.nan])) for e in events]
+        ax.hlines(floors, np.arange(len(events)) - 0.45, np.arange(len(events)) + 0.45,
+                  colors="black", linestyles="dashed", linewidth=1, label="sampling floor")
         ax.set_xticks(np.arange(len(events)), events, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(f"KL(real‖sim), {dim}")
     axes[0, 0].legend(fontsize=8, ncol=min(len(variants), 3))
