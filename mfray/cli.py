@@ -507,9 +507,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"classifier: {path} (simulate with --set policy.model={args.out})")
         report = Path(args.out) / "validation.json"
         if report.is_file():
-            loss = json.loads(report.read_text())["loss"]
-            print(f"validation: loss {loss['classifier']:.4f} classifier, "
-                  f"{loss['label_frequencies']:.4f} the training label frequencies")
+            print(validation_summary(json.loads(report.read_text())))
         return
     adapter = train(cfg, args.kind, args.out)
     out = Path(args.out)

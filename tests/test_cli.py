@@ -285,6 +285,11 @@ def test_train_classifier_then_simulate_with_it(small_world_dir: Path, tmp_path:
     report = json.loads((out / "validation.json").read_text())
     assert report["examples"] == 40 and "synth-03" not in report["events"]
     assert np.isfinite(report["loss"]["classifier"]) and report["loss"]["classifier"] > 0
+    loss = report["loss"]
+    verdict = "beats" if loss["classifier"] < loss["label_frequencies"] else "does not beat"
+    assert (f"validation (40 unseen examples of the training events): loss "
+            f"{loss['classifier']:.4f} classifier, {loss['label_frequencies']:.4f} the training "
+            f"label frequencies (a constant): the classifier {verdict} the constant") in printed
     examples = pq.read_table(out / "examples" / "policy.parquet")
     assert "synth-03" not in set(examples["event_id"].to_pylist())
     run = tmp_path / "run"

@@ -586,14 +586,17 @@ def _mean_nll(val: pa.Table, log_probs: Callable[[tuple[str, ...], pa.Table], np
 
 
 def validation_summary(report: dict[str, Any]) -> str:
-    """One line for the command's summary."""
+    """One line for the command's summary, of an adapter's ``validation.json`` (``tuned`` and
+    ``base`` losses) or of a classifier's (``classifier``)."""
     loss = report["loss"]
+    key, what = ("tuned", "adapter") if "tuned" in loss else ("classifier", "classifier")
     text = (f"validation ({report['examples']} unseen examples of the training events): loss "
-            f"{loss['tuned']:.4f} tuned, {loss['base']:.4f} base model")
+            f"{loss[key]:.4f} {key}"
+            + (f", {loss['base']:.4f} base model" if "base" in loss else ""))
     if "label_frequencies" in loss:
         const = loss["label_frequencies"]
-        text += (f", {const:.4f} the training label frequencies (a constant): the adapter "
-                 + ("beats" if loss["tuned"] < const else "does not beat") + " the constant")
+        text += (f", {const:.4f} the training label frequencies (a constant): the {what} "
+                 + ("beats" if loss[key] < const else "does not beat") + " the constant")
     return text
 
 
