@@ -106,7 +106,11 @@ def test_comparison_files(run_dir: Path, tmp_path: Path) -> None:
         floors.setdefault(r["event_id"], set()).add(round(r["kl_floor"], 12))
     assert all(len(v) == 1 for v in floors.values())  # the same for every variant and seed
     mean = np.mean([v.pop() for v in floors.values()])
-    assert f"real replies: {mean:.3f} [" in md and f"for the {len(floors)} event(s)'" in md
+    f = comp.floors["stance"]
+    assert f["n_events"] == len(floors) and f["kl_floor"] == pytest.approx(mean)
+    assert f["kl_floor_lo"] <= f["kl_floor"] <= f["kl_floor_hi"]
+    assert (f"for the {len(floors)} event(s)' real replies: {mean:.3f} "
+            f"[{f['kl_floor_lo']:.3f}, {f['kl_floor_hi']:.3f}]") in md
     csv = paths["csv"].read_text().splitlines()
     assert len(csv) == 1 + len(VARIANTS) and "rel_kl_llm" in csv[0]
 

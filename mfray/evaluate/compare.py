@@ -31,6 +31,7 @@ from mfray.evaluate.report import (
     RunRead,
     RunSpec,
     evaluate,
+    event_floors,
     read_runs,
 )
 
@@ -67,6 +68,9 @@ class Comparison:
     label_space: dict[str, tuple[str, ...]]
     rows: list[dict[str, Any]]
     evaluation: Evaluation
+    #: per dimension, the sampling floor of KL over the events of the table:
+    #: ``n_events``, ``kl_floor`` and its interval (``kl_floor_lo``, ``kl_floor_hi``)
+    floors: dict[str, dict[str, float]]
 
 
 # ---------------------------------------------------------------- comparison
@@ -136,7 +140,15 @@ def compare(run_dir: RunSpec | RunRead, cfg: EvalConfig | None = None) -> Compar
                 row |= {f"rel_kl_{tag}_base": ch["base"], f"rel_kl_{tag}": ch["change"],
                         f"rel_kl_{tag}_lo": ch["lo"], f"rel_kl_{tag}_hi": ch["hi"]}
             rows.append(row)
-    return Comparison(ev.label_space, rows, ev)
+    floors = {}
+    for dim in ev.label_space:
+        per_event = event_floors(ev, dim)
+        if per_event:
+            mean, lo, hi = M.bootstrap_ci(list(per_event.values()), level=cfg.level,
+                                          n_resamples=cfg.n_bootstrap, seed=cfg.seed)
+            floors[dim] = {"n_events": len(per_event), "kl_floor": mean, "kl_floor_lo": lo,
+                           "kl_floor_hi": hi}
+    return Comparison(ev.label_space, rows, ev, floors)
 
 
 def _cell(row: dict[str, Any], col: str, fmt: str = ".3f") -> str:
@@ -170,25 +182,12 @@ def comparison_markdown(comp: Comparison, dim: str) -> str:
     lines.append(f"\nMean [{level}]. ΔKL = (KL − KL_best) / KL_best, paired over the same "
                  "events; negative is better; the reference is the better of base-rate and "
                  "persistence. Variants without an LLM in italics.")
-    floors = event_floors(comp.evaluation, dim)
-    if floors:
-        mean, lo, hi = M.bootstrap_ci(list(floors.values()))
-        lines.append(f"\nSampling floor of KL for the {len(floors)} event(s)' real replies: "
-                     f"{mean:.3f} [{lo:.3f}, {hi:.3f}], what a simulator that knew each "
-                     "event's mix exactly would still score on average "
-                     "(`mfray.evaluate.metrics.kl_floor`).")
+    if dim in comp.floors:
+        f = comp.floors[dim]
+        lines.append(f"\nSampling floor of KL for the {f['n_events']} event(s)' real replies: "
+                     f"{_cell(f, 'kl_floor')}, what a simulator that knew each event's mix "
+                     "exactly would still score on average (`mfray.evaluate.metrics.kl_floor`).")
     return "\n".join(lines)
-
-
-def event_floors(ev: Evaluation, dim: str) -> dict[Any, float]:
-    """The sampling floor of KL per event (:func:`mfray.evaluate.metrics.kl_floor`); it depends
-    on the real replies only, so the variants' rows of one event agree up to failed
-    decisions, and their mean is taken."""
-    groups: dict[Any, list[float]] = {}
-    for r in ev.per_sim:
-        if r["dimension"] == dim and not math.isnan(r["kl_floor"]):
-            groups.setdefault(r["event_id"], []).append(r["kl_floor"])
-    return {e: float(np.mean(v)) for e, v in sorted(groups.items(), key=lambda kv: str(kv[0]))}
 
 
 def plot_comparison(comp: Comparison, path: str | Path) -> Path:

@@ -283,6 +283,17 @@ def markdown_table(summary: list[dict[str, Any]], dim: str) -> str:
     return "\n".join(lines)
 
 
+def event_floors(ev: Evaluation, dim: str) -> dict[Any, float]:
+    """The sampling floor of KL per event (:func:`mfray.evaluate.metrics.kl_floor`); it depends
+    on the real replies only, so the variants' rows of one event agree up to failed
+    decisions, and their mean is taken."""
+    groups: dict[Any, list[float]] = {}
+    for r in ev.per_sim:
+        if r["dimension"] == dim and not math.isnan(r["kl_floor"]):
+            groups.setdefault(r["event_id"], []).append(r["kl_floor"])
+    return {e: float(np.mean(v)) for e, v in sorted(groups.items(), key=lambda kv: str(kv[0]))}
+
+
 def plot_shares(ev: Evaluation, path: str | Path) -> Path:
     """PNG: real (solid) vs simulated (dashed) shares per round, one row per variant and
     dimension, pooled over events; the grey band is the warm-up."""
@@ -339,9 +350,8 @@ def plot_kl_by_event(ev: Evaluation, path: str | Path) -> Path:
                 values.append(float(np.nanmean(kls)) if kls else np.nan)
             ax.bar(np.arange(len(events)) + (j - (len(variants) - 1) / 2) * width, values,
                    width, label=variant)
-        floors = [float(np.nanmean([r["kl_floor"] for r in ev.per_sim if r["event_id"] == e
-                                    and r["dimension"] == dim] or [np.nan])) for e in events]
-        ax.hlines(floors, np.arange(len(events)) - 0.45, np.arange(len(events)) + 0.45,
+        floors = event_floors(ev, dim)
+        ax.hlines([floors.get(e, np.nan) for e in events], np.arange(len(events)) - 0.45, np.arange(len(events)) + 0.45,
                   colors="black", linestyles="dashed", linewidth=1, label="sampling floor")
         ax.set_xticks(np.arange(len(events)), events, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(f"KL(real‖sim), {dim}")
