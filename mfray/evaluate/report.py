@@ -283,15 +283,23 @@ def markdown_table(summary: list[dict[str, Any]], dim: str) -> str:
     return "\n".join(lines)
 
 
+def event_means(ev: Evaluation, dim: str, column: str, variant: str | None = None
+                ) -> dict[Any, float]:
+    """The mean of ``column`` per event over its simulations (seeds) of ``dim``, of one
+    ``variant`` or of all; NaN rows are left out, and an event without a value is absent."""
+    groups: dict[Any, list[float]] = {}
+    for r in ev.per_sim:
+        if (r["dimension"] == dim and (variant is None or r["variant"] == variant)
+                and not math.isnan(r[column])):
+            groups.setdefault(r["event_id"], []).append(r[column])
+    return {e: float(np.mean(v)) for e, v in sorted(groups.items(), key=lambda kv: str(kv[0]))}
+
+
 def event_floors(ev: Evaluation, dim: str) -> dict[Any, float]:
     """The sampling floor of KL per event (:func:`mfray.evaluate.metrics.kl_floor`); it depends
     on the real replies only, so the variants' rows of one event agree up to failed
     decisions, and their mean is taken."""
-    groups: dict[Any, list[float]] = {}
-    for r in ev.per_sim:
-        if r["dimension"] == dim and not math.isnan(r["kl_floor"]):
-            groups.setdefault(r["event_id"], []).append(r["kl_floor"])
-    return {e: float(np.mean(v)) for e, v in sorted(groups.items(), key=lambda kv: str(kv[0]))}
+    return event_means(ev, dim, "kl_floor")
 
 
 def plot_shares(ev: Evaluation, path: str | Path) -> Path:
@@ -341,19 +349,16 @@ def plot_kl_by_event(ev: Evaluation, path: str | Path) -> Path:
     fig, axes = plt.subplots(len(dims), 1, figsize=(max(6, 0.9 * len(events) + 2),
                                                      3.2 * len(dims)), squeeze=False)
     width = 0.8 / max(len(variants), 1)
+    x = np.arange(len(events))
     for ax, dim in zip(axes[:, 0], dims, strict=True):
         for j, variant in enumerate(variants):
-            values = []
-            for event in events:
-                kls = [r["kl"] for r in ev.per_sim if r["event_id"] == event
-                       and r["variant"] == variant and r["dimension"] == dim]
-                values.append(float(np.nanmean(kls)) if kls else np.nan)
-            ax.bar(np.arange(len(events)) + (j - (len(variants) - 1) / 2) * width, values,
-                   width, label=variant)
+            kls = event_means(ev, dim, "kl", variant)
+            ax.bar(x + (j - (len(variants) - 1) / 2) * width,
+                   [kls.get(e, np.nan) for e in events], width, label=variant)
         floors = event_floors(ev, dim)
-        ax.hlines([floors.get(e, np.nan) for e in events], np.arange(len(events)) - 0.45, np.arange(len(events)) + 0.45,
+        ax.hlines([floors.get(e, np.nan) for e in events], x - 0.45, x + 0.45,
                   colors="black", linestyles="dashed", linewidth=1, label="sampling floor")
-        ax.set_xticks(np.arange(len(events)), events, rotation=30, ha="right", fontsize=8)
+        ax.set_xticks(x, events, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(f"KL(real‖sim), {dim}")
     axes[0, 0].legend(fontsize=8, ncol=min(len(variants), 3))
     fig.tight_layout()
