@@ -97,8 +97,8 @@ class NumericMeanField:
         ``stance: 20 typical reactions: comment query comment … support (n=120)``. The order
         is a fixed function of the counts (the same line for the same counts, on any shard).
         A small model can learn to count words where it does not learn to read percentages:
-        tuned on the shares it learns which option is listed first, not the numbers (README,
-        "The synthetic world")."""
+        tuned on the shares it learns which option is listed first, not the numbers
+        (results/synthetic-world.md)."""
         if form not in FORMS:
             raise ValueError(f"unknown mean-field form {form!r}; one of {', '.join(FORMS)}")
         lines = []
@@ -119,7 +119,7 @@ class NumericMeanField:
                    order_seed: int | None = None) -> str:
         """The ``tally`` form's line for ``dim`` (which must have reactions). The words are
         shuffled by ``order_seed``; by default a fixed function of the counts, as the prompts
-        use. Another seed gives the same words in another order (``scripts/tally_order.py``
+        use. Another seed gives the same words in another order (``results/scripts/tally_order.py``
         measures how much a policy's read depends on the order alone)."""
         counts = self.counts[dim]
         order = np.argsort(-np.asarray(counts), kind="stable")

@@ -3,14 +3,14 @@
 Shows the same real agents of one event (as `mfray probe` draws them) the same counts written
 as a tally in several orders, and prints the mean probability of each option per order, with
 the spread over orders, and how each option's read follows its share of the first and of the
-last words over the orders (a correlation). A policy that reads the tally by value gives the same mix for every
-order; one whose read swings with the order wanders in a rollout, where each round's new
-counts redraw the order (README, "The synthetic world").
+last words over the orders (a correlation). A policy that reads the tally by value gives the
+same mix for every order; one whose read swings with the order wanders in a rollout, where
+each round's new counts redraw the order (results/synthetic-world.md).
 
-    python scripts/tally_order.py data/synth36 runs/synth36/tune-tally48-s1/adapter synth-35 \\
-        --counts 13,7,11,19 --tally-size 48
+    python results/scripts/tally_order.py data/synth36 \\
+        runs/synth36/tune-tally48-s1/adapter synth-35 --counts 13,7,11,19 --tally-size 48
 
-Not part of the package: an analysis behind README, "The synthetic world".
+Not part of the package: an analysis behind results/synthetic-world.md.
 """
 
 from __future__ import annotations

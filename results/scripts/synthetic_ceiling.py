@@ -13,9 +13,10 @@ away, one piece at a time, and prints each policy's KL over the run's events:
 - `prompt: tally N`: the same from the counts as the `tally` form writes them (`N` reactions,
   rounded as `mfray.meanfield.tally` rounds them).
 
-    python scripts/synthetic_ceiling.py data/synth36 runs/synth36/bayes [--held-out synth-32,...]
+    python results/scripts/synthetic_ceiling.py data/synth36 runs/synth36/bayes \\
+        [--held-out synth-32,...]
 
-Not part of the package: an analysis behind README, "The synthetic world".
+Not part of the package: an analysis behind results/synthetic-world.md.
 """
 
 from __future__ import annotations
