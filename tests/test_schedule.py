@@ -10,7 +10,8 @@ import pytest
 from scipy import stats
 
 from mfray.config import SimConfig
-from mfray.data.schema import Dataset, build_dataset
+from mfray.data.build import build_dataset
+from mfray.data.schema import Dataset
 from mfray.errors import ConfigError
 from mfray.schedule import (
     agent_uniform,
