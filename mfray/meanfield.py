@@ -1,12 +1,12 @@
 """The numeric mean field: the distribution of each action dimension over the decisions so far.
 
-Pure and exact. The text mean field (an LLM that rewrites a summary each round) arrives with the
-engine; it takes the same inputs (previous state, the round's decisions sorted by agent index).
+Pure and exact. The text mean field (an LLM that rewrites a summary each round) is kept by the
+engine (:mod:`mfray.engine.population`, its prompt :func:`mfray.policy.meanfield_prompt`); it
+takes the same inputs (previous state, the round's decisions sorted by agent index).
 """
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,8 +19,6 @@ from mfray.data.schema import LabelSpace
 NO_REACTIONS = "no reactions yet"
 TALLY_SIZE = 20  # reactions written out by the ``tally`` form
 _TALLY = "typical reactions"
-#: a tally line inside a prompt: dimension, number of words, the words, the rest
-_TALLY_LINE = re.compile(rf"^([^\n:]+): (\d+) {_TALLY}: ([^\n]*?) (\(n=\d+\))$", re.MULTILINE)
 
 Form = Literal["shares", "tally"]
 FORMS: tuple[Form, ...] = ("shares", "tally")
@@ -128,28 +126,6 @@ class NumericMeanField:
             order_seed = zlib.crc32(repr((dim, tuple(_count(c, 6) for c in counts))).encode())
         words = np.random.default_rng(order_seed).permutation(words)
         return f"{dim}: {len(words)} {_TALLY}: {' '.join(words)} (n={self.n(dim)})"
-
-
-def tally_words(line: str) -> list[str]:
-    """The words of a tally line (:meth:`NumericMeanField.tally_line`), in their order."""
-    m = _TALLY_LINE.fullmatch(line)
-    if m is None:
-        raise ValueError(f"not a tally line: {line!r}")
-    return m[3].split(" ")
-
-
-def reorder_tally(text: str, rng: np.random.Generator) -> str:
-    """``text`` (a prompt) with the words of each tally line it holds shuffled by ``rng``:
-    the same counts in another order, everything else unchanged (``train.tally_orders``).
-    A prompt without one (no reactions yet) comes back as it is."""
-    def shuffle(m: re.Match[str]) -> str:
-        words = m[3].split(" ")
-        if len(words) != int(m[2]):
-            raise ValueError(f"tally line of {m[1]!r} has {len(words)} words, not {m[2]}: "
-                             "an option with a space cannot be reordered")
-        return f"{m[1]}: {m[2]} {_TALLY}: {' '.join(rng.permutation(words))} {m[4]}"
-
-    return _TALLY_LINE.sub(shuffle, text)
 
 
 def _count(c: float, digits: int = 9) -> float:

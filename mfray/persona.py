@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from mfray.data.schema import to_utc
+from mfray.data.build import to_utc
 
 UNKNOWN = "unknown"
 DESCRIPTION_MAX_CHARS = 120

@@ -1,6 +1,8 @@
 """The MF-LLM schedule (method.md §1–2): simulation units, rounds of ``B`` agents, warm-up.
 
-Pure functions over the canonical tables; the engine and the local loop share them.
+Pure functions over the canonical tables; the engine, the training examples
+(:mod:`mfray.train`), the probe and the references share them, so all of them see the same
+units, rounds and seeded draws.
 """
 
 from __future__ import annotations
@@ -79,11 +81,6 @@ def sample_indices(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
     cdf = c / c[:, -1:]  # not / sum(): the two round differently and could revive a zero option
     idx = (cdf <= np.asarray(u, dtype=float).reshape(-1, 1)).sum(axis=1)
     return np.minimum(idx, c.shape[1] - 1)
-
-
-def sample_index(probs: np.ndarray, u: float) -> int:
-    """Inverse-CDF draw of an option index from one probability vector."""
-    return int(sample_indices(np.asarray(probs)[None, :], np.array([u]))[0])
 
 
 def build_units(ds: Dataset, cfg: SimConfig) -> list[Unit]:

@@ -115,7 +115,7 @@ def test_training_with_mix_copies_reads_only_copies_of_training_events(
         small_world_dir: Path, tmp_path: Path) -> None:
     from mfray.train.config import TrainConfig
     from mfray.train.data import read_examples
-    from mfray.train.run import prepare_examples
+    from mfray.train.prepare import prepare_examples
 
     ds = read_dataset(small_world_dir)
     held = ds.event_ids()[0]
@@ -131,7 +131,7 @@ def test_copies_are_evaluation_events_for_every_leave_one_out_rule(
         small_world_dir: Path) -> None:
     from mfray.baselines import reference_fits
     from mfray.train.config import TrainConfig
-    from mfray.train.run import training_events
+    from mfray.train.prepare import training_events
 
     assert source_event("e1~mix3") == "e1" and source_event("e1") == "e1"
     assert source_event("e1~mix0~mix2") == "e1"

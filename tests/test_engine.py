@@ -304,7 +304,7 @@ def test_plan_and_errors(small_world_dir: Path, tmp_path: Path) -> None:
         _run(cfg, tmp_path / "run")
     with pytest.raises(ConfigError, match="synthetic-world"):
         from mfray.baselines import load_world
-        from mfray.data.schema import build_dataset
+        from mfray.data.build import build_dataset
 
         load_world("oracle", build_dataset("x", {"s": ("a",)}, [], []))
 

@@ -39,10 +39,11 @@ from hypothesis import strategies as st
 from mfray.cli import main
 from mfray.config import VARIANTS, RunConfig, from_dict, load_config
 from mfray.data.archive import load_archive
+from mfray.data.build import id_key
 from mfray.data.jsonl import load_jsonl
 from mfray.data.rumdect import load_rumdect
 from mfray.data.rumoureval import load_rumoureval
-from mfray.data.schema import EVENTS_SCHEMA, Dataset, id_key, posts_schema, read_dataset
+from mfray.data.schema import EVENTS_SCHEMA, Dataset, posts_schema, read_dataset
 from mfray.errors import MfrayError
 
 EXAMPLES = 1000

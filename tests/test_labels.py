@@ -14,7 +14,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from mfray.data.schema import STANCE_OPTIONS, build_dataset
+from mfray.data.build import build_dataset
+from mfray.data.schema import STANCE_OPTIONS
 from mfray.errors import DataError
 from mfray.labels import (
     WEIBO_RULES,

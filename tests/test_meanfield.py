@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mfray.meanfield import NO_REACTIONS, TALLY_SIZE, NumericMeanField, reorder_tally, tally
+from mfray.meanfield import NO_REACTIONS, TALLY_SIZE, NumericMeanField, tally
 
 SPACE = {"stance": ("support", "deny", "query", "comment"), "emotion": ("pos", "neg")}
 
@@ -149,24 +149,3 @@ def test_tally_line_is_the_rendered_line_and_another_seed_only_reorders_it() -> 
     # the seed is the whole randomness: the same seed, the same line
     assert (mf.tally_line("stance", SPACE["stance"], 48, order_seed=1)
             == mf.tally_line("stance", SPACE["stance"], 48, order_seed=1))
-
-
-def test_reorder_tally_shuffles_only_the_tally_words() -> None:
-    space = {"stance": SPACE["stance"], "emotion": SPACE["emotion"]}
-    mf = NumericMeanField({"stance": (3, 5, 1, 10), "emotion": (4, 1)})
-    block = mf.render(space, "tally", tally_size=48)
-    prompt = f"Topic: a tally: 3 typical reactions: x y z\n{block}\n\nYour reply:"
-    out = reorder_tally(prompt, np.random.default_rng(0))
-    before, after = prompt.split("\n"), out.split("\n")
-    assert before[0] == after[0]  # not a tally line: it has no (n=...)
-    assert before[3:] == after[3:]
-    for old, new in zip(before[1:3], after[1:3], strict=True):
-        assert old != new  # 48 words in another order ...
-        assert old.split(": ")[:2] == new.split(": ")[:2] and old[-6:] == new[-6:]
-        assert sorted(old.split()) == sorted(new.split())  # ... the same words
-    assert reorder_tally(prompt, np.random.default_rng(0)) == out  # the rng is the whole draw
-    assert reorder_tally(prompt, np.random.default_rng(1)) != out
-    empty = NumericMeanField.empty(space).render(space, "tally")
-    assert reorder_tally(empty, np.random.default_rng(0)) == empty  # no reactions yet
-    with pytest.raises(ValueError, match="has 3 words, not 2"):  # an option with a space
-        reorder_tally("stance: 2 typical reactions: a b c (n=2)", np.random.default_rng(0))

@@ -51,12 +51,9 @@ def test_smooth_adds_eps_then_normalises() -> None:
     assert M.smooth([0, 0])[0] == pytest.approx(0.5)  # no mass: eps alone gives uniform
 
 
-def test_counts_and_distribution_from_labels_skip_missing() -> None:
+def test_counts_skip_missing() -> None:
     labels = [0, 2, 2, -1, 2]
     np.testing.assert_array_equal(M.counts(labels, 4), [1, 0, 3, 0])
-    np.testing.assert_allclose(M.distribution_from_labels(labels, 4), [0.25, 0, 0.75, 0])
-    with pytest.raises(DataError, match="no labelled agent"):
-        M.distribution_from_labels([-1, -1], 3)
     with pytest.raises(DataError, match="outside"):
         M.counts([0, 3], 3)
 

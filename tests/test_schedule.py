@@ -10,7 +10,8 @@ import pytest
 from scipy import stats
 
 from mfray.config import SimConfig
-from mfray.data.schema import Dataset, build_dataset
+from mfray.data.build import build_dataset
+from mfray.data.schema import Dataset
 from mfray.errors import ConfigError
 from mfray.schedule import (
     agent_uniform,
@@ -18,7 +19,7 @@ from mfray.schedule import (
     is_warmup,
     n_rounds,
     round_slice,
-    sample_index,
+    sample_indices,
     stable_hash,
 )
 
@@ -107,7 +108,12 @@ def test_agent_uniform_is_uniform() -> None:
     assert stats.kstest(draws, "uniform").pvalue > 1e-3
 
 
-def test_sample_index_edges() -> None:
+def sample_index(probs: np.ndarray, u: float) -> int:
+    """One draw through :func:`sample_indices`, as the engine draws a row of them."""
+    return int(sample_indices(np.asarray(probs)[None, :], np.array([u]))[0])
+
+
+def test_sample_indices_edges() -> None:
     p = np.array([0.0, 0.2, 0.0, 0.8, 0.0])
     assert sample_index(p, 0.0) == 1  # u=0: the first option with mass, not option 0
     assert sample_index(p, float(np.nextafter(1.0, 0.0))) == 3  # u→1: the last with mass
@@ -116,9 +122,12 @@ def test_sample_index_edges() -> None:
     # unnormalised weights are normalised
     weights = np.array([2.0, 6.0])
     assert sample_index(weights, 0.24) == 0 and sample_index(weights, 0.26) == 1
+    # a matrix of rows draws each row with its own u, as one draw per row would
+    rows = np.stack([p, np.array([0.5, 0.0, 0.5, 0.0, 0.0])])
+    np.testing.assert_array_equal(sample_indices(rows, np.array([0.3, 0.3])), [3, 0])
 
 
-def test_sample_index_never_draws_zero_probability_options() -> None:
+def test_sample_indices_never_draws_zero_probability_options() -> None:
     rng = np.random.default_rng(0)
     us = np.linspace(0.0, 1.0, 1000, endpoint=False)
     for _ in range(30):
@@ -132,7 +141,7 @@ def test_sample_index_never_draws_zero_probability_options() -> None:
         np.testing.assert_allclose(freq, p / p.sum(), atol=2 / len(us))
 
 
-def test_sample_index_last_zero_option_despite_rounding() -> None:
+def test_sample_indices_last_zero_option_despite_rounding() -> None:
     p = np.array([0.7214883401940817, 0.5253543224757259, 0.31024187555895566,
                   0.4858353588317891, 0.8894878343490003, 0.9340435159562497,
                   0.35779519670907023, 0.5715298307297609, 0.32186939107594215, 0.0])

@@ -18,6 +18,7 @@ import pytest
 from mfray import store
 from mfray.errors import StoreError
 from mfray.store import RunStore, decisions_schema, rounds_schema
+from mfray.store import run as store_run
 
 SPACE = {"stance": ("support", "deny", "query", "comment"), "emotion": ("pos", "neg")}
 RUN_ID = "run-1"
@@ -97,7 +98,7 @@ def test_round_trip_exact_schema_and_order(tmp_path: Path) -> None:
 
 def test_empty_run_reads_empty_tables(tmp_path: Path) -> None:
     st = new_store(tmp_path)
-    assert st.completed_rounds() == [] and st.last_complete_round() is None
+    assert st.completed_rounds() == []
     assert st.read_decisions().num_rows == 0
     assert st.read_rounds().schema.equals(rounds_schema(SPACE))
 
@@ -107,14 +108,14 @@ _CRASH = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     import test_store as t
-    from mfray import store
-    st = store.RunStore.open({run!r})
-    real = store._commit
+    from mfray.store import run as store_run
+    st = store_run.RunStore.open({run!r})
+    real = store_run.commit
     def commit(tmp, final):
         if final.parent.parent.name == "rounds":
             os._exit(3)  # a crash: no cleanup, no finally blocks
         real(tmp, final)
-    store._commit = commit
+    store_run.commit = commit
     st.write_round(1, *t.rows_for(1))
 """)
 
@@ -133,7 +134,7 @@ def test_crash_between_renames_then_resume(tmp_path: Path) -> None:
     stray = st.run_dir / ".runs.parquet.tmp-1-deadbeef"
     stray.write_bytes(b"half")
 
-    assert st.completed_rounds() == [0] and st.last_complete_round() == 0
+    assert st.completed_rounds() == [0]
     assert set(st.read_decisions()["round"].to_pylist()) == {0}
     removed = st.discard_incomplete()
     assert set(removed) == {dec_file, tmps[0], stray}
@@ -236,7 +237,7 @@ def test_disk_full_during_round_cleans_up(tmp_path: Path, monkeypatch: pytest.Mo
             fh.write(b"x")
         return write
 
-    monkeypatch.setattr(store, "_parquet_writer", writer)
+    monkeypatch.setattr(store_run, "parquet_writer", writer)
     with pytest.raises(StoreError, match=r"cannot write .*rounds/round=000000/\.part-0.*disk full"):
         st.write_round(0, *rows_for(0))
     monkeypatch.undo()

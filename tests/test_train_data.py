@@ -127,7 +127,7 @@ def test_onpolicy_examples_show_the_rollouts_own_mean_field(small_world_dir: Pat
     assert changed > len(late) // 2
     # training adds them to the teacher-forced examples, and refuses a run of a held-out event
     from mfray.train.config import TrainConfig, TrainParams
-    from mfray.train.run import prepare_examples
+    from mfray.train.prepare import prepare_examples
 
     tcfg = TrainConfig(sim=cfg.sim, policy=cfg.policy,
                        train=TrainParams(onpolicy_runs=(str(store.run_dir),)))
@@ -151,45 +151,6 @@ def test_onpolicy_examples_show_the_rollouts_own_mean_field(small_world_dir: Pat
         replace(tcfg.train, mix_copies=2)
     with pytest.raises(ConfigError, match="policy examples"):
         prepare_examples(tcfg, ds, tmp_path / "tune3", "meanfield")
-
-
-def test_tally_orders_repeat_each_example_in_orders_of_its_own(small_world_dir: Path,
-                                                                tmp_path: Path) -> None:
-    from mfray.train.config import TrainConfig, TrainParams
-    from mfray.train.run import prepare_examples
-
-    cfg = _cfg(small_world_dir, ("mf",))
-    sim = replace(cfg.sim, meanfield_form="tally", tally_size=48)
-    ds = read_dataset(small_world_dir)
-    plain = TrainConfig(sim=sim, policy=cfg.policy, train=TrainParams(val_examples=5))
-    base = read_examples(prepare_examples(plain, ds, tmp_path / "plain", "policy"))
-    two = replace(plain, train=replace(plain.train, tally_orders=2))
-    out = read_examples(prepare_examples(two, ds, tmp_path / "two", "policy"))
-    assert out.num_rows == 2 * base.num_rows
-    old, new = base.to_pylist(), out.to_pylist()
-    shown = 0
-    for k, row in enumerate(old):
-        copies = new[2 * k:2 * k + 2]
-        for c in copies:  # the same example, the same words in the prompt
-            assert {**c, "prompt": None} == {**row, "prompt": None}
-            assert sorted(c["prompt"].split()) == sorted(row["prompt"].split())
-        if "typical reactions" in row["prompt"]:
-            shown += 1
-            assert len({row["prompt"], *(c["prompt"] for c in copies)}) == 3
-        else:  # the first round shows no reactions: nothing to reorder
-            assert all(c["prompt"] == row["prompt"] for c in copies)
-    assert shown > len(old) // 2
-    # validation examples keep the simulator's order; the draw is seeded
-    val = "examples/policy-val.parquet"
-    assert read_examples(tmp_path / "two" / val).equals(read_examples(tmp_path / "plain" / val))
-    again = read_examples(prepare_examples(two, ds, tmp_path / "again", "policy"))
-    assert again.equals(out)
-    with pytest.raises(ConfigError, match="needs sim.meanfield_form=tally, not 'shares'"):
-        replace(two, sim=cfg.sim)
-    with pytest.raises(ConfigError, match="the sft prompts show no tally"):
-        replace(two, train=replace(two.train, variant="sft"))
-    with pytest.raises(ConfigError, match="tally_orders is for policy examples"):
-        prepare_examples(two, ds, tmp_path / "mf", "meanfield")
 
 
 def test_meanfield_prompts_summaries_and_targets(small_world_dir: Path, tmp_path: Path) -> None:

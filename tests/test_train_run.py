@@ -15,7 +15,8 @@ from mfray.config import MeanFieldConfig, PolicyConfig, ResourcesConfig, RunConf
 from mfray.data.schema import read_dataset
 from mfray.errors import MfrayError
 from mfray.train.config import TrainConfig, TrainParams
-from mfray.train.run import LiveProgress, global_batch, loss_summary, lr_factor, total_steps, train
+from mfray.train.run import LiveProgress, loss_summary, train
+from mfray.train.worker import global_batch, lr_factor, total_steps
 
 pytest.importorskip("peft")
 

@@ -55,7 +55,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mfray.data.schema import PROFILE_FIELDS, Dataset, build_dataset, id_key, to_utc
+from mfray.data.build import build_dataset, id_key, to_utc
+from mfray.data.schema import PROFILE_FIELDS, Dataset
 from mfray.errors import DataError
 
 DEFAULT_SOURCE = "jsonl"

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mfray.data.schema import Dataset, build_dataset
+from mfray.data.build import build_dataset
+from mfray.data.schema import Dataset
 from mfray.errors import DataError
 
 NAME = "rumdect"

@@ -50,7 +50,8 @@ from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
-from mfray.data.schema import STANCE, STANCE_OPTIONS, Dataset, build_dataset, id_key, to_utc
+from mfray.data.build import build_dataset, id_key, to_utc
+from mfray.data.schema import STANCE, STANCE_OPTIONS, Dataset
 from mfray.data.topics import EARLIEST, clean
 from mfray.errors import DataError
 

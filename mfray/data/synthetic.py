@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp, softmax
 
-from mfray.data.schema import STANCE, STANCE_OPTIONS, Dataset, build_dataset
+from mfray.data.build import build_dataset
+from mfray.data.schema import STANCE, STANCE_OPTIONS, Dataset
 
 FEATURES = ("verified", "sceptic", "log_followers")
 #: persona effect on each stance's logit (rows: support, deny, query, comment; cols: FEATURES)

@@ -101,18 +101,6 @@ def counts(labels: ArrayLike, n_classes: int) -> np.ndarray:
     return np.bincount(arr[arr != MISSING], minlength=n_classes).astype(np.int64)
 
 
-def distribution_from_labels(idx: ArrayLike, n_classes: int) -> np.ndarray:
-    """Empirical distribution of sampled labels (missing ones skipped), summing to 1.
-
-    Raises :class:`DataError` when no label is present: an event without labels has no
-    distribution, and a uniform stand-in would silently enter the averages.
-    """
-    c = counts(idx, n_classes)
-    if c.sum() == 0:
-        raise DataError("no labelled agent: the label distribution is undefined")
-    return c / c.sum()
-
-
 def distribution_from_probs(probs: ArrayLike) -> np.ndarray:
     """Expected distribution from the agents' action probabilities (N×K), summing to 1.
 

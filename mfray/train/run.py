@@ -1,23 +1,17 @@
 """IB-Tune on Ray Train: one ``TorchTrainer`` (Train V2) per training run.
 
-The driver builds the examples (:mod:`mfray.train.data`), then starts ``train.num_workers``
-workers (one per GPU on a cluster, CPU processes here; 0 runs in-process). Every worker loads
-the base model, adds LoRA (peft), and takes its share of each global batch: the loss is scaled
-so that DDP's gradient mean equals the gradient of the global batch's mean loss, whatever the
-number of workers. Checkpoints (adapter, optimizer, schedule, step, loss history) go through
-``ray.train.Checkpoint`` every ``train.checkpoint_every`` steps; a run started again with the
-same output directory resumes from the latest one. The adapter lands in ``OUT/adapter`` (peft
+The driver prepares the examples (:mod:`mfray.train.prepare`), then starts
+``train.num_workers`` workers (one per GPU on a cluster, CPU processes here; 0 runs in-process)
+that run :func:`mfray.train.worker.train_loop`. A run started again with the same output
+directory resumes from the latest checkpoint. The adapter lands in ``OUT/adapter`` (peft
 format), the history in ``OUT/metrics.jsonl`` and the loss curve in ``OUT/loss.png``.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -27,300 +21,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mfray.config import RunConfig, from_dict
-from mfray.data.mix import mix_events, source_event
+from mfray.config import from_dict
 from mfray.data.schema import Dataset, read_dataset
 from mfray.engine.population import TEXT_MEANFIELD
 from mfray.engine.ray_env import ensure_ray
 from mfray.errors import ConfigError, MfrayError
-from mfray.meanfield import reorder_tally
-from mfray.schedule import build_units
 from mfray.train.config import TrainConfig
-from mfray.train.data import build_examples, read_examples, rollout_feed, write_examples
-
-STATE_FILE = "state.json"
-VAL_FILE = "policy-val.parquet"  # under OUT/examples: train.val_examples
-
-
-# ------------------------------------------------------------------------------ examples
-
-
-def training_events(cfg: TrainConfig, ds: Dataset) -> list[str]:
-    """The events examples come from: the config's units, less the held-out ones. Resampled
-    copies (``mfray data mix``) are evaluation events: left out unless ``sim.events`` names
-    them, and a copy is its source event here, so holding out either holds out both."""
-    known = ds.event_ids()
-    missing = [e for e in cfg.train.held_out if e not in known]
-    if missing:
-        raise ConfigError(f"train.held_out: unknown event(s) {missing}; the dataset has {known}")
-    held = {source_event(e) for e in cfg.train.held_out}
-    events = [u.event_id for u in build_units(ds, replace(cfg.sim, unit="event"))]
-    kept = [e for e in dict.fromkeys(events) if source_event(e) not in held
-            and (source_event(e) == e or e in cfg.sim.events)]
-    if not kept:
-        raise ConfigError("no training events left: check sim.events, sim.min_replies and "
-                          "train.held_out")
-    return kept
-
-
-def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
-                     summarize: Any = None) -> Path:
-    """Build, subsample (seeded) and write the examples of ``kind`` (policy | meanfield)."""
-    for name in ("onpolicy_runs", "tally_orders"):
-        if getattr(cfg.train, name) and kind != "policy":
-            raise ConfigError(f"train.{name} is for policy examples; mfray train meanfield "
-                              "takes none")
-    run = RunConfig(sim=cfg.sim, policy=cfg.policy, meanfield=cfg.meanfield)
-    if summarize is None and cfg.train.prompt_variant in TEXT_MEANFIELD:
-        summarize = _summarizer(cfg, ds)
-    events = training_events(cfg, ds)
-    if cfg.train.mix_copies:
-        ds, events = mix_events(ds, events, cfg.train.mix_copies, alpha=cfg.train.mix_alpha,
-                                seed=cfg.train.seed,
-                                min_agents=max(cfg.sim.min_replies, 4 * cfg.sim.round_size))
-        if not events:
-            raise MfrayError("train.mix_copies: no training event has enough labelled replies "
-                             "for a resampled copy")
-    policy, meanfield = build_examples(run, ds, cfg.train.prompt_variant,
-                                       events=events, summarize=summarize,
-                                       from_agent=cfg.train.from_agent, progress=True)
-    if cfg.train.onpolicy_runs:
-        policy = pa.concat_tables([policy, *_onpolicy_examples(cfg, run, ds, events,
-                                                               summarize)])
-    table = policy if kind == "policy" else meanfield
-    if table.num_rows == 0:
-        raise MfrayError(f"no {kind} examples: the training events have no labelled replies")
-    if kind == "policy" and cfg.train.val_examples:
-        if table.num_rows < 2:
-            raise MfrayError(f"train.val_examples: only {table.num_rows} example(s), none to "
-                             "spare")  # at least one example stays for training
-        val, table = _draw(table, min(cfg.train.val_examples, table.num_rows - 1),
-                           [cfg.train.seed, 1])
-        write_examples(val, out / "examples" / VAL_FILE)
-    n = cfg.train.max_examples
-    if n is not None and n < table.num_rows:
-        table, _ = _draw(table, n, cfg.train.seed)
-    if cfg.train.tally_orders:
-        table = tally_orders(table, cfg.train.tally_orders, [cfg.train.seed, 2])
-    return write_examples(table, out / "examples" / f"{kind}.parquet")
-
-
-def _onpolicy_examples(cfg: TrainConfig, run: RunConfig, ds: Dataset, events: list[str],
-                       summarize: Any) -> list[pa.Table]:
-    """The policy examples of ``train.onpolicy_runs``: each run's rollout agents, shown the
-    mean field that run built from its own actions, labelled with their real actions."""
-    variant = cfg.train.prompt_variant
-    tables = []
-    for run_dir in cfg.train.onpolicy_runs:
-        feed, ran = rollout_feed(run_dir, variant)
-        if ran.get("meanfield_update", "draws") != "draws":
-            raise ConfigError(f"train.onpolicy_runs: {run_dir} ran with sim.meanfield_update="
-                              f"{ran['meanfield_update']!r}; on-policy examples replay the "
-                              "run's drawn actions, so they rebuild a mean field of draws: "
-                              "simulate the run with the default 'draws'")
-        for key in ("round_size", "unit"):  # the rollout's rounds must be this run's rounds
-            if ran[key] != getattr(cfg.sim, key):
-                raise ConfigError(f"train.onpolicy_runs: {run_dir} ran with sim.{key}="
-                                  f"{ran[key]!r}, this training has {getattr(cfg.sim, key)!r}")
-        fed = sorted({event for event, _ in feed})
-        outside = [e for e in fed if e not in events]
-        if outside:
-            raise ConfigError(f"train.onpolicy_runs: {run_dir} simulated {outside}, which are "
-                              f"not training events of this run ({', '.join(events)})")
-        policy, _ = build_examples(run, ds, variant, events=fed, summarize=summarize,
-                                   from_agent=max(ran["warmup"], cfg.train.from_agent), feed=feed,
-                                   progress=True)
-        print(f"on-policy examples: {policy.num_rows} from {run_dir} ({len(fed)} events)")
-        tables.append(policy)
-    return tables
-
-
-def tally_orders(table: pa.Table, k: int, seed: Any) -> pa.Table:
-    """Each example of ``table`` ``k`` times (copies together), each copy's prompt with the
-    tally's words in an order drawn from ``seed``."""
-    rng = np.random.default_rng(seed)
-    out = table.take(pa.array(np.repeat(np.arange(table.num_rows), k)))
-    prompts = [reorder_tally(p, rng) for p in out.column("prompt").to_pylist()]
-    return out.set_column(out.schema.get_field_index("prompt"), "prompt",
-                          pa.array(prompts, pa.string()))
-
-
-def _draw(table: pa.Table, n: int, seed: Any) -> tuple[pa.Table, pa.Table]:
-    """``n`` rows of ``table`` drawn by a seeded permutation, and the rest (both in order)."""
-    order = np.random.default_rng(seed).permutation(table.num_rows)
-    return (table.take(pa.array(np.sort(order[:n]))),
-            table.take(pa.array(np.sort(order[n:]))))
-
-
-def _summarizer(cfg: TrainConfig, ds: Dataset) -> Any:
-    """The simulator's text mean field (the current mean-field model, greedy and bounded), so
-    the examples carry the summaries a simulation would show."""
-    from mfray.engine.inference import InferenceServer
-
-    server = InferenceServer(cfg.policy, ds.label_space, cfg.sim.data,
-                             meanfield_adapter=cfg.meanfield.adapter)
-    return lambda requests: server.summarize(requests, cfg.meanfield.max_new_tokens,
-                                             cfg.meanfield.repetition_penalty)
-
-
-# ------------------------------------------------------------------------------ schedule
-
-
-def total_steps(n_examples: int, cfg: TrainConfig) -> int:
-    per_epoch = math.ceil(n_examples / cfg.train.batch_size)
-    steps = per_epoch * cfg.train.epochs
-    return min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
-
-
-def global_batch(step: int, n_examples: int, cfg: TrainConfig) -> np.ndarray:
-    """Example indices of a global step: a seeded permutation per epoch, cut in batches."""
-    per_epoch = math.ceil(n_examples / cfg.train.batch_size)
-    epoch, k = divmod(step, per_epoch)
-    order = np.random.default_rng([cfg.train.seed, epoch]).permutation(n_examples)
-    return order[k * cfg.train.batch_size:(k + 1) * cfg.train.batch_size]
-
-
-def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then linear or cosine decay to 0 (or constant)."""
-    warm = int(cfg.train.warmup_ratio * total)
-    if step < warm:
-        return (step + 1) / warm
-    if cfg.train.schedule == "constant":
-        return 1.0
-    progress = (step - warm) / max(1, total - warm)
-    if cfg.train.schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-# ------------------------------------------------------------------------------ worker
-
-
-def _worker(config: dict[str, Any]) -> None:
-    """The training loop of one Ray Train worker (policy or mean-field model)."""
-    import ray.train
-    import torch
-
-    from mfray.train.tasks import make_task
-
-    cfg = from_dict(TrainConfig, config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.train.seed)
-    # Ray starts workers with one OpenMP thread; a CPU worker gets its share of the cores
-    if not cfg.train.use_gpu:
-        torch.set_num_threads(int(config.get("num_threads") or
-                                  max(1, (os.cpu_count() or 1) // max(1, world))))
-    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
-    task = make_task(config["kind"], cfg, read_examples(config["examples"]), device)
-    params = [p for p in task.model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    total = total_steps(task.n_examples, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg))
-    step, history = 0, []
-    ckpt = ray.train.get_checkpoint()  # Ray's restore after a worker failure
-    if ckpt is None and config.get("resume_from"):  # a rerun of a stopped run
-        ckpt = ray.train.Checkpoint.from_directory(config["resume_from"])
-    if ckpt:
-        with ckpt.as_directory() as d:
-            task.load_adapter(Path(d) / "adapter")
-            opt.load_state_dict(torch.load(Path(d) / "optimizer.pt", weights_only=True))
-            sched.load_state_dict(torch.load(Path(d) / "scheduler.pt", weights_only=True))
-            state = json.loads((Path(d) / STATE_FILE).read_text())
-            step, history = state["step"], state["history"]
-    skipped = history[-1].get("skipped_steps", 0) if history else 0
-    # the run directory's live history: rank 0 rewrites it from the restored state, then
-    # appends a row per step (the driver's progress bar follows it; _finish rewrites it from
-    # the last checkpoint)
-    live = Path(config["metrics"]) if rank == 0 and config.get("metrics") else None
-    if live is not None:
-        try:  # rank 0 on another node writes its own copy (as it does its checkpoints)
-            live.parent.mkdir(parents=True, exist_ok=True)
-            live.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
-        except OSError:
-            live = None
-    model = task.model
-    if world > 1:
-        model = ray.train.torch.prepare_model(model, move_to_device=False)
-    t0, seen = time.perf_counter(), 0
-    while step < total:
-        batch = global_batch(step, task.n_examples, cfg)
-        mine = batch[rank::world]
-        opt.zero_grad(set_to_none=True)
-        loss_sum, extra = task.loss(model, mine)  # the sum over this worker's examples
-        (loss_sum * world / len(batch)).backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
-        if torch.isfinite(norm):
-            opt.step()
-        else:  # a NaN/inf gradient would poison the adapter: the step is skipped and counted
-            skipped += 1
-        sched.step()
-        step += 1
-        seen += len(batch)
-        stats = torch.tensor([float(loss_sum.detach()), *extra], dtype=torch.float64)
-        if world > 1:
-            torch.distributed.all_reduce(stats)
-        row = {"step": step, "loss": float(stats[0]) / len(batch), "lr": sched.get_last_lr()[0],
-               "grad_norm": float(norm), "skipped_steps": skipped,
-               "examples_per_s": seen / max(1e-9, time.perf_counter() - t0)}
-        row |= {name: float(v) / len(batch) for name, v in zip(task.extra_names, stats[1:],
-                                                               strict=True)}
-        history.append(row)
-        if live is not None:
-            with open(live, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-        if rank == 0 and (step % cfg.train.log_every == 0 or step == total):
-            print(f"[{config['kind']}] step {step}/{total}  loss {row['loss']:.4f}  "
-                  f"lr {row['lr']:.2e}  {row['examples_per_s']:.2f} examples/s"
-                  + (f"  {skipped} skipped (non-finite gradient)" if skipped else ""), flush=True)
-        # Only checkpoints are reported: Ray Train takes one report per poll of its controller
-        # (every 2 s), so reporting every few steps throttled a GPU run to ~2 s per report
-        if step % cfg.train.checkpoint_every == 0 or step == total:
-            _checkpoint(task, opt, sched, step, history, rank, Path(config["checkpoints"]))
-        if config.get("fail_at_step") == step:  # fault injection for the resume test
-            raise RuntimeError(f"injected failure after step {step}")
-
-
-def _checkpoint(task: Any, opt: Any, sched: Any, step: int, history: list[dict[str, Any]],
-                rank: int, root: Path, keep: int = 2) -> None:
-    """Rank 0 writes the checkpoint to ``root/step-N`` (kept: Ray's local mode reads it in
-    place; with workers Ray also copies it to its storage) and every rank reports."""
-    import ray.train
-    import torch
-
-    ckpt = None
-    if rank == 0:
-        d = root / f"step-{step:07d}"
-        tmp = root / f".tmp-step-{step:07d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        task.save_adapter(tmp / "adapter")
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        torch.save(sched.state_dict(), tmp / "scheduler.pt")
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "history": history}))
-        shutil.rmtree(d, ignore_errors=True)
-        tmp.rename(d)  # a checkpoint directory is complete or absent
-        for old in sorted(root.glob("step-*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        ckpt = ray.train.Checkpoint.from_directory(str(d))
-    ray.train.report(history[-1], checkpoint=ckpt)
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    """The checkpoint with the most steps under ``out`` (ours or Ray's copies), if any."""
-    best: tuple[int, Path] | None = None
-    for state in out.glob("**/" + STATE_FILE):
-        try:
-            step = int(json.loads(state.read_text())["step"])
-        except (OSError, ValueError, KeyError):
-            continue  # an unreadable checkpoint is skipped, never half-loaded
-        if (state.parent / "adapter" / "adapter_config.json").is_file() and \
-                (best is None or step > best[0]):
-            best = (step, state.parent)
-    return best[1] if best else None
-
-
-# ------------------------------------------------------------------------------ driver
+from mfray.train.data import read_examples
+from mfray.train.prepare import VAL_FILE, prepare_examples
+from mfray.train.worker import STATE_FILE, latest_checkpoint, total_steps, train_loop
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -357,7 +66,7 @@ def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = 
     ensure_ray(cfg.resources)
     resume = latest_checkpoint(out)
     trainer = TorchTrainer(
-        _worker,
+        train_loop,
         train_loop_config={"cfg": cfg.to_dict(), "kind": kind, "examples": str(examples),
                            "fail_at_step": fail_at_step, "num_threads": num_threads,
                            "checkpoints": str(out / "checkpoints"),

@@ -1,8 +1,9 @@
 """What one training step computes, for each model IB-Tune tunes (method.md §4).
 
 A task holds the model with its LoRA adapter and the tokenised examples; ``loss(model, idx)``
-returns the *sum* of the per-example losses of ``idx`` (the runner scales it to the global
-batch) and extra per-example sums to report (``extra_names``).
+returns the *sum* of the per-example losses of ``idx`` (the training loop,
+:mod:`mfray.train.worker`, scales it to the global batch) and extra per-example sums to report
+(``extra_names``).
 
 - :class:`PolicyTask`: choice mode, cross-entropy over the label options scored exactly as the
   simulator scores them (the first token of each option when those differ, the whole option

@@ -16,15 +16,27 @@ Not part of the package: an analysis behind results/synthetic-world.md.
 from __future__ import annotations
 
 import argparse
+import re
 
 import numpy as np
 
 from mfray.config import PolicyConfig, SimConfig
 from mfray.data.schema import read_dataset
 from mfray.engine.inference import build_model
-from mfray.meanfield import NumericMeanField, tally_words
+from mfray.meanfield import NumericMeanField
 from mfray.policy import population_text
 from mfray.probe import agents, mean_read
+
+#: a tally line (:meth:`NumericMeanField.tally_line`): dimension, number of words, the words
+_TALLY_LINE = re.compile(r"^([^\n:]+): (\d+) typical reactions: ([^\n]*?) (\(n=\d+\))$")
+
+
+def tally_words(line: str) -> list[str]:
+    """The words of a tally line, in their order."""
+    m = _TALLY_LINE.fullmatch(line)
+    if m is None:
+        raise ValueError(f"not a tally line: {line!r}")
+    return m[3].split(" ")
 
 
 def main() -> None:
