@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mfray.llm import ModelError
 from mfray.llm.classifier import (
     C_GRID,
     CLASSIFIER_FILE,
@@ -16,7 +17,6 @@ from mfray.llm.classifier import (
     fit_option_model,
     load_classifier,
 )
-from mfray.llm import ModelError
 
 OPTIONS = ("support", "deny", "query", "comment")
 

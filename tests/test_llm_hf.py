@@ -46,6 +46,10 @@ def _tiny_tokenizer():
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple:
+    return tiny_llama()
+
+
+def tiny_llama() -> tuple:
     """A 2-layer Llama with large random weights (so that padding mistakes show in the scores)."""
     tok = _tiny_tokenizer()
     cfg = transformers.LlamaConfig(

@@ -11,10 +11,15 @@ import numpy as np
 import pytest
 
 from mfray.llm import HFModel, ModelError, load, load_model
-from tests.test_llm_hf import PROMPTS, YES_NO, tiny  # noqa: F401  (a fixture)
+from tests.test_llm_hf import PROMPTS, YES_NO, tiny_llama
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple:
+    return tiny_llama()
 
 
 def test_load_model_from_a_directory_and_errors(tiny, tmp_path, monkeypatch):

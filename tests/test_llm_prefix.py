@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mfray.policy import prompt_parts
 from mfray.llm import prefix
 from mfray.llm.prefix import MAX_PADDING, common_prefix, pack, prefix_groups
+from mfray.policy import prompt_parts
 
 OPTS = ("support", "deny", "query", "comment")
 

@@ -8,8 +8,8 @@ already starts with it), each option on its own without special tokens, and the 
 are concatenated. After a chat prompt (ending in the assistant header and a newline) pass the
 options without the leading space. How a backend computes it: :mod:`mfray.llm.hf`.
 
-``generate`` writes one continuation per prompt, each from its own seed, so that a prompt's
-text never depends on the batch it came in.
+``generate`` writes one continuation per prompt, each drawn from its own seed (``seeds``), so
+that batching does not decide a prompt's text; greedy when the temperature is 0.
 """
 
 from __future__ import annotations
