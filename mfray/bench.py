@@ -129,7 +129,7 @@ def bench_model(model: str | None = None, simulations: Sequence[int] = (1, 10, 1
     same batch size; in text mode, plain batched generation). Then the *simple way* on a sample
     of ``simple_sample`` of those prompts: one simulation at a time, a round of 16 per batch,
     full prompts (no prefix sharing) — the speed-up is end-to-end over that."""
-    from mfray.engine.inference import build_model
+    from mfray.llm.build import build_model
 
     if not simulations or min(simulations) < 1 or agents < 1:
         raise MfrayError("bench: need simulations >= 1 and agents >= 1")
@@ -155,7 +155,7 @@ def _model_point(plain: Any, policy: PolicyConfig, n: int, agents: int, work: Pa
                  ) -> dict[str, Any]:
     """One run of ``n`` simulations, then its own prompts through the plain model."""
     from mfray.engine import simulate
-    from mfray.prefix_cache import prefix_groups
+    from mfray.llm.prefix import prefix_groups
 
     data = _world(work / "data", n, agents, warmup=0)
     cfg = RunConfig(sim=SimConfig(data=str(data), variants=("mf",), warmup=0), policy=policy)

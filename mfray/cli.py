@@ -139,7 +139,7 @@ def _check_adapter_form(cfg: RunConfig) -> None:
     """Refuse a policy adapter (or prompt classifier) tuned on another form of the numeric mean
     field than the run shows (``sim.meanfield_form``): it learnt to read the other one. The
     form is in the ``train_config.json`` that ``mfray train`` writes beside it."""
-    from mfray.classifier import classifier_path
+    from mfray.llm.classifier import classifier_path
 
     tuned_by = cfg.policy.adapter or classifier_path(cfg.policy.model)
     if not tuned_by:
@@ -188,7 +188,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 def cmd_probe(args: argparse.Namespace) -> None:
     from mfray.data.schema import read_dataset
-    from mfray.engine.inference import build_model
+    from mfray.llm.build import build_model
     from mfray.probe import probe
 
     cfg = _run_config(args)

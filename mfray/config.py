@@ -107,7 +107,7 @@ class PolicyConfig:
     transformers directory, a ``.gguf`` file, ``scripted`` (a deterministic stand-in) or
     ``scripted-world`` (follows a synthetic world's own rule, read from the prompt). With
     ``url`` set, ``model`` is the name an OpenAI-compatible endpoint serves (vLLM serve, SGLang,
-    a hosted API; :mod:`mfray.openai_compat`), the key read from ``api_key_env``."""
+    a hosted API; :mod:`mfray.llm.openai`), the key read from ``api_key_env``."""
 
     model: str | None = None
     adapter: str | None = None  # a LoRA adapter directory (``mfray train policy``), merged in
@@ -132,8 +132,9 @@ class PolicyConfig:
     chunk: int = 256  # prompts per model call; a failed call fails at most this many decisions
     device: str | None = None
     num_threads: int | None = None  # CPU threads of the model (Ray gives actors 1); None: all
-    # bfloat16 weights: auto = on CUDA with bf16 support; "on" also helps CPUs with avx512_bf16
-    # (about 2x for SmolLM2 here), at the cost of log-probs that differ by ~0.05 from float32
+    # bfloat16 weights: auto = where the hardware computes bfloat16 (CUDA with bf16 support, a
+    # CPU with AVX512-BF16 or AMX), float32 elsewhere; "on" forces it (emulated, >10x slower,
+    # on other CPUs). Log-probs differ by ~0.05 from float32 (mfray.llm.load.use_bf16)
     bf16: Literal["auto", "on", "off"] = "auto"
     log_prompts: bool = False  # write every scored prompt to RUN_DIR/prompts.jsonl
 

@@ -7,7 +7,7 @@ position. A failure is a result with ``ok = False`` and an error, never a placeh
 - :class:`HumanLabeller`: the labels of the data;
 - :class:`ZeroShotLabeller`: a local model scores the options after the ``label`` template;
 - :class:`OpenAICompatibleLabeller`: an OpenAI-compatible ``/chat/completions`` endpoint
-  (vLLM serve, SGLang, a hosted API) through :mod:`mfray.openai_compat`;
+  (vLLM serve, SGLang, a hosted API) through :mod:`mfray.llm.openai`;
 - :class:`RuleLabeller`: dimensions that follow from the data (Weibo's ``behaviour``).
 
 :func:`labels_check` measures a labeller against the human labels of a dataset.
@@ -31,7 +31,7 @@ from mfray.data.schema import Dataset
 from mfray.errors import ConfigError, DataError
 from mfray.evaluate.metrics import f1_scores
 from mfray.llm import LanguageModel, ModelError
-from mfray.openai_compat import HTTPClient, RequestFailed
+from mfray.llm.openai import HTTPClient, RequestFailed
 from mfray.prompts import render
 
 ROLE = "label"
@@ -203,7 +203,7 @@ class OpenAICompatibleLabeller:
     One request per item, ``batch_size`` in flight at once (the chat protocol has no batch);
     temperature 0, a few tokens; the first word of the reply, matched case-insensitively to
     the options, is the label. Key handling, retries, timeouts and the rate limit are those of
-    :class:`~mfray.openai_compat.HTTPClient`; malformed replies fail the item, never retried.
+    :class:`~mfray.llm.openai.HTTPClient`; malformed replies fail the item, never retried.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",

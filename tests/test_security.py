@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mfray.store import RunStore
-from tests.test_openai_compat import Completions
+from tests.test_llm_openai import Completions
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-dummy-key-3f9a1c77e2"

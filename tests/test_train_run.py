@@ -204,6 +204,27 @@ def test_bf16_base_keeps_float32_adapters(small_world_dir: Path, tiny_model_dir:
     assert all(p.grad is not None for n, p in task.model.named_parameters() if "lora_B" in n)
 
 
+def test_forced_bf16_on_an_emulating_cpu_is_said_before_training_starts(
+        small_world_dir: Path, tiny_model_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The driver says it (the workers' logs do not reach the console), before anything slow."""
+    from mfray.llm import load
+    from mfray.train import run
+
+    class Stop(Exception):
+        pass
+
+    def stop(*_args: object) -> None:
+        raise Stop
+
+    monkeypatch.setattr(load, "cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(run, "_start", stop)
+    for bf16, said in (("on", True), ("auto", False)):
+        with pytest.raises(Stop):
+            train(_cfg(small_world_dir, tiny_model_dir, bf16=bf16), "policy", tmp_path / "r")
+        assert ("--set train.bf16=auto" in capsys.readouterr().err) is said
+
+
 def test_relative_paths_reach_the_workers(small_world_dir: Path, tiny_model_dir: Path,
                                           one_worker_run: Path) -> None:
     """Ray Train's workers do not run in the driver's directory: a run given relative paths

@@ -181,7 +181,7 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     """
     import ray
 
-    from mfray.engine.inference import check_model
+    from mfray.llm.build import check_model
 
     specs = plan(cfg, ds)
     llm = any(s.variant in LLM_VARIANTS for s in specs)

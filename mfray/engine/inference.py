@@ -4,52 +4,25 @@ Each round it receives the prompts of all shards, orders them canonically (by si
 agent, dimension) and scores them in chunks of ``policy.chunk`` prompts. The order and the
 chunks therefore depend only on the run, never on how many shards produced the prompts, which
 is what makes a 1-shard and a 4-shard run bit-identical. A failed model call fails only the
-decisions of its chunk (or only the prompts it names) and is reported, never hidden.
+decisions of its chunk (or only the prompts it names, :mod:`mfray.llm.retry`) and is reported,
+never hidden. The model itself comes from :func:`mfray.llm.build.build_model`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from mfray.classifier import classifier_path, load_classifier
 from mfray.config import PolicyConfig
 from mfray.engine.shard import Key, Requests, Scored
-from mfray.llm import (
-    BF16_MODES,
-    LanguageModel,
-    ModelError,
-    ScriptedModel,
-    default_gguf,
-    load_model,
-    model_input,
-)
+from mfray.llm.base import LanguageModel, ModelError, model_input
+from mfray.llm.build import build_model
+from mfray.llm.retry import RetryingModel, answers
 from mfray.policy import clean_summary, first_line
-
-SCRIPTED = ("scripted", "scripted-world")
-
-
-def check_model(cfg: PolicyConfig) -> None:
-    """Fail early, in the driver, with a clear message when the named model cannot exist."""
-    if cfg.adapter and not (Path(cfg.adapter).expanduser() / "adapter_config.json").is_file():
-        raise ModelError(f"no LoRA adapter at {cfg.adapter} (adapter_config.json missing)")
-    if (path := classifier_path(cfg.model)) is not None and (cfg.mode != "choice" or cfg.adapter):
-        raise ModelError(f"{path} is a prompt classifier: it takes policy.mode=choice and no "
-                         "adapter")
-    if cfg.model in SCRIPTED or cfg.url or path is not None:
-        return
-    path = default_gguf() if cfg.model is None else Path(cfg.model).expanduser()
-    if not ((path.is_file() and path.suffix == ".gguf") or (path / "config.json").is_file()):
-        raise ModelError(f"no model at {path}: give a transformers directory (with "
-                         "config.json), a .gguf file, a classifier (`mfray train classifier`), "
-                         "'scripted' or 'scripted-world'")
 
 
 def _canonical(shard_requests: Sequence[Requests], part: tuple[int, int] = (0, 1)
@@ -65,71 +38,6 @@ def _empty(n: int) -> Scored:
     return Scored([None] * n, [None] * n, [0.0] * n, [None] * n, [], [])
 
 
-def build_model(cfg: PolicyConfig, data_dir: str | None = None,
-                more_adapters: bool = False) -> LanguageModel:
-    """The policy model named by ``policy.model`` (served at ``policy.url`` when set).
-    ``more_adapters``: an engine that switches adapters (vLLM) must allow them from the start."""
-    if cfg.url:
-        from mfray.openai_compat import OpenAICompatibleModel
-
-        return OpenAICompatibleModel(cfg.url, str(cfg.model), batch_size=cfg.batch_size,
-                                     api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
-                                     max_retries=cfg.max_retries, timeout_s=cfg.timeout_s,
-                                     requests_per_s=cfg.requests_per_s)
-    if cfg.model == "scripted":
-        return ScriptedModel()
-    if (path := classifier_path(cfg.model)) is not None:
-        return load_classifier(path)
-    if cfg.model == "scripted-world":
-        from mfray.baselines import load_world, world_rule_model
-        from mfray.data.schema import read_dataset
-
-        return world_rule_model(load_world(cfg.model, read_dataset(data_dir or "")))
-    if cfg.engine == "vllm":
-        from mfray.vllm_backend import VLLMModel
-
-        return VLLMModel(cfg.model, adapter=cfg.adapter, lora=more_adapters,
-                         gpu_memory_utilization=cfg.gpu_memory_utilization)
-    import torch
-
-    # Ray starts actors with OMP_NUM_THREADS=1; a CPU model wants every core of its node
-    torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
-    return load_model(cfg.model, device=cfg.device, batch_size=cfg.batch_size,
-                      max_batch_tokens=cfg.max_batch_tokens, adapter=cfg.adapter,
-                      bf16=BF16_MODES[cfg.bf16])
-
-
-def _sparing(call: Callable[[list[int]], Sequence[Any]], n: int
-             ) -> tuple[list[Any], dict[int, str]]:
-    """``call`` over items ``0..n-1``, with one bounded retry: when the model names the items
-    at fault (``ModelError.indices``), call again on the others. Returns the results (None where
-    failed) and the error text of each failed item."""
-    everything = list(range(n))
-
-    def checked(idx: list[int]) -> list[Any]:
-        got = list(call(idx))
-        if len(got) != len(idx):  # a malformed answer fails the whole call, never shifts rows
-            raise ModelError(f"the model answered {len(got)} of {len(idx)} prompts")
-        return got
-
-    try:
-        return checked(everything), {}
-    except ModelError as exc:
-        message = f"model error: {exc}"
-        if not exc.indices:
-            return [None] * n, dict.fromkeys(everything, message)
-        bad = set(exc.indices)
-    rest = [k for k in everything if k not in bad]
-    try:
-        got = checked(rest) if rest else []
-    except ModelError as again:
-        return [None] * n, dict.fromkeys(everything, f"model error: {again}")
-    out: list[Any] = [None] * n
-    for k, value in zip(rest, got, strict=True):
-        out[k] = value
-    return out, dict.fromkeys(bad, message)
-
-
 class InferenceServer:
     """Holds the model; scores every shard's requests of a round in one canonical order. With
     several actors, ``part = (a, n)``: this one answers the simulations ``sim_id ≡ a (mod n)``
@@ -143,6 +51,8 @@ class InferenceServer:
         self.prompt_log = prompt_log
         self.model = model if model is not None else \
             build_model(cfg, data_dir, more_adapters=meanfield_adapter is not None)
+        # policy calls go through one bounded retry of the prompts that did not fail
+        self.retrying = RetryingModel(self.model)
         # the text mean field's model: the base model with its own adapter (or none), never
         # the policy's adapter. An engine that switches adapters (vLLM) serves both roles;
         # otherwise a second model is loaded at the first summary.
@@ -208,11 +118,10 @@ class InferenceServer:
             if self.prompt_log:
                 self._log([shard_requests[s].keys[j] for s, j in chunk], prompts)
             seeds = [shard_requests[s].seeds[j] for s, j in chunk]
-            raw, failed = _sparing(lambda idx, prompts=prompts, seeds=seeds: self.model.generate(
-                [prompts[n] for n in idx], max_new_tokens=c.max_new_tokens,
-                temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
-                repetition_penalty=c.repetition_penalty, seeds=[seeds[n] for n in idx]),
-                len(chunk))
+            raw, failed = answers(lambda prompts=prompts, seeds=seeds: self.retrying.generate(
+                prompts, max_new_tokens=c.max_new_tokens, temperature=c.temperature,
+                top_p=c.top_p, top_k=c.top_k, repetition_penalty=c.repetition_penalty,
+                seeds=seeds), len(chunk))
             for n, message in failed.items():
                 s, j = chunk[n]
                 out[s].errors[j] = message
@@ -243,8 +152,7 @@ class InferenceServer:
     def _score_chunk(self, chunk: list[tuple[int, int]], prompts: list[str],
                      options: Sequence[str], out: list[Scored]) -> None:
         t0 = time.perf_counter()
-        scores, failed = _sparing(lambda idx: self.model.score([prompts[n] for n in idx], options),
-                                  len(prompts))
+        scores, failed = answers(lambda: self.retrying.score(prompts, options), len(prompts))
         per = (time.perf_counter() - t0) / len(chunk)
         tokens = self._token_counts(prompts)
         for n, (s, j) in enumerate(chunk):

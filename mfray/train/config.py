@@ -59,7 +59,8 @@ class TrainParams:
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     seed: int = 0
-    bf16: Literal["auto", "on", "off"] = "auto"  # auto: on CUDA with bf16 support
+    # auto: bfloat16 where the hardware computes it (mfray.llm.load.use_bf16), as policy.bf16
+    bf16: Literal["auto", "on", "off"] = "auto"
     max_prompt_tokens: int = 1024  # longer prompts are cut from the left
     # LoRA (peft)
     lora_r: int = 8

@@ -16,7 +16,7 @@ rows turned the LoRA gradients to NaN after 43 good steps of the leave-one-event
 where eager attention stayed finite. Right padding has no such rows: a padding query sees the
 real tokens before it.
 
-On CUDA the padded width is rounded up to a multiple of 64 (:data:`mfray.llm.CUDA_PAD_MULTIPLE`;
+On CUDA the padded width is rounded up to a multiple of 64 (:data:`mfray.llm.prefix.CUDA_PAD_MULTIPLE`;
 ``multiple=`` overrides it): batches of a new width each cost cuDNN's attention a new plan, and
 rounded widths repeat. Wider padding changes no value (the extra positions are padding).
 """
@@ -43,7 +43,7 @@ def pad_batch(seqs: Sequence[Sequence[int]], targets: Sequence[int], pad_id: int
               side: Side = "right", multiple: int = 1
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pad ``seqs`` (prompt + continuation ids) into one batch, on the CPU, with
-    :func:`mfray.llm.pad` (its width the longest sequence rounded up to ``multiple``).
+    :func:`mfray.llm.prefix.pad` (its width the longest sequence rounded up to ``multiple``).
 
     ``targets[i]`` is how many of the last tokens of ``seqs[i]`` are its continuation; it must be
     below ``len(seqs[i])`` (the first token has no logits to score it). Returns ``(input_ids,
@@ -92,7 +92,7 @@ def _device(model: Any) -> torch.device:
 
 
 def _multiple(model: Any, multiple: int | None) -> int:
-    """The padding multiple: the device's rule (:func:`mfray.llm.pad_multiple`) unless given."""
+    """The padding multiple: the device's rule (:func:`mfray.llm.prefix.pad_multiple`) unless given."""
     return pad_multiple(_device(model)) if multiple is None else multiple
 
 

@@ -26,6 +26,7 @@ from mfray.data.schema import Dataset, read_dataset
 from mfray.engine.population import TEXT_MEANFIELD
 from mfray.engine.ray_env import ensure_ray
 from mfray.errors import ConfigError, MfrayError
+from mfray.llm.load import check_bf16
 from mfray.train.config import TrainConfig
 from mfray.train.data import read_examples
 from mfray.train.prepare import VAL_FILE, prepare_examples
@@ -58,6 +59,8 @@ def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = 
 
     if kind not in ("policy", "meanfield"):
         raise ConfigError(f"unknown training kind {kind!r}: policy or meanfield")
+    # said here, in the driver: the workers' logs do not reach its console
+    check_bf16(cfg.train.bf16, "cuda" if cfg.train.use_gpu else "cpu", "train.bf16")
     cfg, out = _start(cfg, out)
     examples = out / "examples" / f"{kind}.parquet"
     if not examples.is_file():
@@ -98,11 +101,11 @@ def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = 
 
 
 def train_classifier(cfg: TrainConfig, out: str | Path, *, ds: Dataset | None = None) -> Path:
-    """Fit a prompt classifier (:mod:`mfray.classifier`) on the policy examples that ``mfray
+    """Fit a prompt classifier (:mod:`mfray.llm.classifier`) on the policy examples that ``mfray
     train policy`` would tune on (same events, draws and validation split), one model per
     option set; write ``OUT/classifier.json`` and, with ``train.val_examples``,
     ``OUT/validation.json`` (its loss against the training label frequencies)."""
-    from mfray.classifier import CLASSIFIER_FILE, ClassifierModel, fit_option_model
+    from mfray.llm.classifier import CLASSIFIER_FILE, ClassifierModel, fit_option_model
 
     if cfg.train.prompt_variant in TEXT_MEANFIELD:
         raise ConfigError(f"a prompt classifier reads the prompts of a numeric or no mean "

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from mfray.errors import ConfigError
-from mfray.llm import BF16_MODES, HFModel, load_model, model_input
+from mfray.llm import HFModel, load_model, model_input
 from mfray.meanfield import NO_REACTIONS, NumericMeanField
 from mfray.policy import clean_summary, population_text, prompt_parts
 from mfray.prompts import render
@@ -34,7 +34,7 @@ from mfray.train.losses import add_lora, choice_loss, sequence_logprobs, text_nl
 
 
 def option_ids(hf: HFModel, options: Sequence[str]) -> list[list[int]]:
-    """The options' token ids under the simulator's scoring rule (llm.py): first tokens when
+    """The options' token ids under the simulator's scoring rule (mfray.llm.hf): first tokens when
     they are distinct, whole options otherwise."""
     ids = hf._option_ids(options)
     firsts = [o[0] for o in ids]
@@ -48,9 +48,9 @@ class _LoraTask:
 
     def __init__(self, cfg: TrainConfig, device: Any, hf: HFModel | None = None) -> None:
         self.cfg = cfg
-        bf16 = BF16_MODES[cfg.train.bf16]
-        # bf16 base weights where the device supports them; peft keeps the adapters in float32
-        self.hf = hf or load_model(cfg.policy.model, device=str(device), bf16=bf16)
+        # bf16 base weights where the device computes them (train.bf16, the simulator's
+        # rule: mfray.llm.load.model_dtype); peft keeps the adapters in float32
+        self.hf = hf or load_model(cfg.policy.model, device=str(device), bf16=cfg.train.bf16)
         t = cfg.train
         self.model = add_lora(self.hf.model, r=t.lora_r, alpha=t.lora_alpha,
                               dropout=t.lora_dropout, target_modules=list(t.target_modules) or None,

@@ -22,7 +22,7 @@ import numpy as np
 
 from mfray.config import PolicyConfig, SimConfig
 from mfray.data.schema import read_dataset
-from mfray.engine.inference import build_model
+from mfray.llm.build import build_model
 from mfray.meanfield import NumericMeanField
 from mfray.policy import population_text
 from mfray.probe import agents, mean_read

@@ -22,7 +22,7 @@ from mfray.data.schema import read_dataset
 from mfray.engine import simulate
 from mfray.errors import ConfigError
 from mfray.llm import LanguageModel, ModelError
-from mfray.openai_compat import HTTPClient, OpenAICompatibleModel, option_loglik
+from mfray.llm.openai import HTTPClient, OpenAICompatibleModel, option_loglik
 
 SECRET = "sk-policy-secret-77"
 TOKEN = re.compile(r"\s*\S+")

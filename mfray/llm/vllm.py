@@ -2,7 +2,7 @@
 
 The engine keeps automatic prefix caching on, so the part of the prompt that a simulation's
 agents share is computed once per round and reused, across requests and across rounds while it
-stays in the cache. Choice scoring follows the transformers backend's rule (:mod:`mfray.llm`):
+stays in the cache. Choice scoring follows the transformers backend's rule (:mod:`mfray.llm.hf`):
 
 - every option's first token distinct -> one request per prompt for a single next token,
   restricted to the options' first tokens (``allowed_token_ids``) with the engine's
@@ -28,15 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from mfray.llm import (
-    LastEncoding,
-    ModelError,
-    chat_prompt,
-    check_options,
-    check_sampling,
-    option_ids,
-    transformers_dir,
-)
+from mfray.llm.base import ModelError, check_options, check_sampling
+from mfray.llm.hf import LastEncoding, chat_prompt, option_ids
+from mfray.llm.load import transformers_dir
 
 
 def _vllm() -> Any:

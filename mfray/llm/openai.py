@@ -5,7 +5,7 @@ environment variable only (no header when unset), scrubbed from every error text
 errors, timeouts, HTTP 429 and 5xx retried with exponential backoff; other HTTP errors fail at
 once; a shared rate limit on request starts; ``concurrency`` requests in flight.
 
-:class:`OpenAICompatibleModel` is a :class:`~mfray.llm.LanguageModel` over ``/completions``:
+:class:`OpenAICompatibleModel` is a :class:`~mfray.llm.base.LanguageModel` over ``/completions``:
 
 - ``score``: every ``prompt + option`` string in one batched request per ``batch_size``
   strings, with ``echo: true, logprobs: 1, max_tokens: 1``; an option's log-likelihood is the
@@ -17,7 +17,7 @@ once; a shared rate limit on request starts; ``concurrency`` requests in flight.
 
 Prompts are sent as raw text: the endpoint's chat template is not applied. A prompt whose
 request fails after the retries, or whose response is malformed, is named in the
-:class:`~mfray.llm.ModelError` (``indices``) so the engine records only those decisions as
+:class:`~mfray.llm.base.ModelError` (``indices``) so the engine records only those decisions as
 ``ok = false``; nothing is ever filled in.
 """
 
@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from mfray.errors import ConfigError
-from mfray.llm import ModelError, check_options, check_sampling
+from mfray.llm.base import ModelError, check_options, check_sampling
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -185,7 +185,7 @@ def option_loglik(choice: dict[str, Any], prompt_len: int, text_len: int) -> flo
 
 
 class OpenAICompatibleModel:
-    """A :class:`~mfray.llm.LanguageModel` served over HTTP (module docstring)."""
+    """A :class:`~mfray.llm.base.LanguageModel` served over HTTP (module docstring)."""
 
     def __init__(self, base_url: str, model: str, *, batch_size: int = 16,
                  client: HTTPClient | None = None, **client_kw: Any) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from scipy.special import log_softmax
 
-from mfray.llm import ModelError
+from mfray.llm.base import ModelError
 
 CLASSIFIER_FILE = "classifier.json"
 C_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0)
@@ -132,7 +132,7 @@ def fit_option_model(prompts: Sequence[str], labels: Sequence[int], options: Seq
 
 
 class ClassifierModel:
-    """A :class:`mfray.llm.LanguageModel` that scores options with fitted option models. It
+    """A :class:`mfray.llm.base.LanguageModel` that scores options with fitted option models. It
     writes no text: choice mode only."""
 
     def __init__(self, models: Sequence[OptionModel], model_id: str = "classifier") -> None:

@@ -1,4 +1,5 @@
-"""Shared-prefix reuse: groups found on token ids, and scores equal to the plain computation."""
+"""Padded batches and shared-prefix reuse (mfray/llm/prefix.py): groups found on token ids, and
+scores equal to the plain computation."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mfray.llm import prefix
+from mfray.llm.prefix import MAX_PADDING, common_prefix, pack, prefix_groups
 from mfray.policy import prompt_parts
-from mfray.prefix_cache import MAX_PADDING, common_prefix, pack, prefix_groups
 
 OPTS = ("support", "deny", "query", "comment")
 
@@ -148,3 +150,13 @@ def test_groups_of_several_simulations_share_a_batch(tiny_hf) -> None:
     groups = [g for g in prefix_groups(ids) if g[0]]
     batches = list(pack(groups, ids, batch_size=16, max_batch_tokens=16384))
     assert max(len(b) for b in batches) >= 2  # two simulations' rows in one forward
+
+
+def test_padded_widths_follow_the_device() -> None:
+    torch = pytest.importorskip("torch")
+    assert prefix.pad_multiple("cpu") == 1
+    assert prefix.pad_multiple("cuda:1") == prefix.pad_multiple(torch.device("cuda")) == 64
+    assert prefix.padded_width([3, 7, 5], 1) == 7 and prefix.padded_width([3, 7, 5], 4) == 8
+    assert prefix.padded_width([64], 64) == 64
+    with pytest.raises(ValueError, match="multiple"):
+        prefix.padded_width([3], 0)

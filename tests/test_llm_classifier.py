@@ -1,4 +1,4 @@
-"""The prompt classifier (mfray/classifier.py): fitting, scoring, saving, and its refusals."""
+"""The prompt classifier (mfray/llm/classifier.py): fitting, scoring, saving, and its refusals."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mfray.classifier import (
+from mfray.llm import ModelError
+from mfray.llm.classifier import (
     C_GRID,
     CLASSIFIER_FILE,
     ClassifierModel,
@@ -16,7 +17,6 @@ from mfray.classifier import (
     fit_option_model,
     load_classifier,
 )
-from mfray.llm import ModelError
 
 OPTIONS = ("support", "deny", "query", "comment")
 
@@ -89,7 +89,7 @@ def test_save_load_score_and_refusals(tmp_path: Path) -> None:
 
 def test_the_driver_refuses_text_mode_or_an_adapter(tmp_path: Path) -> None:
     from mfray.config import PolicyConfig
-    from mfray.engine.inference import build_model, check_model
+    from mfray.llm.build import build_model, check_model
 
     prompts, labels, groups = _examples(40)
     ClassifierModel([fit_option_model(prompts, labels, OPTIONS, groups)]).save(

@@ -1,4 +1,4 @@
-"""The vLLM backend's glue (mfray/vllm_backend.py).
+"""The vLLM backend's glue (mfray/llm/vllm.py).
 
 vLLM needs a CUDA GPU. Here a stand-in engine with vLLM's interface computes its answers from
 the tiny transformers model, so the backend's scores can be compared with the transformers
@@ -122,7 +122,7 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch, tiny_hf) -> dict[str, Any]:
 
 def test_engine_settings_and_scores_equal_the_transformers_backend(fake_vllm, tiny_hf,
                                                                    tiny_model_dir) -> None:
-    from mfray.vllm_backend import VLLMModel
+    from mfray.llm.vllm import VLLMModel
 
     m = VLLMModel(tiny_model_dir)
     init = fake_vllm["llm"].init
@@ -144,7 +144,7 @@ def test_engine_settings_and_scores_equal_the_transformers_backend(fake_vllm, ti
 
 
 def test_missing_logprobs_name_the_prompts(fake_vllm, tiny_model_dir) -> None:
-    from mfray.vllm_backend import VLLMModel
+    from mfray.llm.vllm import VLLMModel
 
     m = VLLMModel(tiny_model_dir)
     fake_vllm["llm"].drop_logprobs_of = {1}
@@ -155,7 +155,7 @@ def test_missing_logprobs_name_the_prompts(fake_vllm, tiny_model_dir) -> None:
 
 def test_generation_parameters_seeds_and_adapters(fake_vllm, tiny_model_dir,
                                                   tmp_path: Path) -> None:
-    from mfray.vllm_backend import VLLMModel
+    from mfray.llm.vllm import VLLMModel
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -200,7 +200,7 @@ def test_engine_config_is_checked() -> None:
 
 def test_without_vllm_the_error_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "vllm", None)  # import fails
-    from mfray.vllm_backend import VLLMModel
+    from mfray.llm.vllm import VLLMModel
 
     with pytest.raises(ModelError, match=r"pip install 'mfray\[vllm\]'"):
         VLLMModel("whatever")
@@ -209,7 +209,7 @@ def test_without_vllm_the_error_says_how_to_install(monkeypatch: pytest.MonkeyPa
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None or not torch.cuda.is_available(),
                     reason="the real vLLM engine needs vLLM and a CUDA GPU")
 def test_real_engine_scores_match_transformers(tiny_hf, tiny_model_dir) -> None:
-    from mfray.vllm_backend import VLLMModel
+    from mfray.llm.vllm import VLLMModel
 
     m = VLLMModel(tiny_model_dir, gpu_memory_utilization=0.3)
     np.testing.assert_allclose(m.score(PROMPTS, OPTS), tiny_hf.score(PROMPTS, OPTS),
