@@ -119,7 +119,8 @@ def kl_by_event(bars: Mapping[str, Mapping[str, Mapping[Any, Interval]]],
     fig.suptitle("KL(real ‖ simulated) per held-out event, lower is better\n" + note,
                  fontsize=10)
     handles, _ = axes[0, 0].get_legend_handles_labels()
-    return _save(fig, path, handles)
+    floor_last = sorted(handles, key=lambda h: h.get_label().startswith("sampling floor"))
+    return _save(fig, path, floor_last)
 
 
 def comparison(panels: Mapping[str, Sequence[tuple[str, str, float, float, float]]],
