@@ -150,6 +150,7 @@ def comparison(panels: Mapping[str, Sequence[tuple[str, str, float, float, float
             ax.axhline(mean, color="black", ls="--", lw=1)
         ax.set_xticks(np.arange(len(rows)), [r[0] for r in rows], rotation=20)
         ax.set_ylabel(f"KL, {dim} (nats)")
+        ax.set_xlabel("variant")
     kinds = [k for k in KIND_STYLE if any(r[1] == k for rows in panels.values() for r in rows)]
     handles = [_patch(KIND_STYLE[k][0], k if k != "no LLM" else "no LLM (hatched)",
                       hatch=KIND_STYLE[k][1]) for k in kinds]
