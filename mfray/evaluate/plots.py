@@ -233,7 +233,7 @@ def plan(rows: Sequence[Mapping[str, Any]], target: tuple[str, str], path: str |
     ax.barh(names, eff, xerr=err, color="tab:blue", alpha=0.8)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel(f"change of the {target[0]}={target[1]} share vs the untouched twin "
-                  "(share points)")
+                  "(difference of shares, 0–1)")
     ax.set_title(f"Best interventions for the {target[0]}={target[1]} share\n"
                  "(mean change over paired simulations, whiskers: bootstrap interval)",
                  fontsize=10)
