@@ -21,6 +21,7 @@ from typing import Any
 
 from mfray.config import RunConfig
 from mfray.errors import ConfigError
+from mfray.evaluate import plots
 from mfray.interventions import Intervention
 
 
@@ -97,25 +98,5 @@ def write_plan(rows: list[dict[str, Any]], out: Path, target: tuple[str, str], l
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    _plot(rows[:max(top, 1) * 2], target, paths["png"])
+    plots.plan(rows[:max(top, 1) * 2], target, paths["png"])
     return paths
-
-
-def _plot(rows: list[dict[str, Any]], target: tuple[str, str], path: Path) -> None:
-    """The best candidates' effects with their intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.2))
-    names = [f"{r['intervention']} ({r['variant']})" for r in rows][::-1]
-    eff = [r["effect"] for r in rows][::-1]
-    err = [[r["effect"] - r["low"] for r in rows][::-1], [r["high"] - r["effect"]
-                                                         for r in rows][::-1]]
-    ax.barh(names, eff, xerr=err, color="tab:blue", alpha=0.8)
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel(f"change of the {target[0]}={target[1]} share vs twin")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

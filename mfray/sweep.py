@@ -28,7 +28,6 @@ import copy
 import hashlib
 import itertools
 import json
-import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import yaml
 
 from mfray.config import RunConfig, from_dict
 from mfray.errors import ConfigError, MfrayError
+from mfray.evaluate import plots
 
 METRICS = ("kl", "js", "tv", "f1_micro", "f1_macro", "nll")
 
@@ -199,30 +199,5 @@ def write_results(rows: list[dict[str, Any]], keys: list[str], out: Path) -> dic
     paths["md"].write_text("# Sweep\n\n" + "\n".join(lines) + "\n\nKL with a bootstrap "
                            "interval over events is in sweep.parquet (kl_lo, kl_hi).\n",
                            encoding="utf-8")
-    _plot(rows, keys, paths["png"])
+    plots.sweep(rows, keys, paths["png"])
     return paths
-
-
-def _plot(rows: list[dict[str, Any]], keys: list[str], path: Path) -> None:
-    """KL against each swept key (mean over the other keys), one line per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
-        values = sorted({str(r[key]) for r in rows})
-        for variant in sorted({r["variant"] for r in rows}):
-            ys = []
-            for v in values:
-                kls = [r["kl"] for r in rows if r["variant"] == variant and str(r[key]) == v
-                       and not math.isnan(r["kl"])]
-                ys.append(sum(kls) / len(kls) if kls else math.nan)
-            ax.plot(values, ys, marker="o", label=variant)
-        ax.set_xlabel(key)
-        ax.set_ylabel("KL(real ‖ simulated)")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

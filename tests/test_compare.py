@@ -15,6 +15,7 @@ from mfray.engine import simulate
 from mfray.evaluate.compare import (
     PNG_MAGIC,
     compare,
+    compare_summary,
     comparison_markdown,
     forecast,
     relative_change,
@@ -113,6 +114,18 @@ def test_comparison_files(run_dir: Path, tmp_path: Path) -> None:
             f"[{f['kl_floor_lo']:.3f}, {f['kl_floor_hi']:.3f}]") in md
     csv = paths["csv"].read_text().splitlines()
     assert len(csv) == 1 + len(VARIANTS) and "rel_kl_llm" in csv[0]
+    # the console's summary: KL [interval] per variant, ΔKL for mf, the floor, the files
+    text = compare_summary(comp, list(paths.values()))
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 100
+    ref = next(r["rel_kl_ref_base"] for r in comp.rows if r["variant"] == "mf")
+    assert f"ΔKL % vs {base}" in lines[1] and f"ΔKL % vs {ref}" in lines[1]
+    mf = next(r for r in comp.rows if r["variant"] == "mf")
+    (mf_line,) = [ln for ln in lines if ln.split()[:1] == ["mf"]]
+    assert f"{mf['rel_kl_llm']:+.1f} [{mf['rel_kl_llm_lo']:+.1f}, " in mf_line
+    assert [ln.split()[0] for ln in lines[2:2 + len(VARIANTS)]] == [
+        "state", "recent", "mf", "base-rate", "persistence", "crowd", "oracle"]
+    assert f"sampling floor of KL: {mean:.3f}" in text and "comparison.png" in text
 
 
 def test_no_llm_baseline_says_n_a(small_world_dir: Path, tmp_path: Path) -> None:

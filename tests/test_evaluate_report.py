@@ -9,7 +9,13 @@ import pytest
 from mfray.config import EvalConfig, RunConfig, SimConfig
 from mfray.data.schema import read_dataset
 from mfray.engine import simulate
-from mfray.evaluate.report import evaluate, markdown_table, sim_metrics, write_report
+from mfray.evaluate.report import (
+    console_summary,
+    evaluate,
+    markdown_table,
+    sim_metrics,
+    write_report,
+)
 
 OPTIONS = ("support", "deny", "query", "comment")
 
@@ -84,6 +90,42 @@ def test_report_files_and_plot(demo_run: Path, tmp_path: Path) -> None:
     assert "| oracle | 4 |" in md
     assert paths["summary"].read_text().startswith('"variant"')
     assert markdown_table(ev.summary, "stance").count("\n") == 2 + 3 - 1
+    # the console's summary: one short line per variant, then where the full tables are
+    text = console_summary(ev, list(paths.values()))
+    assert max(map(len, text.splitlines())) <= 100
+    for e in ev.summary:
+        (line,) = [ln for ln in text.splitlines() if ln.split()[:1] == [e["variant"]]]
+        assert f"{e['kl']:.3f} [{e['kl_lo']:.3f}, {e['kl_hi']:.3f}]" in line
+        assert line.split()[-3:] == [f"{e['js']:.3f}", f"{e['tv']:.3f}", f"{e['f1_macro']:.3f}"]
+    flat = " ".join(text.split())  # the files' line wraps at 100 characters
+    assert f"in {tmp_path / 'eval'}/: per_simulation.csv" in flat and "kl_by_event.png" in flat
+
+
+def test_share_curves_follow_each_event_on_its_own_rounds(demo_run: Path) -> None:
+    from mfray.store import RunStore
+
+    ev = evaluate(demo_run, EvalConfig(n_bootstrap=200))
+    d = RunStore.open(demo_run).read_decisions(columns=["event_id", "round"]).to_pydict()
+    last: dict[str, int] = {}
+    for e, r in zip(d["event_id"], d["round"], strict=True):
+        last[e] = max(last.get(e, 0), r)
+    assert len(set(last.values())) > 1  # the world's events differ in length
+    assert {k for k in ev.curves} == {(v, "stance", e) for v in ("oracle", "surrogate-state",
+                                                                  "base-rate") for e in last}
+    for (_, _, event), c in ev.curves.items():
+        assert c["real"].shape == c["sim"].shape == (last[event] + 1, 4)
+        assert np.allclose(c["real"].sum(axis=1), 1.0)
+    assert ev.interventions == {} and ev.cfg.n_bootstrap == 200
+
+
+def test_interventions_by_variant_label() -> None:
+    from mfray.evaluate.report import _interventions
+
+    sim = {"variants": ["mf", "state"], "interventions": [{"name": "deny8", "round": 3},
+                                                          {"name": "edit", "round": 1}]}
+    assert _interventions(sim, {"mf", "mf+deny8", "state", "state+edit"}) == {
+        "mf+deny8": (("deny8", 3),), "state+edit": (("edit", 1),)}
+    assert _interventions({}, {"mf"}) == {}
 
 
 def test_evaluate_an_empty_or_missing_run(tmp_path: Path) -> None:

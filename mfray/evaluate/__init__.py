@@ -1,1 +1,2 @@
-"""Evaluation: labellers and metrics that compare simulated populations with real ones."""
+"""Evaluation of runs against the real actions: metrics, the report and comparison tables, the
+forecast after the warm-up, intervention effects, and their plots (``plots``)."""

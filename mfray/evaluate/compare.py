@@ -25,6 +25,7 @@ from scipy import stats
 from mfray.config import REFERENCE_VARIANTS, SURROGATE_VARIANTS, EvalConfig
 from mfray.errors import DataError
 from mfray.evaluate import metrics as M
+from mfray.evaluate import plots
 from mfray.evaluate.report import (
     METRICS,
     Evaluation,
@@ -32,6 +33,7 @@ from mfray.evaluate.report import (
     RunSpec,
     evaluate,
     event_floors,
+    files_line,
     read_runs,
 )
 
@@ -190,28 +192,57 @@ def comparison_markdown(comp: Comparison, dim: str) -> str:
     return "\n".join(lines)
 
 
-def plot_comparison(comp: Comparison, path: str | Path) -> Path:
-    """PNG: KL per variant with its interval, one panel per dimension; mean-field variants,
-    other LLM variants and variants without an LLM in distinct colours (the last hatched)."""
-    plt = _pyplot()
-    dims = list(comp.label_space)
-    n = max(len([r for r in comp.rows if r["dimension"] == d]) for d in dims)
-    fig, axes = plt.subplots(len(dims), 1, figsize=(max(5.0, 0.8 * n + 2), 3.2 * len(dims)),
-                             squeeze=False)
-    for ax, dim in zip(axes[:, 0], dims, strict=True):
+def compare_summary(comp: Comparison, files: Sequence[str | Path] = ()) -> str:
+    """A summary of the comparison for the console, under 100 characters a line: per dimension
+    one line per variant with KL [interval] and, for mean-field variants, the relative KL change
+    against the best other LLM variant and the best reference, then the sampling floor and the
+    files that hold the full tables (:func:`write_comparison`'s and :func:`write_forecast`'s)."""
+    lines = []
+    for dim in comp.label_space:
         rows = [r for r in comp.rows if r["dimension"] == dim]
-        kl = np.array([r["kl"] for r in rows])
-        err = np.abs(np.array([[r["kl_lo"] for r in rows], [r["kl_hi"] for r in rows]]) - kl)
-        for i, r in enumerate(rows):
+        over = "seeds (one event)" if rows[0]["interval_over"] == "seeds" else "events"
+        bases = {tag: next((r[f"rel_kl_{tag}_base"] for r in rows
+                            if r[f"rel_kl_{tag}_base"] is not None), None) for tag in AGAINST}
+        width = max(len("variant"), *(len(r["variant"]) for r in rows))
+        head = f"  {'variant':<{width}}  {'KL [interval]':<24}"
+        head += "".join(f"  {'ΔKL % vs ' + b:<24}" for b in bases.values() if b)
+        lines += [(f"{dim}: KL(real ‖ simulated), mean over {rows[0]['n_events']} event(s) "
+                  f"[{comp.evaluation.cfg.level:.0%} interval over {over}]; lower is better"),
+                  head.rstrip()]
+        for r in rows:
+            line = f"  {r['variant']:<{width}}  {_cell(r, 'kl'):<24}"
+            for tag, base in bases.items():
+                if base:
+                    cell = (_cell(r, f"rel_kl_{tag}", "+.1f") if is_meanfield(r["variant"])
+                            else "")
+                    line += f"  {cell:<24}"
+            lines.append(line.rstrip())
+        if dim in comp.floors:
+            lines.append(f"  sampling floor of KL: {_cell(comp.floors[dim], 'kl_floor')}")
+    if files:
+        lines.append(files_line(files))
+    return "\n".join(lines)
+
+
+def _plot_comparison(comp: Comparison, path: Path) -> None:
+    """``comparison.png``: KL per variant with its interval (:func:`plots.comparison`);
+    mean-field variants, other LLM variants and variants without an LLM in distinct colours."""
+    panels = {}
+    for dim in comp.label_space:
+        rows = [r for r in comp.rows if r["dimension"] == dim]
+        cells = []
+        for r in rows:
             ref = r["variant"] in NO_LLM
-            colour = "0.6" if ref else ("tab:blue" if is_meanfield(r["variant"]) else "tab:orange")
-            ax.bar(i, kl[i], color=colour, hatch="//" if ref else None, edgecolor="0.3")
-        ax.errorbar(np.arange(len(rows)), kl, yerr=np.nan_to_num(err), fmt="none",
-                    ecolor="black", capsize=4)
-        ax.set_xticks(np.arange(len(rows)), [r["variant"] for r in rows], rotation=20)
-        ax.set_ylabel(f"KL(real‖sim), {dim}")
-    fig.tight_layout()
-    return _save(fig, path)
+            kind = "no LLM" if ref else ("mean field" if is_meanfield(r["variant"])
+                                        else "other LLM")
+            cells.append((r["variant"], kind, r["kl"], r["kl_lo"], r["kl_hi"]))
+        panels[dim] = cells
+    floors = {d: (f["kl_floor"], f["kl_floor_lo"], f["kl_floor_hi"])
+              for d, f in comp.floors.items()}
+    over = ("its seeds (one event)" if any(r["interval_over"] == "seeds" for r in comp.rows)
+            else "events")
+    plots.comparison(panels, floors, f"whiskers: {comp.evaluation.cfg.level:.0%} bootstrap "
+                     f"interval over {over}", path)
 
 
 def write_comparison(comp: Comparison, out_dir: str | Path) -> dict[str, Path]:
@@ -226,7 +257,7 @@ def write_comparison(comp: Comparison, out_dir: str | Path) -> dict[str, Path]:
                        for dim in comp.label_space)
     paths["markdown"].write_text(f"# Comparison\n\n{text}\n")
     pacsv.write_csv(pa.Table.from_pylist(comp.rows), paths["csv"])
-    plot_comparison(comp, paths["plot"])
+    _plot_comparison(comp, paths["plot"])
     return paths
 
 
@@ -361,37 +392,6 @@ def forecast_markdown(fc: Forecast, dim: str) -> str:
     return "\n".join(lines)
 
 
-def plot_forecast(fc: Forecast, path: str | Path) -> Path:
-    """PNG: one small panel per dimension × variant (wrapped in rows of 3): real shares solid,
-    simulated dashed, one colour per option; dotted lines mark the horizon boundaries."""
-    plt = _pyplot()
-    panels = [(d, v) for d in fc.label_space for v in fc.variants]
-    cols = min(3, len(panels))
-    nrows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 2.8 * nrows), squeeze=False,
-                             sharex=True, sharey=True)
-    for ax, (dim, variant) in zip(axes.ravel(), panels, strict=False):
-        for j, option in enumerate(fc.label_space[dim]):
-            line, = ax.plot(fc.rounds, fc.real[dim][:, j], lw=1.6, label=option)
-            ax.plot(fc.rounds, fc.sim[(variant, dim)][:, j], lw=1.2, ls="--",
-                    color=line.get_color())
-        for hr in list(fc.horizons.values())[1:]:
-            if hr.size:
-                ax.axvline(hr[0] - 0.5, color="0.5", ls=":", lw=1)
-        ax.set_title(f"{variant} — {dim}", fontsize=9)
-        ax.set_ylim(0, 1)
-        ax.xaxis.get_major_locator().set_params(integer=True)  # rounds are whole numbers
-    for ax in axes.ravel()[len(panels):]:
-        ax.set_visible(False)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=8,
-               title="solid: real, dashed: simulated", title_fontsize=8)
-    fig.supxlabel("round")
-    fig.supylabel("share")
-    fig.tight_layout(rect=(0, 0, 1, 0.9 if nrows == 1 else 0.95))
-    return _save(fig, path)
-
-
 def write_forecast(fc: Forecast, out_dir: str | Path) -> dict[str, Path]:
     """Write ``forecast.md``, ``forecast.csv`` (the long horizon table) and ``forecast.png``."""
     import pyarrow.csv as pacsv
@@ -405,21 +405,7 @@ def write_forecast(fc: Forecast, out_dir: str | Path) -> dict[str, Path]:
         "# Forecast after the warm-up\n\nShares pooled over events; horizons are thirds of the "
         f"rollout rounds {fc.rounds[0]}–{fc.rounds[-1]}.\n\n{text}\n")
     pacsv.write_csv(pa.Table.from_pylist(fc.rows), paths["csv"])
-    plot_forecast(fc, paths["plot"])
+    plots.forecast(fc.rounds, fc.horizons, fc.real, fc.sim, fc.label_space, fc.variants,
+                   paths["plot"])
     return paths
 
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    _pyplot().close(fig)
-    return out

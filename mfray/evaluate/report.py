@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import pyarrow as pa
 from mfray.config import EvalConfig
 from mfray.errors import DataError
 from mfray.evaluate import metrics as M
+from mfray.evaluate import plots
 from mfray.store import RunStore
 
 METRICS = ("kl", "js", "tv", "dtw", "f1_micro", "f1_macro", "nll")
@@ -36,13 +38,18 @@ COLUMNS = (*METRICS, *(f"kl_{h}" for h in HORIZONS), "kl_floor")
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Per-simulation rows, the per-variant summary and the pooled share curves for plots."""
+    """Per-simulation rows, the per-variant summary, and what the plots draw besides."""
 
     label_space: dict[str, tuple[str, ...]]
     per_sim: list[dict[str, Any]]
     summary: list[dict[str, Any]]
-    curves: dict[tuple[str, str], dict[str, np.ndarray]]  # (variant, dim) -> real/sim T×K
+    #: (variant, dim, event) -> real/sim shares, rounds × options over the event's own rounds,
+    #: seeds pooled: events differ in length, so they are never pooled by round
+    curves: dict[tuple[str, str, Any], dict[str, np.ndarray]]
     warmup_rounds: float
+    #: variant -> (name, round) of each intervention its simulations had
+    interventions: dict[str, tuple[tuple[str, int], ...]]
+    cfg: EvalConfig  # the settings the summary's intervals were taken with
 
 
 def _indices(labels: Sequence[dict[str, str | None]], dim: str, options: Sequence[str]
@@ -203,7 +210,20 @@ def evaluate(run_dir: RunSpec | RunRead, cfg: EvalConfig | None = None) -> Evalu
                         "simulation?)", file=read.name)
     warm_rounds = cfg_sim.get("warmup", 0) / max(cfg_sim.get("round_size", 1), 1)
     return Evaluation(space, per_sim, summarise(per_sim, cfg), _curves(data, space, cfg.source),
-                      warm_rounds)
+                      warm_rounds, _interventions(cfg_sim, set(data["variant"])), cfg)
+
+
+def _interventions(cfg_sim: dict[str, Any], present: set[str]
+                   ) -> dict[str, tuple[tuple[str, int], ...]]:
+    """The interventions of the run's config by the variant label of the simulations that had
+    them (``variant+name``, as the engine labels them), for the variants present."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for iv in cfg_sim.get("interventions", ()):
+        for variant in cfg_sim.get("variants", ()):
+            label = f"{variant}+{iv['name']}"
+            if label in present:
+                out.setdefault(label, []).append((iv["name"], int(iv["round"])))
+    return {v: tuple(ivs) for v, ivs in out.items()}
 
 
 def summarise(per_sim: list[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, Any]]:
@@ -237,18 +257,20 @@ def summarise(per_sim: list[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, 
 
 
 def _curves(data: dict[str, list[Any]], space: dict[str, tuple[str, ...]], source: str
-            ) -> dict[tuple[str, str], dict[str, np.ndarray]]:
-    """Real and simulated shares per round, pooled over the simulations of each variant."""
-    n_rounds = max(data["round"]) + 1
+            ) -> dict[tuple[str, str, Any], dict[str, np.ndarray]]:
+    """Real and simulated shares per round of each event, pooled over its seeds, per variant."""
+    by_key: dict[tuple[str, Any], list[int]] = {}
+    n_rounds: dict[Any, int] = {}
+    for i, (variant, event) in enumerate(zip(data["variant"], data["event_id"], strict=True)):
+        n_rounds[event] = max(n_rounds.get(event, 0), data["round"][i] + 1)
+        if data["ok"][i]:
+            by_key.setdefault((variant, event), []).append(i)
     out = {}
-    for variant in sorted(set(data["variant"])):
+    for (variant, event), idx in sorted(by_key.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
         for dim, options in space.items():
-            k = len(options)
-            real = np.zeros((n_rounds, k))
-            sim = np.zeros((n_rounds, k))
-            for i, v in enumerate(data["variant"]):
-                if v != variant or not data["ok"][i]:
-                    continue
+            real = np.zeros((n_rounds[event], len(options)))
+            sim = np.zeros_like(real)
+            for i in idx:
                 r = data["round"][i]
                 lab = data["real"][i][dim]
                 if lab is not None:
@@ -259,25 +281,20 @@ def _curves(data: dict[str, list[Any]], space: dict[str, tuple[str, ...]], sourc
                 elif data["action"][i][dim] is not None:
                     sim[r, options.index(data["action"][i][dim])] += 1
             with np.errstate(invalid="ignore", divide="ignore"):
-                out[(variant, dim)] = {"real": real / real.sum(axis=1, keepdims=True),
-                                       "sim": sim / sim.sum(axis=1, keepdims=True)}
+                out[(variant, dim, event)] = {"real": real / real.sum(axis=1, keepdims=True),
+                                              "sim": sim / sim.sum(axis=1, keepdims=True)}
     return out
 
 
 def markdown_table(summary: list[dict[str, Any]], dim: str) -> str:
     """The summary of one dimension as a Markdown table, mean [95% interval] per metric."""
-    def cell(e: dict[str, Any], c: str) -> str:
-        if math.isnan(e[c]):
-            return "–"
-        return f"{e[c]:.3f} [{e[c + '_lo']:.3f}, {e[c + '_hi']:.3f}]"
-
     cols = list(COLUMNS)
     lines = ["| variant | events | sims | " + " | ".join(cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
     rows = [e for e in summary if e["dimension"] == dim]
     for e in rows:
         lines.append(f"| {e['variant']} | {e['n_events']} | {e['n_sims']} | "
-                     + " | ".join(cell(e, c) for c in cols) + " |")
+                     + " | ".join(_interval(e, c) for c in cols) + " |")
     if any(e["interval_over"] == "seeds" for e in rows):
         lines.append("\nOne event: intervals are over its seeds, not over events.")
     return "\n".join(lines)
@@ -300,72 +317,6 @@ def event_floors(ev: Evaluation, dim: str) -> dict[Any, float]:
     on the real replies only, so the variants' rows of one event agree up to failed
     decisions, and their mean is taken."""
     return event_means(ev, dim, "kl_floor")
-
-
-def plot_shares(ev: Evaluation, path: str | Path) -> Path:
-    """PNG: real (solid) vs simulated (dashed) shares per round, one row per variant and
-    dimension, pooled over events; the grey band is the warm-up."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = sorted(ev.curves)
-    fig, axes = plt.subplots(len(keys), 1, figsize=(9, 2.6 * len(keys)), squeeze=False,
-                             sharex=True)
-    for ax, key in zip(axes[:, 0], keys, strict=True):
-        variant, dim = key
-        c = ev.curves[key]
-        x = np.arange(len(c["real"]))
-        for j, option in enumerate(ev.label_space[dim]):
-            line, = ax.plot(x, c["real"][:, j], lw=1.8, label=f"{option} (real)")
-            ax.plot(x, c["sim"][:, j], lw=1.4, ls="--", color=line.get_color(),
-                    label=f"{option} (sim)")
-        ax.axvspan(-0.5, ev.warmup_rounds - 0.5, color="0.9", zorder=0)
-        ax.set_title(f"{variant} — {dim}", fontsize=10)
-        ax.set_ylabel("share")
-        ax.set_ylim(0, 1)
-    axes[-1, 0].set_xlabel("round")
-    axes[0, 0].legend(ncol=4, fontsize=7, loc="upper right")
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
-def plot_kl_by_event(ev: Evaluation, path: str | Path) -> Path:
-    """PNG: KL(real‖sim) per event (seeds averaged), one bar per variant, one panel per
-    dimension — where the pooled share curves hide which events a variant gets wrong — with
-    each event's sampling floor of KL as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dims = list(ev.label_space)
-    variants = [e["variant"] for e in ev.summary if e["dimension"] == dims[0]]
-    events = sorted({r["event_id"] for r in ev.per_sim})
-    fig, axes = plt.subplots(len(dims), 1, figsize=(max(6, 0.9 * len(events) + 2),
-                                                     3.2 * len(dims)), squeeze=False)
-    width = 0.8 / max(len(variants), 1)
-    x = np.arange(len(events))
-    for ax, dim in zip(axes[:, 0], dims, strict=True):
-        for j, variant in enumerate(variants):
-            kls = event_means(ev, dim, "kl", variant)
-            ax.bar(x + (j - (len(variants) - 1) / 2) * width,
-                   [kls.get(e, np.nan) for e in events], width, label=variant)
-        floors = event_floors(ev, dim)
-        ax.hlines([floors.get(e, np.nan) for e in events], x - 0.45, x + 0.45,
-                  colors="black", linestyles="dashed", linewidth=1, label="sampling floor")
-        ax.set_xticks(x, events, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel(f"KL(real‖sim), {dim}")
-    axes[0, 0].legend(fontsize=8, ncol=min(len(variants), 3))
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
 
 
 def format_reference_fits(fits: pa.Table) -> str:
@@ -392,7 +343,7 @@ def format_reference_fits(fits: pa.Table) -> str:
 
 
 def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
-    """Write per-simulation and summary CSVs, the Markdown summary and the PNG."""
+    """Write per-simulation and summary CSVs, the Markdown summary and the two plots."""
     import pyarrow.csv as pacsv
 
     out = Path(out_dir)
@@ -405,6 +356,76 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
     text = "\n\n".join(f"## {dim}\n\n" + markdown_table(ev.summary, dim)
                        for dim in ev.label_space)
     paths["markdown"].write_text(text + "\n")
-    plot_shares(ev, paths["plot"])
-    plot_kl_by_event(ev, paths["plot_events"])
+    plots.shares(ev.curves, ev.label_space, ev.warmup_rounds, ev.interventions, paths["plot"])
+    _plot_kl_by_event(ev, paths["plot_events"])
     return paths
+
+
+def _plot_kl_by_event(ev: Evaluation, path: Path) -> None:
+    """``kl_by_event.png``: per event the mean KL over its seeds with their interval, and the
+    mean over events with the summary's interval (:func:`plots.kl_by_event`)."""
+    bars, overall = {}, {}
+    for dim in ev.label_space:
+        rows = [e for e in ev.summary if e["dimension"] == dim]
+        bars[dim] = {e["variant"]: event_intervals(ev, dim, e["variant"]) for e in rows}
+        overall[dim] = {e["variant"]: (e["kl"], e["kl_lo"], e["kl_hi"]) for e in rows}
+    over = ("its seeds (one event)" if any(e["interval_over"] == "seeds" for e in ev.summary)
+            else "events")
+    note = (f"bars: mean over seeds, whiskers: {ev.cfg.level:.0%} bootstrap interval over "
+            f"seeds (none with one seed);\nmean of events: {ev.cfg.level:.0%} interval over {over}")
+    plots.kl_by_event(bars, overall, {d: event_floors(ev, d) for d in ev.label_space}, note,
+                      path)
+
+
+def event_intervals(ev: Evaluation, dim: str, variant: str) -> dict[Any, tuple[float, ...]]:
+    """KL per event of one variant: the mean over the event's seeds with their bootstrap
+    interval (``ev.cfg``'s level and resamples), ``(mean, low, high)``; one seed gives no
+    width."""
+    groups: dict[Any, list[float]] = {}
+    for r in ev.per_sim:
+        if r["dimension"] == dim and r["variant"] == variant:
+            groups.setdefault(r["event_id"], []).append(r["kl"])
+    return {e: M.bootstrap_ci(v, level=ev.cfg.level, n_resamples=ev.cfg.n_bootstrap,
+                              seed=ev.cfg.seed)
+            for e, v in sorted(groups.items(), key=lambda kv: str(kv[0]))
+            if not all(map(math.isnan, v))}
+
+
+def console_summary(ev: Evaluation, files: Sequence[str | Path] = ()) -> str:
+    """A summary for the console, under 100 characters a line: per dimension one line per
+    variant with KL [interval], JS, TV and macro F1, the sampling floor, then the files that
+    hold the full tables (:func:`write_report`'s paths)."""
+    lines = []
+    for dim in ev.label_space:
+        rows = [e for e in ev.summary if e["dimension"] == dim]
+        over = "seeds (one event)" if rows[0]["interval_over"] == "seeds" else "events"
+        width = max(len("variant"), *(len(e["variant"]) for e in rows))
+        lines += [(f"{dim}: mean over {rows[0]['n_events']} event(s) [{ev.cfg.level:.0%} "
+                  f"interval over {over}], rollout agents; KL lower is better"),
+                  (f"  {'variant':<{width}}  {'KL [interval]':<24}  {'JS':>6}  {'TV':>6}  "
+                  f"{'F1 macro':>8}")]
+        for e in rows:
+            lines.append(f"  {e['variant']:<{width}}  {_interval(e, 'kl'):<24}  "
+                         f"{e['js']:>6.3f}  {e['tv']:>6.3f}  {e['f1_macro']:>8.3f}")
+        floor = list(event_floors(ev, dim).values())
+        if floor:
+            lines.append(f"  sampling floor of KL (mean over events): {np.mean(floor):.3f}")
+    if files:
+        lines.append(files_line(files))
+    return "\n".join(lines)
+
+
+def files_line(files: Sequence[str | Path]) -> str:
+    """``full tables and plots in DIR/: a.csv, b.md, …``, wrapped at 100 characters."""
+    groups: dict[Path, list[str]] = {}
+    for f in map(Path, files):
+        groups.setdefault(f.parent, []).append(f.name)
+    text = "; ".join(f"{d}/: {', '.join(names)}" for d, names in groups.items())
+    return textwrap.fill(f"full tables and plots in {text}", width=100, subsequent_indent="  ",
+                         break_long_words=False, break_on_hyphens=False)
+
+
+def _interval(e: dict[str, Any], c: str) -> str:
+    if math.isnan(e[c]):
+        return "–"
+    return f"{e[c]:.3f} [{e[c + '_lo']:.3f}, {e[c + '_hi']:.3f}]"
