@@ -30,13 +30,13 @@ import pyarrow.parquet as pq
 from mfray.config import RunConfig, from_dict
 from mfray.data.mix import mix_events, source_event
 from mfray.data.schema import Dataset, read_dataset
-from mfray.engine.population import TEXT_MEANFIELD
 from mfray.engine.ray_env import ensure_ray
 from mfray.errors import ConfigError, MfrayError
 from mfray.meanfield import reorder_tally
 from mfray.schedule import build_units
 from mfray.train.config import TrainConfig
 from mfray.train.data import build_examples, read_examples, rollout_feed, write_examples
+from mfray.variants import variant
 
 STATE_FILE = "state.json"
 VAL_FILE = "policy-val.parquet"  # under OUT/examples: train.val_examples
@@ -71,7 +71,7 @@ def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
             raise ConfigError(f"train.{name} is for policy examples; mfray train meanfield "
                               "takes none")
     run = RunConfig(sim=cfg.sim, policy=cfg.policy, meanfield=cfg.meanfield)
-    if summarize is None and cfg.train.prompt_variant in TEXT_MEANFIELD:
+    if summarize is None and variant(cfg.train.prompt_variant).keeps_text:
         summarize = _summarizer(cfg, ds)
     events = training_events(cfg, ds)
     if cfg.train.mix_copies:
@@ -395,7 +395,7 @@ def train_classifier(cfg: TrainConfig, out: str | Path, *, ds: Dataset | None = 
     ``OUT/validation.json`` (its loss against the training label frequencies)."""
     from mfray.classifier import CLASSIFIER_FILE, ClassifierModel, fit_option_model
 
-    if cfg.train.prompt_variant in TEXT_MEANFIELD:
+    if variant(cfg.train.prompt_variant).keeps_text:
         raise ConfigError(f"a prompt classifier reads the prompts of a numeric or no mean "
                           f"field; train.variant={cfg.train.variant} writes a summary with an "
                           "LLM")
