@@ -1,15 +1,16 @@
-"""Policies that need no language model, as vectorised functions the shards call.
+"""Policies that need no language model: their fits, and vectorised functions the shards call.
 
 - ``base-rate`` / ``persistence`` (method.md §3): one fixed distribution per simulation and
-  dimension, fitted by :func:`reference_fits` on the training events only.
+  dimension, fitted by :func:`reference_fits` on the training events only
+  (:func:`fit_reference` also writes the rows of the run's ``references.parquet``).
 - ``crowd``: the Dirichlet posterior predictive of the simulated mean field, each round, with
   the base rate as the prior's mean and the prior weight :func:`crowd_priors` fits on the
   training events in closed loop.
 - ``oracle`` / ``bayes`` / ``surrogate-mf`` / ``surrogate-state``: the synthetic world's own
   rule, given the simulated mean field (oracle); the same rule with the event's latent taste
-  not known but inferred from the warm-up (bayes: the best a policy can do that knows the world
-  but not the event); a persona model reweighted to the mean field; or the persona model alone.
-  They exist only on a synthetic-world dataset.
+  not known but inferred from the warm-up (bayes, :func:`bayes_latent`: the best a policy can
+  do that knows the world but not the event); a persona model reweighted to the mean field; or
+  the persona model alone. They exist only on a synthetic-world dataset.
 """
 
 from __future__ import annotations
@@ -18,18 +19,20 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from mfray.config import SURROGATE_VARIANTS, SimConfig
+from mfray.config import SimConfig
 from mfray.data.mix import source_event
-from mfray.data.schema import STANCE_OPTIONS, Dataset
+from mfray.data.schema import STANCE, STANCE_OPTIONS, Dataset
 from mfray.data.synthetic import BASE_SHARES, SCEPTIC_DESCRIPTION, SyntheticWorld
 from mfray.errors import ConfigError
 from mfray.llm import ScriptedModel
 from mfray.persona import FOLLOWER_BUCKETS
 from mfray.references import base_rate, fit_crowd_prior, fit_persistence_weight, persistence
-from mfray.schedule import stable_hash
+from mfray.schedule import Unit, stable_hash
+from mfray.variants import variant
 
 SURROGATE_SMOOTH = 0.02
 CROWD_FIT_EVENTS = 64  # at most this many training events in ``crowd``'s fit
@@ -79,7 +82,7 @@ class ReferenceFit:
     weight: float | None = None
 
 
-def reference_fits(variant: str, event_id: str, unit_labels: Sequence[Mapping],
+def reference_fits(name: str, event_id: str, unit_labels: Sequence[Mapping],
                    labels_by_event: Mapping[str, Sequence[Mapping]],
                    label_space: Mapping[str, Sequence[str]], cfg: SimConfig
                    ) -> dict[str, ReferenceFit]:
@@ -90,7 +93,7 @@ def reference_fits(variant: str, event_id: str, unit_labels: Sequence[Mapping],
         train_labels = _labels(training_events(event_id, labels_by_event, cfg),
                                labels_by_event, dim, options)
         base = base_rate(train_labels, len(options))
-        if variant in ("base-rate", "crowd"):
+        if variant(name).rule == "base-rate":
             out[dim] = ReferenceFit(base)
         else:
             weight = fit_persistence_weight(train_labels, cfg.warmup, len(options))
@@ -110,6 +113,41 @@ def crowd_priors(fit_events: Sequence[str], labels_by_event: Mapping[str, Sequen
             for dim, options in label_space.items()}
 
 
+def fit_reference(name: str, unit: Unit, labels: list[Any],
+                  labels_by_event: dict[str, list[Any]], label_space: dict[str, Any],
+                  cfg: SimConfig, priors: dict[tuple[str, ...], dict[str, float]]
+                  ) -> tuple[dict[str, np.ndarray], dict[str, float] | None,
+                             list[dict[str, Any]]]:
+    """A reference's fixed distributions, its prior weights where it reads the mean field
+    (``crowd``; ``priors`` caches them by training set) and its ``references.parquet`` rows,
+    for one unit."""
+    fits = reference_fits(name, unit.event_id, labels, labels_by_event, label_space, cfg)
+    fit, prior = (), None
+    if variant(name).meanfield != "none":
+        fit = crowd_fit_events(unit.event_id, labels_by_event, cfg)
+        if fit not in priors:
+            priors[fit] = crowd_priors(fit, labels_by_event, label_space, cfg)
+        prior = priors[fit]
+    n_train = len(training_events(unit.event_id, labels_by_event, cfg))
+    rows = [{"unit_key": unit.key(), "event_id": unit.event_id, "variant": name,
+             "dimension": d, "options": list(label_space[d]), "probs": f.probs.tolist(),
+             "persistence_weight": f.weight, "n_train_events": n_train,
+             "crowd_prior": None if prior is None else prior[d],
+             "n_fit_events": len(fit) if prior is not None else None}
+            for d, f in fits.items()]
+    return {d: f.probs for d, f in fits.items()}, prior, rows
+
+
+def bayes_latent(world: SyntheticWorld, warmup: int, features: np.ndarray,
+                 labels: list[Any]) -> np.ndarray:
+    """``bayes``'s belief about the event latent: its posterior given the unit's warm-up
+    agents, the event's first agents (the config allows ``bayes`` on event units only: a
+    thread's first replies saw the whole event's shares, which its own replies do not give)."""
+    warm = min(warmup, len(labels))
+    y = label_indices(labels[:warm], STANCE, STANCE_OPTIONS)
+    return world.latent_posterior(features[:warm], y)
+
+
 def load_world(variant: str, ds: Dataset) -> SyntheticWorld:
     """The synthetic world behind a dataset, or a clear error for a surrogate elsewhere."""
     try:
@@ -119,21 +157,23 @@ def load_world(variant: str, ds: Dataset) -> SyntheticWorld:
                           f"(this one is {ds.name!r})") from None
 
 
-def surrogate_probs(variant: str, world: SyntheticWorld, event_id: str, x: np.ndarray,
+def surrogate_probs(name: str, world: SyntheticWorld, event_id: str, x: np.ndarray,
                     shares: np.ndarray, n_seen: int, latent: np.ndarray | None = None
                     ) -> np.ndarray:
     """Stance probabilities of agents with features ``x`` given the mean field's shares
     (``bayes``: and ``latent``, samples of the event latent's posterior)."""
-    if variant not in SURROGATE_VARIANTS:
-        raise ConfigError(f"{variant!r} is not a surrogate variant")
-    if variant == "oracle":  # the world's truth, given the simulated mean field
+    traits = variant(name)
+    if not traits.needs_world:
+        raise ConfigError(f"{name!r} is not a surrogate variant")
+    if traits.rule == "truth":  # the world's truth, given the simulated mean field
         return world.probs(event_id, x, shares)
-    if variant == "bayes":
+    if traits.rule == "posterior":
         if latent is None:
-            raise ConfigError("bayes needs the posterior of the event latent (latent_posterior)")
+            raise ConfigError(f"{name} needs the posterior of the event latent "
+                              "(latent_posterior)")
         return world.predictive(latent, x, shares)
     q = world.persona_probs(x)
-    if variant == "surrogate-state" or n_seen == 0:
+    if traits.meanfield == "none" or n_seen == 0:
         return q
     return reweight(q, shares)
 

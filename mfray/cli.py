@@ -147,17 +147,18 @@ def _check_adapter_form(cfg: RunConfig) -> None:
     saved = Path(tuned_by).parent / "train_config.json"
     if not saved.is_file():
         return
-    from mfray.config import NUMERIC_MEANFIELD
+    from mfray.variants import known, variant
 
     tuned = json.loads(saved.read_text())
-    variant = tuned.get("train", {}).get("variant")
+    name = tuned.get("train", {}).get("variant")
+    numeric = known(name) and variant(name).shows_numeric
     form = tuned.get("sim", {}).get("meanfield_form", "shares")
-    if variant in NUMERIC_MEANFIELD and form != cfg.sim.meanfield_form:
+    if numeric and form != cfg.sim.meanfield_form:
         raise MfrayError(f"{tuned_by} was tuned on the mean field written as "
                          f"{form!r}; this run writes it as {cfg.sim.meanfield_form!r}: add "
                          f"--set sim.meanfield_form={form}")
     size = tuned.get("sim", {}).get("tally_size", TALLY_SIZE)
-    if variant in NUMERIC_MEANFIELD and form == "tally" and size != cfg.sim.tally_size:
+    if numeric and form == "tally" and size != cfg.sim.tally_size:
         raise MfrayError(f"{tuned_by} was tuned on the mean field written as "
                          f"{size} reactions; this run writes {cfg.sim.tally_size}: add "
                          f"--set sim.tally_size={size}")

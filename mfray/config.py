@@ -25,15 +25,7 @@ from mfray.data.mix import source_event
 from mfray.errors import ConfigError
 from mfray.interventions import Intervention
 from mfray.meanfield import TALLY_SIZE, Form, Update
-
-#: Policy variants (method.md §3). The LLM variants arrive with the engine; the statistical
-#: references and the synthetic world's built-in policies run without a model.
-LLM_VARIANTS = ("state", "recent", "popular", "mf", "mf-text", "mf-hybrid")
-#: the variants whose prompt shows the numeric mean field (in ``sim.meanfield_form``)
-NUMERIC_MEANFIELD = ("mf", "mf-hybrid")
-REFERENCE_VARIANTS = ("base-rate", "persistence", "crowd")
-SURROGATE_VARIANTS = ("oracle", "bayes", "surrogate-mf", "surrogate-state")
-VARIANTS = LLM_VARIANTS + REFERENCE_VARIANTS + SURROGATE_VARIANTS
+from mfray.variants import VARIANTS, variant
 
 
 @dataclass(frozen=True)
@@ -80,9 +72,11 @@ class SimConfig:
             if v not in VARIANTS:
                 raise ConfigError(f"sim.variants: unknown variant {v!r}; choose from "
                                   + ", ".join(VARIANTS))
-        if "bayes" in self.variants and self.unit != "event":
-            raise ConfigError("variant 'bayes' needs sim.unit = event: it infers the event's "
-                              "latent from the event's first replies and the shares they saw")
+        by_event = [v for v in self.variants if variant(v).needs_event_units]
+        if by_event and self.unit != "event":
+            raise ConfigError(f"variant {by_event[0]!r} needs sim.unit = event: it infers the "
+                              "event's latent from the event's first replies and the shares "
+                              "they saw")
         if len(set(self.variants)) != len(self.variants):
             raise ConfigError("sim.variants lists a variant twice")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

@@ -1,10 +1,11 @@
 """The policy role, thin: what each variant shows the model about the population, the prompt,
 and the choice-mode decision (method.md §1–3).
 
-Variants differ only in the population block of the shared prompt part:
-``state`` shows nothing, ``recent`` the last ``k`` actions, ``popular`` the ``k`` actions with
-the most followers among the last ``window`` (missing follower counts rank last, never first),
-``mf`` the numeric mean field. The text mean field (``mf-text``, ``mf-hybrid``) plugs in here.
+Variants differ only in the population block of the shared prompt part, which shows what the
+variant's :attr:`~mfray.variants.Variant.shows` lists: nothing (``state``), the last ``k``
+actions (``recent``), the ``k`` actions with the most followers among the last ``window``
+(``popular``; missing follower counts rank last, never first), the numeric mean field (``mf``),
+the text mean field (``mf-text``), or both (``mf-hybrid``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from mfray.errors import ConfigError
 from mfray.meanfield import NO_REACTIONS, TALLY_SIZE, Form, NumericMeanField
 from mfray.prompts import render_parts
+from mfray.variants import variant
 
 ROLE = "policy"
 
@@ -37,39 +39,48 @@ def _describe(action: PastAction, dims: Sequence[str]) -> str:
     return f"- {labels or 'unknown'}{text}"
 
 
-def population_text(variant: str, *, meanfield: NumericMeanField,
+def population_text(name: str, *, meanfield: NumericMeanField,
                     history: Sequence[PastAction], label_space: Mapping[str, Sequence[str]],
                     recent_k: int = 5, popular_k: int = 5, popular_window: int = 30,
                     summary: str | None = None, meanfield_form: Form = "shares",
                     tally_size: int = TALLY_SIZE) -> str:
-    """The population block of the shared prompt part ("" for ``state``). ``summary`` is the
-    text mean field (``mf-text``; ``mf-hybrid`` shows it with the numeric mean field, written
-    in ``meanfield_form``, with ``tally_size`` reactions for ``tally``)."""
-    dims = list(label_space)
-    if variant == "state":
-        return ""
-    numeric = f"How the other users have reacted so far:\n{meanfield.render(label_space, meanfield_form, tally_size)}\n\n"
-    text = f"Summary of the other users' reactions so far:\n{summary or NO_REACTIONS}\n\n"
-    if variant == "mf":
-        return numeric
-    if variant == "mf-text":
-        return text
-    if variant == "mf-hybrid":
-        return text + numeric
-    if variant in ("recent", "popular"):
-        if not history:
-            return "Other users' replies: none yet.\n\n"
-        if variant == "recent":
-            shown = list(history[-recent_k:])
-            head = f"The {len(shown)} latest replies by other users:"
+    """The population block of the shared prompt part of LLM variant ``name``: what its
+    :attr:`~mfray.variants.Variant.shows` lists, in that order ("" for ``state``). ``summary``
+    is the text mean field; the numeric one is written in ``meanfield_form``, with
+    ``tally_size`` reactions for ``tally``."""
+    traits = variant(name)
+    if traits.kind != "llm":
+        raise ConfigError(f"variant {name!r} has no population block")
+    blocks = []
+    for shown in traits.shows:
+        if shown == "numeric":
+            blocks.append("How the other users have reacted so far:\n"
+                          f"{meanfield.render(label_space, meanfield_form, tally_size)}\n\n")
+        elif shown == "text":
+            blocks.append(f"Summary of the other users' reactions so far:\n"
+                          f"{summary or NO_REACTIONS}\n\n")
         else:
-            window = list(enumerate(history[-popular_window:]))
-            # most followers first; missing counts last; ties: the more recent first
-            window.sort(key=lambda p: (p[1].followers is None, -(p[1].followers or 0), -p[0]))
-            shown = [a for _, a in window[:popular_k]]
-            head = f"The {len(shown)} replies by the most-followed recent users:"
-        return head + "\n" + "\n".join(_describe(a, dims) for a in shown) + "\n\n"
-    raise ConfigError(f"variant {variant!r} has no population block")
+            blocks.append(_replies(shown, history, list(label_space), recent_k, popular_k,
+                                   popular_window))
+    return "".join(blocks)
+
+
+def _replies(shown: str, history: Sequence[PastAction], dims: Sequence[str], recent_k: int,
+             popular_k: int, popular_window: int) -> str:
+    """The ``recent`` or ``popular`` block: other users' latest replies, or those of the
+    most-followed recent users."""
+    if not history:
+        return "Other users' replies: none yet.\n\n"
+    if shown == "recent":
+        replies = list(history[-recent_k:])
+        head = f"The {len(replies)} latest replies by other users:"
+    else:
+        window = list(enumerate(history[-popular_window:]))
+        # most followers first; missing counts last; ties: the more recent first
+        window.sort(key=lambda p: (p[1].followers is None, -(p[1].followers or 0), -p[0]))
+        replies = [a for _, a in window[:popular_k]]
+        head = f"The {len(replies)} replies by the most-followed recent users:"
+    return head + "\n" + "\n".join(_describe(a, dims) for a in replies) + "\n\n"
 
 
 def prompt_parts(*, topic: str, population: str, context: str, persona: str, dimension: str,

@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mfray.config import LLM_VARIANTS, SimConfig
+from mfray.config import SimConfig
 from mfray.interventions import Intervention, apply
 from mfray.meanfield import NumericMeanField
 from mfray.policy import PastAction, meanfield_prompt, population_text
-
-TEXT_MEANFIELD = ("mf-text", "mf-hybrid")
+from mfray.variants import variant
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class Population:
         for sim_id, meta in self.sims.items():
             mf = self.mf[sim_id]
             text = None
-            if meta.variant in LLM_VARIANTS:
+            if variant(meta.variant).needs_model:
                 text = population_text(
                     meta.variant, meanfield=mf, history=list(self.history[sim_id]),
                     label_space=self.space, recent_k=self.cfg.recent_k,
@@ -144,7 +143,7 @@ class Population:
                                           actions=self.round_actions.get(sim_id, []),
                                           label_space=self.space))
                 for sim_id, meta in sorted(self.sims.items())
-                if meta.variant in TEXT_MEANFIELD and sim_id in self.round_actions]
+                if variant(meta.variant).keeps_text and sim_id in self.round_actions]
 
     def set_summaries(self, summaries: Mapping[int, str | None]) -> None:
         """Take the new summaries; a simulation whose generation failed keeps its old one."""
@@ -153,9 +152,11 @@ class Population:
                 self.summary[sim_id] = text
 
     def replay(self, rounds: Sequence[tuple[int, pa.Table]],
-               summaries: Mapping[int, str | None] | None = None) -> None:
-        """Rebuild the state from stored rounds (resume, or a restarted actor); the text mean
-        field is restored from the stored summaries, not generated again."""
+               last: Mapping[int, str | None] | None = None) -> None:
+        """Rebuild the state from stored rounds (resume, or a restarted actor). ``last``: each
+        simulation's last stored mean-field text, from which the simulations that keep a text
+        mean field restore their summary (it is not generated again)."""
         for round_index, table in rounds:
             self.update(round_index, table)
-        self.set_summaries(summaries or {})
+        self.set_summaries({sim_id: text for sim_id, text in (last or {}).items()
+                            if variant(self.sims[sim_id].variant).keeps_text})

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from mfray.baselines import surrogate_probs
-from mfray.config import LLM_VARIANTS, SURROGATE_VARIANTS, SimConfig
+from mfray.config import SimConfig
 from mfray.data.synthetic import SyntheticWorld
 from mfray.engine.population import SimView
 from mfray.policy import choice_distribution, prompt_parts, text_prompt_parts
@@ -27,6 +27,7 @@ from mfray.prompts import template_hash
 from mfray.references import crowd
 from mfray.schedule import agent_uniform, is_warmup, round_slice, sample_indices, stable_hash
 from mfray.store import decisions_schema
+from mfray.variants import variant
 
 Key = tuple[int, int, int]  # (sim_id, agent_index, dimension index)
 
@@ -109,7 +110,7 @@ class AgentShard:
         self.schema = decisions_schema(self.space)
         self.policy_hash = template_hash("policy" if mode == "choice" else "policy_text")
 
-    def _round_agents(self, sim: ShardSim, round_index: int) -> range:
+    def round_agents(self, sim: ShardSim, round_index: int) -> range:
         """Positions (in the shard's lists) of the simulation's agents in this round."""
         agents = round_slice(round_index, self.cfg.round_size, sim.agent_index[-1] + 1)
         idx = sim.agent_index
@@ -119,10 +120,10 @@ class AgentShard:
         """Prompts of this round's rollout agents of LLM variants."""
         out = Requests([], [], [], [])
         for sim in self.sims:
-            if sim.variant not in LLM_VARIANTS:
+            if not variant(sim.variant).needs_model:
                 continue
             view = views[sim.sim_id]
-            for pos in self._round_agents(sim, round_index):
+            for pos in self.round_agents(sim, round_index):
                 i = sim.agent_index[pos]
                 if is_warmup(i, self.cfg.warmup):
                     continue
@@ -153,7 +154,7 @@ class AgentShard:
         answer = {k: j for j, k in enumerate(requests.keys)}
         cols: dict[str, list[Any]] = {f.name: [] for f in self.schema}
         for sim in self.sims:
-            positions = self._round_agents(sim, round_index)
+            positions = self.round_agents(sim, round_index)
             if positions:
                 part = self._sim_decisions(sim, positions, views[sim.sim_id], answer, scored)
                 for name, values in part.items():
@@ -169,7 +170,7 @@ class AgentShard:
 
     def _model_free(self, sim: ShardSim, positions: range, view: SimView
                     ) -> dict[str, np.ndarray] | None:
-        if sim.variant in SURROGATE_VARIANTS:
+        if variant(sim.variant).needs_world:
             x = sim.features[positions.start:positions.stop]
             return {"stance": surrogate_probs(sim.variant, self.world, sim.event_id, x,
                                               view.shares["stance"], view.n_seen["stance"],
@@ -211,7 +212,7 @@ class AgentShard:
         agents = list(sim.agent_index[sl])
         n = len(agents)
         warm = np.array([is_warmup(i, self.cfg.warmup) for i in agents])
-        llm = sim.variant in LLM_VARIANTS
+        llm = variant(sim.variant).needs_model
         real = list(sim.real[sl])
         cols: dict[str, list[Any]] = {
             "sim_id": [sim.sim_id] * n, "event_id": [sim.event_id] * n,

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from scipy import stats
 
-from mfray.config import REFERENCE_VARIANTS, SURROGATE_VARIANTS, EvalConfig
+from mfray.config import EvalConfig
 from mfray.errors import DataError
 from mfray.evaluate import metrics as M
 from mfray.evaluate import plots
@@ -36,17 +36,19 @@ from mfray.evaluate.report import (
     files_line,
     read_runs,
 )
+from mfray.variants import TABLE
 
 #: Row order of the comparison table; variants not listed follow in name order.
 ORDER = ("state", "recent", "popular", "mf", "mf-text", "mf-hybrid", "sft",
          "base-rate", "persistence", "crowd")
 #: Non-mean-field LLM variants a mean-field variant is measured against.
-LLM_BASELINES = ("state", "recent", "popular", "sft")
-REFERENCES = ("base-rate", "persistence")
+LLM_BASELINES = tuple(v.name for v in TABLE if v.needs_model and v.meanfield == "none")
+#: the references that read no mean field: ``crowd`` is not in the ΔKL pool, whose reference
+#: is the better of ``base-rate`` and ``persistence`` (method.md §3)
+REFERENCES = tuple(v.name for v in TABLE if v.kind == "reference" and v.meanfield == "none")
 #: Variants without an LLM (the references and the synthetic world's rules), in italics and
-#: hatched; ``crowd`` is not in the ΔKL pool, whose reference is the better of ``base-rate``
-#: and ``persistence`` (method.md §3)
-NO_LLM = REFERENCE_VARIANTS + SURROGATE_VARIANTS
+#: hatched
+NO_LLM = tuple(v.name for v in TABLE if not v.needs_model)
 AGAINST = {"llm": LLM_BASELINES, "ref": REFERENCES}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

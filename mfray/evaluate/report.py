@@ -328,9 +328,11 @@ def format_reference_fits(fits: pa.Table) -> str:
     for row in fits.to_pylist():
         groups.setdefault((row["variant"], row["dimension"]), []).append(row)
     for (variant, dim), rows in sorted(groups.items()):
-        if variant == "crowd":
+        # what was fitted is in the rows: a prior weight (crowd), a warm-up weight
+        # (persistence), or nothing beyond the base rate
+        if rows[0]["crowd_prior"] is not None:
             values = [f"prior k = {r['crowd_prior']:g}" for r in rows]
-        elif variant == "persistence":
+        elif rows[0]["persistence_weight"] is not None:
             values = [f"warm-up weight {r['persistence_weight']:.2f}" for r in rows]
         else:
             values = ["the base rate"] * len(rows)

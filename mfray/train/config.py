@@ -8,18 +8,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mfray.config import (
-    NUMERIC_MEANFIELD,
-    MeanFieldConfig,
-    PolicyConfig,
-    ResourcesConfig,
-    SimConfig,
-)
+from mfray.config import MeanFieldConfig, PolicyConfig, ResourcesConfig, SimConfig
 from mfray.errors import ConfigError
-
-#: what ``train.variant`` may name: an LLM variant's prompts, or ``sft`` (the ``state``
-#: prompts: the no-mean-field fine-tuning baseline)
-TRAIN_VARIANTS = ("sft", "state", "recent", "popular", "mf", "mf-text", "mf-hybrid")
+from mfray.variants import TRAIN_VARIANTS, variant
 
 
 @dataclass(frozen=True)
@@ -94,7 +85,7 @@ class TrainParams:
                               "0 <= warmup_ratio < 1, max_grad_norm > 0, beta >= 0, "
                               "mix_copies >= 0, mix_alpha > 0, val_examples >= 0, "
                               "tally_orders >= 0")
-        if self.onpolicy_runs and (self.prompt_variant == "state" or self.mix_copies):
+        if self.onpolicy_runs and (not variant(self.prompt_variant).shows or self.mix_copies):
             raise ConfigError("train.onpolicy_runs: " + (
                 f"the {self.variant} prompts show no population" if self.mix_copies == 0 else
                 "not with train.mix_copies, which draws its copies in-process; simulate "
@@ -107,7 +98,7 @@ class TrainParams:
     @property
     def prompt_variant(self) -> str:
         """The simulator variant whose prompts the examples use."""
-        return "state" if self.variant == "sft" else self.variant
+        return variant(self.variant).prompt_variant
 
 
 @dataclass(frozen=True)
@@ -124,7 +115,7 @@ class TrainConfig:
         if self.train.tally_orders and self.sim.meanfield_form != "tally":
             raise ConfigError("train.tally_orders reorders the tally's words: it needs "
                               f"sim.meanfield_form=tally, not {self.sim.meanfield_form!r}")
-        if self.train.tally_orders and self.train.variant not in NUMERIC_MEANFIELD:
+        if self.train.tally_orders and not variant(self.train.variant).shows_numeric:
             raise ConfigError(f"train.tally_orders: the {self.train.variant} prompts show no "
                               "tally (only mf and mf-hybrid do)")
 

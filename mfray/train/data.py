@@ -1,10 +1,11 @@
 """IB-Tune's training data, built by the simulator's own code with teacher forcing.
 
 Every training event is replayed as one simulation whose agents all act with their real
-actions: the same :class:`~mfray.engine.shard.AgentShard` renders the policy prompts and the
-same :class:`~mfray.engine.population.Population` keeps the mean field (numeric, text, recent
-or popular), reset at every event. So a training prompt is byte-identical to the prompt the
-simulator shows an agent with the same history (``tests/test_train_data.py`` checks it).
+actions, through the engine's one door for it, :func:`~mfray.engine.teacher.teacher_forced`:
+the simulator's own shard renders the policy prompts and its own population keeps the mean
+field (numeric, text, recent or popular), reset at every event. So a training prompt is
+byte-identical to the prompt the simulator shows an agent with the same history
+(``tests/test_train_data.py`` checks it).
 
 - **Policy examples** ``(event, agent, dimension, prompt, options, label)``: what agent ``i``
   saw (topic, context, persona, the population block after agents ``0..`` of earlier rounds)
@@ -27,29 +28,19 @@ Both are plain Arrow tables, written as Parquet by :func:`write_examples`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from mfray.config import LLM_VARIANTS, RunConfig
+from mfray.config import RunConfig
 from mfray.data.schema import Dataset
-from mfray.engine import SimSpec, shard_sims
-from mfray.engine.population import TEXT_MEANFIELD, Population
-from mfray.engine.shard import AgentShard, ShardSim
+from mfray.engine.teacher import Feed, Summarize, teacher_forced
 from mfray.errors import ConfigError
 from mfray.prompts import template_hash
-from mfray.schedule import build_units, n_rounds
-
-Summarize = Callable[[list[tuple[int, str]]], Mapping[int, str | None]]
-#: (event, agent index) -> (action labels or None for a failed decision, action text): what
-#: a simulation's rollout agents did, fed to the mean field in place of the real actions
-Feed = Mapping[tuple[str, int], tuple[Mapping[str, str | None] | None, str | None]]
 
 POLICY_SCHEMA = pa.schema([
     ("event_id", pa.string()), ("variant", pa.string()), ("round", pa.int32()),
@@ -66,22 +57,6 @@ MEANFIELD_SCHEMA = pa.schema([
                                         ("persona", pa.string()), ("labels", pa.string()),
                                         ("text", pa.string())]))),
     ("template_hash", pa.string())])
-
-
-def _round_decisions(sim: ShardSim, agents: range, space: Mapping[str, Sequence[str]],
-                     feed: Feed | None = None) -> pa.Table:
-    """A round of real actions (or the ``feed``'s, where it has the agent), in the columns
-    :meth:`Population.update` reads."""
-    pos = list(agents)
-    acted = [(feed or {}).get((sim.event_id, sim.agent_index[p]),
-                              (dict(sim.real[p]), sim.real_text[p])) for p in pos]
-    action_type = pa.struct([(d, pa.string()) for d in space])
-    return pa.table({
-        "sim_id": [sim.sim_id] * len(pos), "agent_index": [sim.agent_index[p] for p in pos],
-        "action": pa.array([dict(a) if a is not None else None for a, _ in acted],
-                           type=action_type),
-        "action_text": [text for _, text in acted], "ok": [a is not None for a, _ in acted],
-        "is_warmup": [True] * len(pos)})
 
 
 def rollout_feed(run_dir: str | Path, variant: str) -> tuple[Feed, dict[str, Any]]:
@@ -119,77 +94,46 @@ def build_examples(cfg: RunConfig, ds: Dataset, variant: str, *,
                    progress: bool = False) -> tuple[pa.Table, pa.Table]:
     """Policy and mean-field examples of ``variant`` on ``events`` (default: the config's
     units), agents from ``from_agent`` on (``sim.warmup`` gives the simulator's rollout agents
-    only). ``summarize`` writes the text mean field (``InferenceServer.summarize`` in a
-    simulation); without it a text mean field stays at its initial value. ``feed`` (see
-    :func:`rollout_feed`) replaces the real actions that build the mean field where it has
-    the agent; the labels stay the real ones (on-policy examples)."""
-    if variant not in LLM_VARIANTS:
-        raise ConfigError(f"training examples need an LLM variant, not {variant!r}")
-    if variant in TEXT_MEANFIELD and summarize is None:
-        raise ConfigError(f"{variant} examples need a summarize function (the mean-field model)")
-    sim_cfg = replace(cfg.sim, variants=(variant,), seeds=(0,), interventions=(), warmup=0,
-                      events=tuple(events) if events is not None else cfg.sim.events)
-    run = replace(cfg, sim=sim_cfg)
-    units = build_units(ds, sim_cfg)
-    specs = [SimSpec(k, unit, variant, 0) for k, unit in enumerate(units)]
-    per_shard, metas, _, _ = shard_sims(specs, ds, run, 1)
-    mode = cfg.policy.mode
-    shard = AgentShard(per_shard[0], ds.label_space, sim_cfg, "train", mode=mode)
-    population = Population(metas, ds.label_space, sim_cfg)
-    space = {d: tuple(o) for d, o in ds.label_space.items()}
+    only), from the engine's :func:`~mfray.engine.teacher.teacher_forced` rounds. ``summarize``
+    writes the text mean field; ``feed`` (see :func:`rollout_feed`) replaces the real actions
+    that build the mean field where it has the agent; the labels stay the real ones
+    (on-policy examples)."""
+    mode, space = cfg.policy.mode, {d: tuple(o) for d, o in ds.label_space.items()}
+    dims = list(space)
+    p_hash = template_hash("policy" if mode == "choice" else "policy_text")
     policy_rows: list[dict[str, Any]] = []
     mf_rows: list[dict[str, Any]] = []
-    sims = {s.sim_id: s for s in per_shard[0]}
-    total = max((n_rounds(u.n_agents, sim_cfg.round_size) for u in units), default=0)
-    p_hash = template_hash("policy" if mode == "choice" else "policy_text")
     pending: dict[int, dict[str, Any]] = {}  # mean-field rows waiting for the next round
-    for r in tqdm(range(total), desc=f"examples {variant}", disable=not progress):
-        views = population.publish()
-        req = shard.requests(r, views)
-        for (sim_id, i, d), prompt in zip(req.keys, req.prompts, strict=True):
-            if i < from_agent:
-                continue
+    for rnd in teacher_forced(cfg, ds, variant, events=events, summarize=summarize, feed=feed,
+                              progress=f"examples {variant}" if progress else None):
+        sims, r = rnd.sims, rnd.index
+        for (sim_id, i, d), prompt in zip(rnd.requests.keys, rnd.requests.prompts, strict=True):
             sim = sims[sim_id]
-            real = sim.real[i]
-            base = {"event_id": sim.event_id, "variant": variant, "round": r, "agent_index": i,
-                    "post_id": sim.post_id[i], "prompt": prompt, "real_text": sim.real_text[i],
-                    "mode": mode, "template_hash": p_hash}
-            if d < 0:  # text mode: the real post is the target
-                policy_rows.append(base | {"dimension": None, "options": None, "label": None,
-                                           "label_index": None})
+            real = sim.real[i]  # one shard: an agent's position is its index
+            if i < from_agent or (d >= 0 and real.get(dims[d]) is None):
                 continue
-            dim = shard.dims[d]
-            if real.get(dim) is None:
-                continue
-            policy_rows.append(base | {"dimension": dim, "options": list(space[dim]),
-                                       "label": real[dim],
-                                       "label_index": space[dim].index(real[dim])})
-        agents = {s.sim_id: shard._round_agents(s, r) for s in sims.values()}
-        for sim_id, row in list(pending.items()):  # round r's agents are last round's targets
+            row = {"event_id": sim.event_id, "variant": variant, "round": r, "agent_index": i,
+                   "post_id": sim.post_id[i], "prompt": prompt, "real_text": sim.real_text[i],
+                   "mode": mode, "template_hash": p_hash, "dimension": None, "options": None,
+                   "label": None, "label_index": None}  # text mode: the real post is the target
+            if d >= 0:
+                dim = dims[d]
+                row |= {"dimension": dim, "options": list(space[dim]), "label": real[dim],
+                        "label_index": space[dim].index(real[dim])}
+            policy_rows.append(row)
+        for sim_id, row in pending.items():  # round r's agents are last round's targets
             sim = sims[sim_id]
             row["next_agents"] = [{"agent_index": sim.agent_index[p],
                                    "context": sim.context_text[p], "persona": sim.persona[p],
                                    "labels": json.dumps(dict(sim.real[p])),
-                                   "text": sim.real_text[p]} for p in agents[sim_id]]
+                                   "text": sim.real_text[p]} for p in rnd.agents[sim_id]]
             if row["next_agents"]:
                 mf_rows.append(row)
-        pending = {}
-        tables = [_round_decisions(sims[k], a, space, feed) for k, a in agents.items()
-                  if len(a)]
-        if not tables:
-            continue
-        population.update(r, pa.concat_tables(tables))
-        if variant in TEXT_MEANFIELD:
-            requests = population.meanfield_requests()
-            previous = dict(population.summary)
-            summaries = dict(summarize(requests)) if requests else {}  # type: ignore[misc]
-            population.set_summaries(summaries)
-            pending = {sim_id: {"event_id": sims[sim_id].event_id, "variant": variant,
-                                "round": r, "topic": sims[sim_id].topic, "prompt": prompt,
-                                "previous": previous.get(sim_id),
-                                "summary": summaries.get(sim_id),
-                                "template_hash": template_hash("meanfield")}
-                       for sim_id, prompt in requests}
+        pending = {u.sim_id: {"event_id": sims[u.sim_id].event_id, "variant": variant,
+                              "round": r, "topic": sims[u.sim_id].topic, "prompt": u.prompt,
+                              "previous": u.previous, "summary": u.summary,
+                              "template_hash": template_hash("meanfield")}
+                   for u in rnd.updates}
     return (pa.Table.from_pylist(policy_rows, schema=POLICY_SCHEMA),
             pa.Table.from_pylist(mf_rows, schema=MEANFIELD_SCHEMA))
 

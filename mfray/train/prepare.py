@@ -17,11 +17,11 @@ import pyarrow as pa
 from mfray.config import RunConfig
 from mfray.data.mix import mix_events, source_event
 from mfray.data.schema import Dataset
-from mfray.engine.population import TEXT_MEANFIELD
 from mfray.errors import ConfigError, MfrayError
 from mfray.schedule import build_units
 from mfray.train.config import TrainConfig
 from mfray.train.data import build_examples, rollout_feed, write_examples
+from mfray.variants import variant
 
 VAL_FILE = "policy-val.parquet"  # under OUT/examples: train.val_examples
 
@@ -51,7 +51,7 @@ def prepare_examples(cfg: TrainConfig, ds: Dataset, out: Path, kind: str,
         raise ConfigError("train.onpolicy_runs is for policy examples; mfray train meanfield "
                           "takes none")
     run = RunConfig(sim=cfg.sim, policy=cfg.policy, meanfield=cfg.meanfield)
-    if summarize is None and cfg.train.prompt_variant in TEXT_MEANFIELD:
+    if summarize is None and variant(cfg.train.prompt_variant).keeps_text:
         summarize = _summarizer(cfg, ds)
     events = training_events(cfg, ds)
     if cfg.train.mix_copies:

@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 
 from mfray.config import from_dict
 from mfray.data.schema import Dataset, read_dataset
-from mfray.engine.population import TEXT_MEANFIELD
 from mfray.engine.ray_env import ensure_ray
 from mfray.errors import ConfigError, MfrayError
 from mfray.llm.load import check_bf16
@@ -31,6 +30,7 @@ from mfray.train.config import TrainConfig
 from mfray.train.data import read_examples
 from mfray.train.prepare import VAL_FILE, prepare_examples
 from mfray.train.worker import STATE_FILE, latest_checkpoint, total_steps, train_loop
+from mfray.variants import variant
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -107,7 +107,7 @@ def train_classifier(cfg: TrainConfig, out: str | Path, *, ds: Dataset | None = 
     ``OUT/validation.json`` (its loss against the training label frequencies)."""
     from mfray.llm.classifier import CLASSIFIER_FILE, ClassifierModel, fit_option_model
 
-    if cfg.train.prompt_variant in TEXT_MEANFIELD:
+    if variant(cfg.train.prompt_variant).keeps_text:
         raise ConfigError(f"a prompt classifier reads the prompts of a numeric or no mean "
                           f"field; train.variant={cfg.train.variant} writes a summary with an "
                           "LLM")

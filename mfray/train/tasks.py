@@ -31,6 +31,7 @@ from mfray.policy import clean_summary, population_text, prompt_parts
 from mfray.prompts import render
 from mfray.train.config import TrainConfig
 from mfray.train.losses import add_lora, choice_loss, sequence_logprobs, text_nll
+from mfray.variants import variant
 
 
 def option_ids(hf: HFModel, options: Sequence[str]) -> list[list[int]]:
@@ -119,7 +120,8 @@ class MeanFieldTask(_LoraTask):
 
     def __init__(self, cfg: TrainConfig, table: pa.Table, device: Any,
                  hf: HFModel | None = None, policy: HFModel | None = None) -> None:
-        if cfg.train.variant != "mf-text":
+        # the relevance term shows the policy the summary alone, as the mf-text prompts do
+        if variant(cfg.train.variant).shows != ("text",):
             raise ConfigError("mean-field tuning trains the mf-text summary model: set "
                               "train.variant=mf-text")
         super().__init__(cfg, device, hf)

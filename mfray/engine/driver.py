@@ -1,0 +1,298 @@
+"""The driver: the MF-LLM round loop (:func:`run_rounds`), :func:`simulate`, which sets a run
+up on Ray and runs it, and the recovery beside them.
+
+Topology (architecture.md): ``AgentShard`` actors hold the agents of every simulation and build
+their prompts; one ``Population`` actor (the mean field) keeps every simulation's population
+state and publishes it once per round; one ``InferenceServer`` actor holds the model and scores
+the prompts of all shards in a canonical order; the driver runs the loop and writes each round
+to the store. All simulations of a run (units × seeds × variants) advance round by round
+together, so that one round's model requests form one large batch. A lost actor is rebuilt
+from the store (at most :data:`MAX_RECOVERIES` times), and a run resumes from its last
+complete round.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from mfray.config import RunConfig, from_dict
+from mfray.data.schema import Dataset
+from mfray.engine.layout import plan, shard_sims
+from mfray.engine.population import Population
+from mfray.engine.ray_env import ensure_ray
+from mfray.engine.shard import AgentShard
+from mfray.errors import MfrayError, StoreError
+from mfray.llm import LanguageModel
+from mfray.schedule import n_rounds
+from mfray.store import RunStore
+from mfray.variants import variant
+
+
+def run_rounds(cfg: RunConfig, store: RunStore, population: Any, shards: list[Any],
+               inference: list[Any], rounds: range, total: int, progress: bool) -> None:
+    """The MF-LLM round loop: broadcast → decide → aggregate → record → stop check, once per
+    round of ``rounds``, for every simulation of the run at once. ``population`` is the
+    mean-field actor, ``shards`` the agent shards, ``inference`` the model actors (none for a
+    run without a model); each round is committed to ``store`` before the next starts."""
+    text_mf = any(variant(v).keeps_text for v in cfg.sim.variants)
+    bar = tqdm(rounds, desc="rounds", total=total, initial=rounds.start, disable=not progress)
+    made = 0
+    t_start = time.perf_counter()
+    for r in bar:
+        t0 = time.perf_counter()
+        # broadcast: every simulation's population state, stored once, read by every shard
+        views = population.publish.remote()
+        # decide: shards build prompts; the inference actor scores all of them in one order
+        requests = [s.requests.remote(r, views) for s in shards]
+        # every inference actor reads all requests and answers its own simulations' ones
+        scored: list[list[Any]] = [[] for _ in shards]
+        for actor in inference:
+            answers = ([actor.score_one.remote(requests[0])] if len(shards) == 1 else
+                       actor.score_round.options(num_returns=len(shards)).remote(*requests))
+            for k, ref in enumerate(answers):
+                scored[k].append(ref)
+        parts = _get([s.decide.remote(r, views, q, *sc)
+                      for s, q, sc in zip(shards, requests, scored, strict=True)])
+        t_policy = time.perf_counter() - t0
+        decisions = pa.concat_tables(parts).sort_by([("sim_id", "ascending"),
+                                                     ("agent_index", "ascending")])
+        # aggregate: the mean field sees the round sorted by agent, whatever the sharding
+        t1 = time.perf_counter()
+        rows = _get(population.update.remote(r, decisions))
+        if text_mf:  # the text mean field: one batched, greedy rewrite per simulation
+            asks = population.meanfield_requests.remote()
+            summaries = {}
+            for part in _get([a.summarize.remote(asks, cfg.meanfield.max_new_tokens,
+                                                 cfg.meanfield.repetition_penalty)
+                              for a in inference]):
+                summaries.update(part)
+            _get(population.set_summaries.remote(summaries))
+            rows = [row | ({"meanfield_text": summaries[row["sim_id"]]}
+                           if summaries.get(row["sim_id"]) else {}) for row in rows]
+        t_mf = time.perf_counter() - t1
+        # record: one atomic commit per round (decisions first, the rounds file last)
+        timing = {"t_policy_s": t_policy, "t_meanfield_s": t_mf,
+                  "t_total_s": time.perf_counter() - t0}
+        run_id = store.run_id
+        store.write_round(r, decisions, [row | timing | {"run_id": run_id} for row in rows])
+        made += decisions.num_rows
+        bar.set_postfix(decisions_per_s=f"{made / (time.perf_counter() - t_start):.0f}")
+        # stop check: too many failed model calls end the run with a clear message
+        _check_failures(cfg, store, r, decisions)
+
+
+def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool = False,
+             progress: bool = True, max_rounds: int | None = None,
+             model: LanguageModel | None = None) -> RunStore:
+    """Run (or resume) every simulation of ``cfg`` on Ray and write each round to the store.
+
+    ``max_rounds`` stops after that many rounds of this call, leaving the run resumable (an
+    injected stop). ``model`` replaces the model named in ``cfg.policy`` (tests).
+    """
+    import ray
+
+    from mfray.llm.build import check_model
+
+    specs = plan(cfg, ds)
+    llm = any(variant(s.variant).needs_model for s in specs)
+    if llm and model is None:
+        check_model(cfg.policy)  # fail before Ray starts when the model cannot exist
+    total = max(n_rounds(s.unit.n_agents, cfg.sim.round_size) for s in specs)
+    per_shard, metas, world, references = shard_sims(specs, ds, cfg, cfg.resources.num_shards)
+    ensure_ray(cfg.resources)
+    # the actors' inputs live in the object store, so that lost actors can be rebuilt
+    inputs = (ray.put(metas), [ray.put(sims) for sims in per_shard], ray.put(world))
+    n_sims = len(specs)
+    del specs, per_shard, metas
+    inference = [_inference_actor(cfg, ds, run_dir, model, a)
+                 for a in range(cfg.resources.inference_actors if llm else 0)]
+    population, shards, stop = None, [], None
+    try:
+        # the state actors start while the model loads (a worker process each: seconds); a
+        # resumed run keeps its id
+        stored = RunStore.open(run_dir) if resume else None
+        run_id = stored.run_id if stored else uuid.uuid4().hex[:12]
+        population, shards = _state_actors(cfg, ds, run_id, inputs)
+        model_id = _get(inference[0].model_id.remote()) if inference else "none"
+        store = _open_store(cfg, ds, run_dir, stored, model_id, n_sims, run_id)
+        if references:
+            store.write_references(references)
+        for attempt in range(MAX_RECOVERIES + 1):
+            if attempt:
+                population, shards = _state_actors(cfg, ds, run_id, inputs)
+            # started before the first round, so that their start-up (2 s on a loaded 2-core
+            # CPU) is not counted in its time, as the model's load is not
+            _get([a.__ray_ready__.remote() for a in (population, *shards)])
+            start = _replay(store, population) if resume or attempt else 0
+            stop = stop if stop is not None else \
+                total if max_rounds is None else min(total, start + max_rounds)
+            try:
+                run_rounds(cfg, store, population, shards, inference, range(start, stop),
+                           total, progress)
+                break
+            except ActorLost as exc:
+                _lost(store, exc, attempt, [population, *shards])
+                inference = [a if _alive(a) else _inference_actor(cfg, ds, run_dir, model, k)
+                             for k, a in enumerate(inference)]
+    finally:
+        _kill([population, *shards, *inference])
+    if stop == total:
+        store.mark("complete")
+    return store
+
+
+#: times a run rebuilds its actors after losing one, before it stops (resumable)
+MAX_RECOVERIES = 3
+
+
+class ActorLost(MfrayError):
+    """A Ray actor of the run died (its process, its node); the run rebuilds them."""
+
+
+def _state_actors(cfg: RunConfig, ds: Dataset, run_id: str, inputs: tuple[Any, ...]
+                  ) -> tuple[Any, list[Any]]:
+    """The mean-field actor and the agent shards, fresh (their state is rebuilt by replay),
+    being started."""
+    metas, per_shard, world = inputs
+    population = _actor(Population).remote(metas, ds.label_space, cfg.sim)
+    shards = [_actor(AgentShard).remote(sims, ds.label_space, cfg.sim, run_id, world,
+                                        cfg.policy.mode) for sims in per_shard]
+    return population, shards
+
+
+def _alive(actor: Any, timeout_s: float = 60.0) -> bool:
+    import ray
+
+    try:
+        ray.get(actor.model_id.remote(), timeout=timeout_s)
+        return True
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        ray.kill(actor)
+        return False
+
+
+def _kill(actors: list[Any]) -> None:
+    import ray
+
+    for actor in actors:
+        if actor is not None:
+            ray.kill(actor)
+
+
+def _actor(cls: type, **options: Any) -> Any:
+    """``cls`` as a Ray actor class placed by the cluster's default scheduler, also when the
+    run is started inside a Ray Tune trial or a Train worker (whose placement group would
+    otherwise capture the run's actors and have no room for them)."""
+    import ray
+
+    return ray.remote(cls).options(scheduling_strategy="DEFAULT", **options)
+
+
+def _inference_actor(cfg: RunConfig, ds: Dataset, run_dir: str | Path,
+                     model: LanguageModel | None, a: int) -> Any:
+    """Inference actor ``a`` of ``resources.inference_actors``: it serves the simulations
+    whose ``sim_id ≡ a`` (mod their number), so a simulation's prompts, and the prefixes they
+    share, always meet the same model. One GPU each where the cluster has one per actor."""
+    import ray
+
+    from mfray.engine.inference import InferenceServer
+
+    n = cfg.resources.inference_actors
+    gpus = cfg.policy.url is None and ray.cluster_resources().get("GPU", 0) >= n
+    # (any explicit resource also makes an actor hold a CPU for its lifetime: none here)
+    actor = _actor(InferenceServer, **({"num_gpus": 1, "num_cpus": 0} if gpus else {}))
+    name = "prompts.jsonl" if n == 1 else f"prompts-{a}.jsonl"
+    log = str(Path(run_dir) / name) if cfg.policy.log_prompts else None
+    return actor.remote(cfg.policy, ds.label_space, cfg.sim.data, model, log,
+                        cfg.meanfield.adapter, part=(a, n))
+
+
+def _lost(store: RunStore, exc: ActorLost, attempt: int, state: list[Any]) -> None:
+    """After losing an actor: give up (the run stays resumable) at the last attempt, or else
+    say so and kill the state actors, which the next attempt rebuilds from the store."""
+    if attempt == MAX_RECOVERIES:
+        store.mark("failed", str(exc))
+        raise MfrayError(f"{exc}; gave up after {MAX_RECOVERIES} rebuilds. "
+                         f"Completed rounds are in {store.run_dir}") from None
+    print(f"mfray: {exc}; rebuilding the run's actors from the store "
+          f"({attempt + 1}/{MAX_RECOVERIES})", file=sys.stderr)
+    _kill(state)
+
+
+def _replay(store: RunStore, population: Any) -> int:
+    """Drop an incomplete round, rebuild the population state from the stored decisions and
+    return the first round still to run."""
+    before = store.completed_rounds()
+    store.discard_incomplete()
+    done = store.completed_rounds()
+    if len(done) < len(before):
+        print(f"mfray: round {before[len(done)]} of {store.run_dir} has an unreadable file; it "
+              f"and the {len(before) - len(done) - 1} rounds after it are simulated again",
+              file=sys.stderr)
+    if not done:
+        return 0
+    table = store.read_decisions()
+    rows = store.read_rounds(columns=["sim_id", "round", "meanfield_text"])
+    # every simulation's last stored mean field: the population restores the text mean field
+    # of the simulations that keep one from it
+    last = {r["sim_id"]: r["meanfield_text"]
+            for r in sorted(rows.to_pylist(), key=lambda r: r["round"])}
+    _get(population.replay.remote([(r, table.filter(pc.equal(table["round"], r)))
+                                   for r in done], last))
+    return max(done) + 1
+
+
+def _open_store(cfg: RunConfig, ds: Dataset, run_dir: str | Path, store: RunStore | None,
+                model_id: str, n_simulations: int, run_id: str) -> RunStore:
+    """A new run's store, or ``store`` (the resumed run's) once its config is checked."""
+    if store is None:
+        return RunStore.create(run_dir, run_id=run_id, config=cfg.to_dict(),
+                               label_space=ds.label_space, model_id=model_id,
+                               n_simulations=n_simulations)
+    if from_dict(RunConfig, store.config()) != cfg:
+        raise StoreError(f"{run_dir}: the stored config differs from this one; resume with the "
+                         "same config (see config.json in the run directory)")
+    store.mark("running")
+    return store
+
+
+def _get(refs: Any) -> Any:
+    """``ray.get``, with mfray's own errors raised in an actor re-raised as themselves, and a
+    lost actor (also one whose answer another actor was waiting for) as :class:`ActorLost`."""
+    import ray
+
+    lost = ray.exceptions.RayActorError
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, MfrayError):
+            raise exc.cause from None
+        if isinstance(exc, lost) or isinstance(exc.cause, lost):
+            raise ActorLost(f"a Ray actor of the run died: {_first_line(exc.cause)}") from exc
+        raise
+    except lost as exc:
+        raise ActorLost(f"a Ray actor of the run died: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _check_failures(cfg: RunConfig, store: RunStore, r: int, decisions: pa.Table) -> None:
+    asked = pc.sum(pc.is_valid(decisions["template_hash"])).as_py() or 0
+    failed = decisions.filter(pc.invert(decisions["ok"]))
+    if asked and failed.num_rows / asked > cfg.sim.max_failure_rate:
+        message = (f"round {r}: {failed.num_rows} of {asked} model decisions failed "
+                   f"({failed.num_rows / asked:.0%} > sim.max_failure_rate "
+                   f"{cfg.sim.max_failure_rate:.0%}); first error: {failed['error'][0].as_py()}")
+        store.mark("failed", message)
+        raise MfrayError(message + f". The run stopped; completed rounds are in {store.run_dir}")

@@ -1,0 +1,121 @@
+"""Which simulations a run has, and which shard owns which of their agents.
+
+A run's simulations are units × seeds × variants × (an untouched twin + each intervention), in
+a stable order (:func:`plan`). Agent ``i`` of every simulation lives on shard ``i mod S``
+(:func:`shard_sims`), which also fits the references and the ``bayes`` latent once per unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from mfray.baselines import bayes_latent, fit_reference, load_world
+from mfray.config import RunConfig
+from mfray.data.schema import Dataset
+from mfray.data.synthetic import SyntheticWorld
+from mfray.engine.population import SimMeta
+from mfray.engine.shard import ShardSim
+from mfray.interventions import Intervention
+from mfray.persona import persona_for
+from mfray.schedule import Unit, build_units
+from mfray.variants import variant
+
+#: agent columns a shard keeps: ShardSim field name -> column of the unit's agents
+_SHARD_COLUMNS = ("post_id", "user_id", "thread_id", "context_post_id", "context_text",
+                  "real_text", "real", "persona")
+
+
+@dataclass(frozen=True)
+class SimSpec:
+    """One simulation of a run."""
+
+    sim_id: int
+    unit: Unit
+    variant: str
+    seed: int
+    intervention: Intervention | None = None
+
+    @property
+    def label(self) -> str:
+        """The name stored in the ``variant`` column: ``mf`` or ``mf+<intervention>``."""
+        return self.variant if self.intervention is None else \
+            f"{self.variant}+{self.intervention.name}"
+
+
+def plan(cfg: RunConfig, ds: Dataset) -> list[SimSpec]:
+    """Simulations of a run: units × seeds × variants × (untouched twin + each intervention),
+    in a stable order."""
+    for iv in cfg.sim.interventions:
+        iv.check(ds.label_space)
+    specs: list[SimSpec] = []
+    for unit in build_units(ds, cfg.sim):
+        for seed in cfg.sim.seeds:
+            for name in cfg.sim.variants:
+                for iv in (None, *cfg.sim.interventions):
+                    specs.append(SimSpec(len(specs), unit, name, seed, iv))
+    return specs
+
+
+def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
+               ) -> tuple[list[list[ShardSim]], list[SimMeta], SyntheticWorld | None,
+                          list[dict[str, Any]]]:
+    """Split every simulation's agents over the shards (agent i goes to shard i mod S); also
+    every simulation's metadata, the synthetic world where a variant needs it, and the
+    references' fits, one row per unit, reference variant and dimension (the store's
+    ``references.parquet``)."""
+    traits = {s.variant: variant(s.variant) for s in specs}
+    labels_by_event: dict[str, list[Any]] = {}
+    if any(t.kind == "reference" for t in traits.values()):
+        every = replace(cfg.sim, unit="event", events=(), min_replies=0, train_events=())
+        labels_by_event = {u.event_id: u.agents["labels"].to_pylist()
+                           for u in build_units(ds, every)}
+    worldly = [name for name, t in traits.items() if t.needs_world]
+    world = load_world(worldly[0], ds) if worldly else None
+    shards: list[list[ShardSim]] = [[] for _ in range(n_shards)]
+    metas = []
+    key, col, followers = None, {}, ()
+    priors: dict[tuple[str, ...], dict[str, float]] = {}  # crowd's fits by training set
+    fitted: dict[tuple[str, str], tuple[Any, Any, list[dict[str, Any]]]] = {}  # by unit, variant
+    latents: dict[str, np.ndarray] = {}  # bayes: the event latent's posterior, by unit
+    for spec in specs:  # unit-major order: one unit's columns are alive at a time
+        unit, t = spec.unit, traits[spec.variant]
+        if unit.key() != key:
+            key, col = unit.key(), _columns(unit)
+            followers = tuple((p or {}).get("followers_count") for p in col["profile"])
+        metas.append(SimMeta(spec.sim_id, unit.event_id, spec.variant, spec.seed, followers,
+                             spec.label, spec.intervention, unit.topic))
+        fixed, crowd_prior = None, None
+        if t.kind == "reference":  # fitted once per unit, whatever the seeds
+            ref = (unit.key(), spec.variant)
+            if ref not in fitted:
+                fitted[ref] = fit_reference(spec.variant, unit, col["labels"], labels_by_event,
+                                            ds.label_space, cfg.sim, priors)
+            fixed, crowd_prior, _ = fitted[ref]
+        feats = np.stack([world.features(p) for p in col["profile"]]) if t.needs_world else None
+        latent = None
+        if t.needs_event_units:  # the latent, inferred once per unit from its warm-up only
+            if unit.key() not in latents:
+                latents[unit.key()] = bayes_latent(world, cfg.sim.warmup, feats, col["labels"])
+            latent = latents[unit.key()]
+        for k in range(n_shards):
+            idx = list(range(k, unit.n_agents, n_shards))  # agents i ≡ k (mod S)
+            if not idx:
+                continue
+            part = {name: tuple(col[name][i] for i in idx) for name in _SHARD_COLUMNS}
+            shards[k].append(ShardSim(
+                spec.sim_id, unit.event_id, unit.key(), spec.variant, spec.seed, unit.topic,
+                tuple(idx), **part, features=None if feats is None else feats[idx],
+                latent=latent, fixed=fixed, label=spec.label, crowd_prior=crowd_prior))
+    return shards, metas, world, [row for *_, rows in fitted.values() for row in rows]
+
+
+def _columns(unit: Unit) -> dict[str, list[Any]]:
+    """The unit's agent columns, with each agent's persona, context text and real action."""
+    col = unit.agents.to_pydict()
+    col["persona"] = [persona_for(unit.source, p) for p in col["profile"]]
+    col["context_text"] = [unit.contexts.get(c or "", "") for c in col["context_post_id"]]
+    col["real_text"], col["real"] = col["text"], col["labels"]
+    return col
