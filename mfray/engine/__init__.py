@@ -30,7 +30,13 @@ from mfray.baselines import (
     reference_fits,
     training_events,
 )
-from mfray.config import LLM_VARIANTS, REFERENCE_VARIANTS, SURROGATE_VARIANTS, RunConfig, from_dict
+from mfray.config import (
+    LLM_VARIANTS,
+    REFERENCE_VARIANTS,
+    SURROGATE_VARIANTS,
+    RunConfig,
+    stored_config,
+)
 from mfray.data.schema import STANCE, STANCE_OPTIONS, Dataset
 from mfray.data.synthetic import SyntheticWorld
 from mfray.engine.population import TEXT_MEANFIELD, Population, SimMeta
@@ -300,7 +306,7 @@ def _inference_actor(cfg: RunConfig, ds: Dataset, run_dir: str | Path,
     name = "prompts.jsonl" if n == 1 else f"prompts-{a}.jsonl"
     log = str(Path(run_dir) / name) if cfg.policy.log_prompts else None
     return actor.remote(cfg.policy, ds.label_space, cfg.sim.data, model, log,
-                        cfg.meanfield.adapter, part=(a, n))
+                        cfg.meanfield.adapter, part=(a, n), resources=cfg.resources)
 
 
 def _replay(store: RunStore, population: Any) -> int:
@@ -333,7 +339,7 @@ def _open_store(cfg: RunConfig, ds: Dataset, run_dir: str | Path, store: RunStor
         return RunStore.create(run_dir, run_id=run_id, config=cfg.to_dict(),
                                label_space=ds.label_space, model_id=model_id,
                                n_simulations=n_simulations)
-    if from_dict(RunConfig, store.config()) != cfg:
+    if stored_config(RunConfig, store.config(), store.run_dir / "config.json") != cfg:
         raise StoreError(f"{run_dir}: the stored config differs from this one; resume with the "
                          "same config (see config.json in the run directory)")
     store.mark("running")

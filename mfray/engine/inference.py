@@ -1,7 +1,7 @@
 """The inference actor's class: one long-lived model serving every shard.
 
 Each round it receives the prompts of all shards, orders them canonically (by simulation,
-agent, dimension) and scores them in chunks of ``policy.chunk`` prompts. The order and the
+agent, dimension) and scores them in chunks of ``resources.chunk`` prompts. The order and the
 chunks therefore depend only on the run, never on how many shards produced the prompts, which
 is what makes a 1-shard and a 4-shard run bit-identical. A failed model call fails only the
 decisions of its chunk (or only the prompts it names) and is reported, never hidden.
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mfray.classifier import classifier_path, load_classifier
-from mfray.config import PolicyConfig
+from mfray.config import PolicyConfig, ResourcesConfig
 from mfray.engine.shard import Key, Requests, Scored
 from mfray.llm import (
     BF16_MODES,
@@ -66,14 +66,17 @@ def _empty(n: int) -> Scored:
 
 
 def build_model(cfg: PolicyConfig, data_dir: str | None = None,
-                more_adapters: bool = False) -> LanguageModel:
-    """The policy model named by ``policy.model`` (served at ``policy.url`` when set).
-    ``more_adapters``: an engine that switches adapters (vLLM) must allow them from the start."""
+                more_adapters: bool = False, resources: ResourcesConfig | None = None
+                ) -> LanguageModel:
+    """The policy model named by ``policy.model`` (served at ``policy.url`` when set), on the
+    device, threads and batches of ``resources``. ``more_adapters``: an engine that switches
+    adapters (vLLM) must allow them from the start."""
+    res = resources or ResourcesConfig()
     if cfg.url:
         from mfray.openai_compat import OpenAICompatibleModel
 
-        return OpenAICompatibleModel(cfg.url, str(cfg.model), batch_size=cfg.batch_size,
-                                     api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+        return OpenAICompatibleModel(cfg.url, str(cfg.model), batch_size=res.batch_size,
+                                     api_key_env=cfg.api_key_env, concurrency=res.concurrency,
                                      max_retries=cfg.max_retries, timeout_s=cfg.timeout_s,
                                      requests_per_s=cfg.requests_per_s)
     if cfg.model == "scripted":
@@ -89,13 +92,13 @@ def build_model(cfg: PolicyConfig, data_dir: str | None = None,
         from mfray.vllm_backend import VLLMModel
 
         return VLLMModel(cfg.model, adapter=cfg.adapter, lora=more_adapters,
-                         gpu_memory_utilization=cfg.gpu_memory_utilization)
+                         gpu_memory_utilization=res.gpu_memory_utilization)
     import torch
 
     # Ray starts actors with OMP_NUM_THREADS=1; a CPU model wants every core of its node
-    torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
-    return load_model(cfg.model, device=cfg.device, batch_size=cfg.batch_size,
-                      max_batch_tokens=cfg.max_batch_tokens, adapter=cfg.adapter,
+    torch.set_num_threads(res.num_threads or os.cpu_count() or 1)
+    return load_model(cfg.model, device=res.device, batch_size=res.batch_size,
+                      max_batch_tokens=res.max_batch_tokens, adapter=cfg.adapter,
                       bf16=BF16_MODES[cfg.bf16])
 
 
@@ -138,16 +141,19 @@ class InferenceServer:
     def __init__(self, cfg: PolicyConfig, label_space: Mapping[str, Sequence[str]],
                  data_dir: str | None = None, model: LanguageModel | None = None,
                  prompt_log: str | None = None, meanfield_adapter: str | None = None,
-                 part: tuple[int, int] = (0, 1)) -> None:
+                 part: tuple[int, int] = (0, 1), resources: ResourcesConfig | None = None
+                 ) -> None:
         self.cfg, self.part = cfg, part
+        self.resources = resources or ResourcesConfig()
         self.prompt_log = prompt_log
         self.model = model if model is not None else \
-            build_model(cfg, data_dir, more_adapters=meanfield_adapter is not None)
+            build_model(cfg, data_dir, meanfield_adapter is not None, self.resources)
         # the text mean field's model: the base model with its own adapter (or none), never
         # the policy's adapter. An engine that switches adapters (vLLM) serves both roles;
         # otherwise a second model is loaded at the first summary.
         self._summarizer: LanguageModel | None = self.model
-        self._summarizer_args = (replace(cfg, adapter=meanfield_adapter), data_dir)
+        self._summarizer_args = (replace(cfg, adapter=meanfield_adapter), data_dir, False,
+                                 self.resources)
         self._switch = None
         if model is None and (meanfield_adapter or cfg.adapter):
             if hasattr(self.model, "set_adapter"):
@@ -180,8 +186,8 @@ class InferenceServer:
         out = [_empty(len(r.keys)) for r in shard_requests]
         for d, options in enumerate(self.options):
             todo = [(s, j) for key, s, j in flat if key[2] == d]
-            for c in range(0, len(todo), self.cfg.chunk):
-                chunk = todo[c:c + self.cfg.chunk]
+            for c in range(0, len(todo), self.resources.chunk):
+                chunk = todo[c:c + self.resources.chunk]
                 prompts = [self.format(shard_requests[s].prompts[j]) for s, j in chunk]
                 self._score_chunk(chunk, prompts, options, out)
                 if self.prompt_log:
@@ -201,8 +207,9 @@ class InferenceServer:
             o.texts.extend([None] * len(o.errors))
             o.labels.extend([None] * len(o.errors))
         c = self.cfg
-        for start in range(0, len(flat), c.chunk):
-            chunk = [(s, j) for _, s, j in flat[start:start + c.chunk]]
+        size = self.resources.chunk
+        for start in range(0, len(flat), size):
+            chunk = [(s, j) for _, s, j in flat[start:start + size]]
             t0 = time.perf_counter()
             prompts = [self.format(shard_requests[s].prompts[j]) for s, j in chunk]
             if self.prompt_log:
@@ -266,8 +273,8 @@ class InferenceServer:
         out: dict[int, str | None] = {}
         mine, n = self.part
         requests = [(sim_id, p) for sim_id, p in requests if sim_id % n == mine]
-        for c in range(0, len(requests), self.cfg.chunk):
-            chunk = requests[c:c + self.cfg.chunk]
+        for c in range(0, len(requests), self.resources.chunk):
+            chunk = requests[c:c + self.resources.chunk]
             prompts = [self.format(p) for _, p in chunk]
             if self.prompt_log:
                 self._log([(sim_id, -1, -1) for sim_id, _ in chunk], prompts, "meanfield")

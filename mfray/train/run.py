@@ -1,6 +1,6 @@
 """IB-Tune on Ray Train: one ``TorchTrainer`` (Train V2) per training run.
 
-The driver builds the examples (:mod:`mfray.train.data`), then starts ``train.num_workers``
+The driver builds the examples (:mod:`mfray.train.data`), then starts ``resources.num_workers``
 workers (one per GPU on a cluster, CPU processes here; 0 runs in-process). Every worker loads
 the base model, adds LoRA (peft), and takes its share of each global batch: the loss is scaled
 so that DDP's gradient mean equals the gradient of the global batch's mean loss, whatever the
@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mfray.config import RunConfig, from_dict
+from mfray.config import RunConfig, from_dict, stored_config
 from mfray.data.mix import mix_events, source_event
 from mfray.data.schema import Dataset, read_dataset
 from mfray.engine.population import TEXT_MEANFIELD
@@ -158,7 +158,7 @@ def _summarizer(cfg: TrainConfig, ds: Dataset) -> Any:
     from mfray.engine.inference import InferenceServer
 
     server = InferenceServer(cfg.policy, ds.label_space, cfg.sim.data,
-                             meanfield_adapter=cfg.meanfield.adapter)
+                             meanfield_adapter=cfg.meanfield.adapter, resources=cfg.resources)
     return lambda requests: server.summarize(requests, cfg.meanfield.max_new_tokens,
                                              cfg.meanfield.repetition_penalty)
 
@@ -208,10 +208,10 @@ def _worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.train.seed)
     # Ray starts workers with one OpenMP thread; a CPU worker gets its share of the cores
-    if not cfg.train.use_gpu:
+    if not cfg.resources.use_gpu:
         torch.set_num_threads(int(config.get("num_threads") or
                                   max(1, (os.cpu_count() or 1) // max(1, world))))
-    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+    device = ray.train.torch.get_device() if cfg.resources.use_gpu else torch.device("cpu")
     task = make_task(config["kind"], cfg, read_examples(config["examples"]), device)
     params = [p for p in task.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -363,8 +363,8 @@ def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = 
                            "checkpoints": str(out / "checkpoints"),
                            "metrics": str(out / "metrics.jsonl"),
                            "resume_from": str(resume) if resume else None},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers,
-                                               use_gpu=cfg.train.use_gpu),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.resources.num_workers,
+                                               use_gpu=cfg.resources.use_gpu),
         run_config=ray.train.RunConfig(name=kind, storage_path=str(out / "ray"),
                                        failure_config=ray.train.FailureConfig(max_failures=0)))
     # metrics.jsonl starts as the history of the checkpoint the run resumes from (empty for
@@ -438,7 +438,7 @@ def _start(cfg: TrainConfig, out: str | Path) -> tuple[TrainConfig, Path]:
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "train_config.json"
-    if saved.is_file() and from_dict(TrainConfig, json.loads(saved.read_text())) != cfg:
+    if saved.is_file() and stored_config(TrainConfig, json.loads(saved.read_text()), saved) != cfg:
         raise MfrayError(f"{out} holds a training run with another config; use a new directory")
     saved.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     return cfg, out
@@ -531,7 +531,7 @@ def validate(cfg: TrainConfig, out: Path) -> dict[str, Any]:
     from mfray.train.tasks import PolicyTask
 
     val = read_examples(out / "examples" / VAL_FILE)
-    device = "cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu"
+    device = "cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu"
     task = PolicyTask(cfg, val, torch.device(device))
     task.model.eval()
 
