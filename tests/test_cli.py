@@ -260,10 +260,10 @@ def test_adapter_tuned_on_another_meanfield_form_is_refused(
     assert "--set sim.tally_size=48" in err and not (tmp_path / "run").exists()
     # an sft adapter never saw a mean field: any form goes
     saved.write_text(json.dumps({"train": {"variant": "sft"}, "sim": {"meanfield_form": "tally"}}))
-    from mfray.cli import _check_adapter_form
+    from mfray.cli.simulate import check_adapter_form
     from mfray.config import PolicyConfig, RunConfig
 
-    _check_adapter_form(RunConfig(policy=PolicyConfig(adapter=str(tmp_path / "adapter"))))
+    check_adapter_form(RunConfig(policy=PolicyConfig(adapter=str(tmp_path / "adapter"))))
 
 
 def test_train_classifier_then_simulate_with_it(small_world_dir: Path, tmp_path: Path,
