@@ -15,7 +15,6 @@ import sys
 from mfray.config import ResourcesConfig
 from mfray.errors import MfrayError
 
-
 #: the logger of Ray's start-up line about token authentication
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
