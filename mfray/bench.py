@@ -134,12 +134,14 @@ def bench_model(model: str | None = None, simulations: Sequence[int] = (1, 10, 1
     if not simulations or min(simulations) < 1 or agents < 1:
         raise MfrayError("bench: need simulations >= 1 and agents >= 1")
     work = Path(workdir or tempfile.mkdtemp(prefix="mfray-bench-"))
-    if max_batch_tokens is None:  # 0 is refused by PolicyConfig, not replaced
-        max_batch_tokens = PolicyConfig.max_batch_tokens
-    policy = PolicyConfig(model=model, batch_size=batch_size, log_prompts=True, bf16=bf16,
-                          mode=mode, max_batch_tokens=max_batch_tokens)  # type: ignore[arg-type]
-    plain = build_model(policy)
-    points = [_model_point(plain, policy, n, agents, work / f"sims-{n}") for n in simulations]
+    if max_batch_tokens is None:  # 0 is refused by ResourcesConfig, not replaced
+        max_batch_tokens = ResourcesConfig.max_batch_tokens
+    policy = PolicyConfig(model=model, log_prompts=True, bf16=bf16,
+                          mode=mode)  # type: ignore[arg-type]
+    resources = ResourcesConfig(batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    plain = build_model(policy, resources=resources)
+    points = [_model_point(plain, policy, resources, n, agents, work / f"sims-{n}")
+              for n in simulations]
     largest = max(points, key=lambda p: p["simulations"])
     simple = _simple_way(plain, largest.pop("_rounds"), simple_sample, mode)
     for p in points:
@@ -151,14 +153,15 @@ def bench_model(model: str | None = None, simulations: Sequence[int] = (1, 10, 1
             "speedup_vs_simple_way": round(largest["end_to_end_decisions_per_s"] / simple, 2)}
 
 
-def _model_point(plain: Any, policy: PolicyConfig, n: int, agents: int, work: Path
-                 ) -> dict[str, Any]:
+def _model_point(plain: Any, policy: PolicyConfig, resources: ResourcesConfig, n: int,
+                 agents: int, work: Path) -> dict[str, Any]:
     """One run of ``n`` simulations, then its own prompts through the plain model."""
     from mfray.engine import simulate
     from mfray.llm.prefix import prefix_groups
 
     data = _world(work / "data", n, agents, warmup=0)
-    cfg = RunConfig(sim=SimConfig(data=str(data), variants=("mf",), warmup=0), policy=policy)
+    cfg = RunConfig(sim=SimConfig(data=str(data), variants=("mf",), warmup=0), policy=policy,
+                    resources=resources)
     store = simulate(cfg, read_dataset(data), work / "run", progress=True)
     loop_s = _loop_seconds(store)
     dec = store.read_decisions(columns=["latency_s", "tokens_in", "template_hash"])

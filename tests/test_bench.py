@@ -21,7 +21,7 @@ def test_model_bench_curve_efficiency_and_simple_way(tmp_path: Path,
     assert [p["simulations"] for p in r["points"]] == [1, 3]
     assert r["max_batch_tokens"] == 4096  # and the simulations ran with it
     run_cfg = json.loads((Path(r["points"][0]["run_dir"]) / "config.json").read_text())
-    assert run_cfg["policy"]["max_batch_tokens"] == 4096
+    assert run_cfg["resources"]["max_batch_tokens"] == 4096
     for p in r["points"]:
         assert p["decisions"] == p["simulations"] * 32  # no warm-up: all model decisions
         e2e = p["decisions"] / p["round_loop_s"]

@@ -132,15 +132,21 @@ def test_simulate_evaluate_round_trip(small_world_dir: Path, tmp_path: Path,
                                       capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
     assert main(["simulate", "--data", str(small_world_dir), "--out", str(run),
-                 "--variants", "persistence,base-rate", "--set", "sim.warmup=32"]) == 0
+                 "--variants", "persistence,base-rate", "--set", "sim.warmup=32",
+                 "--set", "eval.level=0.9"]) == 0
     assert main(["evaluate", str(run)]) == 0
     out = capsys.readouterr().out
+    # the run's eval section: its level, and its source unless --from names one
+    assert "[90% bootstrap interval]" in out and "(simulated distribution from probs)" in out
     assert "| persistence | 4 |" in out and "| base-rate | 4 |" in out
     assert "| base-rate | stance | the base rate (4) | 3 |" in out  # 4 events, 3 to fit each
     weights = [r["persistence_weight"] for r in RunStore.open(run).read_references().to_pylist()
                if r["variant"] == "persistence"]
     assert len(weights) == 4 and all(f"warm-up weight {w:.2f}" in out for w in weights)
     assert (run / "eval" / "shares.png").exists()
+    assert main(["evaluate", str(run), "--from", "labels", "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "[90% bootstrap interval]" in out and "(simulated distribution from labels)" in out
     assert main(["simulate", "--data", str(small_world_dir), "--out", str(tmp_path / "r2"),
                  "--variants", "mf", "--model", str(tmp_path / "no-model")]) == 2
     assert "no model at" in capsys.readouterr().err
@@ -260,10 +266,10 @@ def test_adapter_tuned_on_another_meanfield_form_is_refused(
     assert "--set sim.tally_size=48" in err and not (tmp_path / "run").exists()
     # an sft adapter never saw a mean field: any form goes
     saved.write_text(json.dumps({"train": {"variant": "sft"}, "sim": {"meanfield_form": "tally"}}))
-    from mfray.cli import _check_adapter_form
+    from mfray.cli.simulate import check_adapter_form
     from mfray.config import PolicyConfig, RunConfig
 
-    _check_adapter_form(RunConfig(policy=PolicyConfig(adapter=str(tmp_path / "adapter"))))
+    check_adapter_form(RunConfig(policy=PolicyConfig(adapter=str(tmp_path / "adapter"))))
 
 
 def test_train_classifier_then_simulate_with_it(small_world_dir: Path, tmp_path: Path,

@@ -110,7 +110,7 @@ def test_launcher_gpu_nodes_fit_the_gpu_configs() -> None:
     assert gpu[0]["min_workers"] * gpu[0]["resources"]["GPU"] >= \
         simulate.resources.inference_actors
     train = load_config(REPO / "jobs" / "configs" / "train-gpu-1.5b.yaml", cls=TrainConfig)
-    assert gpu[0]["max_workers"] * gpu[0]["resources"]["GPU"] >= train.train.num_workers
+    assert gpu[0]["max_workers"] * gpu[0]["resources"]["GPU"] >= train.resources.num_workers
     # the vLLM engine of the GPU config is installed on the nodes
     assert "vllm" in " ".join(config["setup_commands"])
 
@@ -210,7 +210,7 @@ def test_rayjob_runs_a_job_of_jobs_with_a_config_that_fits(job: dict[str, Any]) 
     gpus_at_start = sum(_gpus(g) * g["replicas"] for g in spec["rayClusterSpec"]
                         ["workerGroupSpecs"])
     if command == "train":
-        assert cfg.train.use_gpu and cfg.train.num_workers <= gpus_at_start
+        assert cfg.resources.use_gpu and cfg.resources.num_workers <= gpus_at_start
     else:
         assert cfg.policy.engine == "vllm"
         assert cfg.resources.inference_actors <= gpus_at_start

@@ -1,23 +1,29 @@
-"""Tests of the config dataclasses: loading TOML/YAML, overrides, type checks, contradictions."""
+"""Tests of the config dataclasses: loading TOML/YAML, overrides, type checks, contradictions,
+help on every key, and the migration of stored configs."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mfray.config import (
     VARIANTS,
     EvalConfig,
+    PolicyConfig,
     ResourcesConfig,
     RunConfig,
     SimConfig,
     from_dict,
     load_config,
+    migrate,
     parse_override,
+    stored_config,
 )
 from mfray.errors import ConfigError
+from mfray.train.config import TrainConfig, TrainResources
 
 TOML = """
 [sim]
@@ -67,7 +73,7 @@ def test_defaults_are_valid() -> None:
     cfg = load_config()
     assert cfg == RunConfig()
     assert cfg.sim.round_size == 16 and cfg.sim.warmup == 50
-    assert cfg.sim.variants == ("surrogate-mf",)
+    assert cfg.sim.variants == ("mf", "base-rate", "persistence")  # they run on real data
 
 
 @pytest.mark.parametrize(("name", "text"), [("c.toml", TOML), ("c.yaml", YAML), ("c.yml", YAML)])
@@ -266,13 +272,91 @@ def test_to_dict_round_trip() -> None:
     cfg = expected()
     assert from_dict(RunConfig, cfg.to_dict()) == cfg
     # through JSON (tuples become lists), as the resolved config is stored with a run
-    again = from_dict(RunConfig, json.loads(cfg.to_json()))
+    stored = json.dumps(cfg.to_dict())
+    again = from_dict(RunConfig, json.loads(stored))
     assert again == cfg
     assert isinstance(again.sim.seeds, tuple)
-    assert json.loads(cfg.to_json())["sim"]["variants"] == ["mf", "base-rate"]
+    assert json.loads(stored)["sim"]["variants"] == ["mf", "base-rate"]
 
 
 def test_configs_are_frozen() -> None:
     cfg = RunConfig()
     with pytest.raises(AttributeError):
         cfg.sim.round_size = 3  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------ stored configs, help
+
+
+def _every_field(cls: type, where: str = "") -> list[tuple[str, Any]]:
+    """(dotted name, field) of every field of a config tree, sections included."""
+    import dataclasses
+    import typing
+
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        out.append((f"{where}{f.name}", f))
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += _every_field(hints[f.name], f"{where}{f.name}.")
+    return out
+
+
+@pytest.mark.parametrize("cls", [RunConfig, TrainConfig], ids=["RunConfig", "TrainConfig"])
+def test_every_config_field_has_help(cls: type) -> None:
+    fields = _every_field(cls)
+    assert len(fields) > 20
+    missing = [name for name, f in fields if not str(f.metadata.get("help", "")).strip()]
+    assert not missing, f"config fields without help: {missing}"
+
+
+OLD_RUN = {"sim": {"variants": ["state"], "seeds": [0]},
+           "policy": {"model": "scripted", "device": "cpu", "num_threads": 2, "batch_size": 8,
+                      "max_batch_tokens": 4096, "chunk": 64, "gpu_memory_utilization": 0.5,
+                      "concurrency": 4},
+           "resources": {"num_shards": 2}}
+
+
+def test_an_old_stored_run_config_is_migrated() -> None:
+    cfg = stored_config(RunConfig, OLD_RUN, "RUN/config.json")
+    assert cfg == RunConfig(
+        sim=SimConfig(variants=("state",)), policy=PolicyConfig(model="scripted"),
+        resources=ResourcesConfig(num_shards=2, device="cpu", num_threads=2, batch_size=8,
+                                  max_batch_tokens=4096, chunk=64, gpu_memory_utilization=0.5,
+                                  concurrency=4))
+    assert migrate(cfg.to_dict()) == cfg.to_dict()  # a current config is left as it is
+    assert OLD_RUN["policy"]["device"] == "cpu"  # and the stored dict is not changed
+
+
+def test_an_old_stored_train_config_is_migrated() -> None:
+    old = {"train": {"variant": "sft", "num_workers": 0, "use_gpu": False},
+           "policy": {"batch_size": 4}}
+    cfg = stored_config(TrainConfig, old, "OUT/train_config.json")
+    assert cfg.resources == TrainResources(num_workers=0, use_gpu=False, batch_size=4)
+    assert cfg.train.variant == "sft"
+
+
+@pytest.mark.parametrize("data", [
+    {"sim": {"unknown_key": 1}},
+    {"policy": {"chunk": 8}, "resources": {"chunk": 16}},
+])
+def test_a_stored_config_that_cannot_be_migrated_says_how(data: dict) -> None:
+    with pytest.raises(ConfigError, match="RUN/config.json: a config this mfray cannot read") \
+            as exc:
+        stored_config(RunConfig, data, "RUN/config.json")
+    assert "To migrate it, edit it into this version's keys (`mfray config`" in str(exc.value)
+
+
+def test_a_moved_key_in_a_config_file_names_its_new_place() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key policy.device \(policy.device is now "
+                       r"resources.device\)"):
+        load_config(None, ["policy.device=cpu"])
+    assert load_config(None, ["resources.device=cpu"]).resources.device == "cpu"
+
+
+def test_resources_bounds() -> None:
+    for bad in ({"chunk": 0}, {"batch_size": 0}, {"max_batch_tokens": 0}, {"concurrency": 0}):
+        with pytest.raises(ConfigError, match="must be >= 1"):
+            ResourcesConfig(**bad)
+    with pytest.raises(ConfigError, match="resources.num_workers"):
+        TrainResources(num_workers=-1)

@@ -94,9 +94,9 @@ def test_killed_training_resumes_from_its_last_checkpoint(small_world_dir: Path,
     cfg = {"sim": {"data": str(small_world_dir), "round_size": 16, "warmup": 32},
            "policy": {"model": str(tiny_model_dir)},
            "train": {"variant": "mf", "max_examples": 48, "batch_size": 4, "max_steps": 8,
-                     "checkpoint_every": 2, "log_every": 1, "num_workers": 0, "lr": 1e-3,
+                     "checkpoint_every": 2, "log_every": 1, "lr": 1e-3,
                      "max_prompt_tokens": 256, "warmup_ratio": 0.0},
-           "resources": {"num_cpus": 2}}
+           "resources": {"num_cpus": 2, "num_workers": 0}}
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
     args = ["train", "policy", "--config", str(tmp_path / "train.yaml")]
     out = tmp_path / "killed"

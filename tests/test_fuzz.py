@@ -719,7 +719,7 @@ def test_fuzz_config(fast_tmp: Path) -> None:
             outcomes["error"] += 1
         else:
             assert isinstance(cfg, RunConfig)
-            assert from_dict(RunConfig, json.loads(cfg.to_json())) == cfg
+            assert from_dict(RunConfig, json.loads(json.dumps(cfg.to_dict()))) == cfg
             outcomes["ok"] += 1
         finally:
             if path is not None and path.is_file():

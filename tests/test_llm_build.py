@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mfray.config import PolicyConfig
+from mfray.config import PolicyConfig, ResourcesConfig
 from mfray.llm import ModelError, ScriptedModel, load
 from mfray.llm.build import SCRIPTED, build_model, check_model
 
@@ -25,13 +25,14 @@ def test_forced_bf16_on_an_emulating_cpu_is_said_on_the_drivers_console(
     """``simulate`` calls check_model in the driver before Ray starts: the advice reaches the
     user's console, not only an inference actor's log."""
     monkeypatch.setattr(load, "cpu_bf16_native", lambda: False)
-    check_model(PolicyConfig(model=str(tiny_model_dir), device="cpu", bf16="on"))
+    check_model(PolicyConfig(model=str(tiny_model_dir), bf16="on"), ResourcesConfig(device="cpu"))
     err = capsys.readouterr().err
     assert "policy.bf16 is on" in err and "--set policy.bf16=auto" in err
-    for quiet in (PolicyConfig(model=str(tiny_model_dir), device="cpu"),
-                  PolicyConfig(model=str(tiny_model_dir), device="cuda", bf16="on"),
-                  PolicyConfig(model="scripted", bf16="on")):
-        check_model(quiet)
+    for quiet, where in ((PolicyConfig(model=str(tiny_model_dir)), ResourcesConfig(device="cpu")),
+                         (PolicyConfig(model=str(tiny_model_dir), bf16="on"),
+                          ResourcesConfig(device="cuda")),
+                         (PolicyConfig(model="scripted", bf16="on"), None)):
+        check_model(quiet, where)
     monkeypatch.setattr(load, "cpu_bf16_native", lambda: True)
-    check_model(PolicyConfig(model=str(tiny_model_dir), device="cpu", bf16="on"))
+    check_model(PolicyConfig(model=str(tiny_model_dir), bf16="on"), ResourcesConfig(device="cpu"))
     assert capsys.readouterr().err == ""

@@ -41,15 +41,15 @@ def test_load_model_from_a_directory_and_errors(tiny, tmp_path, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore:bf16 is on:RuntimeWarning")  # on CPUs that emulate it
 def test_policy_bf16_setting_reaches_the_weights(tiny, tmp_path):
-    from mfray.config import PolicyConfig
+    from mfray.config import PolicyConfig, ResourcesConfig
     from mfray.llm.build import build_model
 
     model, tok = tiny
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    plain = build_model(PolicyConfig(model=str(tmp_path / "m"), device="cpu"))
-    half = build_model(PolicyConfig(model=str(tmp_path / "m"), device="cpu",
-                                    bf16="on"))
+    cpu = ResourcesConfig(device="cpu")
+    plain = build_model(PolicyConfig(model=str(tmp_path / "m")), resources=cpu)
+    half = build_model(PolicyConfig(model=str(tmp_path / "m"), bf16="on"), resources=cpu)
     assert plain.model.dtype == torch.float32 and half.model.dtype == torch.bfloat16
     a, b = plain.score(PROMPTS, YES_NO), half.score(PROMPTS, YES_NO)
     assert np.isfinite(b).all() and not np.array_equal(a, b)  # really computed in bf16

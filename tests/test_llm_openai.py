@@ -226,9 +226,9 @@ def test_simulation_through_the_endpoint(server: str, small_world_dir: Path,
     opts = ("support", "deny", "query", "comment")
     cfg = RunConfig(sim=SimConfig(data=str(small_world_dir), variants=("state", "mf"),
                                   seeds=(0,), warmup=20, max_failure_rate=0.5),
-                    policy=PolicyConfig(model="served-model", url=server, batch_size=len(opts),
-                                        timeout_s=5, max_retries=1),
-                    resources=ResourcesConfig(num_shards=2, num_cpus=2))
+                    policy=PolicyConfig(model="served-model", url=server, timeout_s=5,
+                                        max_retries=1),
+                    resources=ResourcesConfig(num_shards=2, num_cpus=2, batch_size=len(opts)))
     store = simulate(cfg, read_dataset(small_world_dir), tmp_path / "run", progress=False)
     rows = [r for r in store.read_decisions().to_pylist() if not r["is_warmup"]]
     failed = [r for r in rows if not r["ok"]]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mfray.config import PolicyConfig
+from mfray.config import PolicyConfig, ResourcesConfig
 from mfray.engine.inference import InferenceServer
 from mfray.errors import ConfigError
 from mfray.llm import ModelError
@@ -195,7 +195,7 @@ def test_engine_config_is_checked() -> None:
     with pytest.raises(ConfigError, match="local model"):
         PolicyConfig(engine="vllm", url="http://127.0.0.1:8000/v1", model="m")
     with pytest.raises(ConfigError, match="gpu_memory_utilization"):
-        PolicyConfig(engine="vllm", gpu_memory_utilization=1.5)
+        ResourcesConfig(gpu_memory_utilization=1.5)
 
 
 def test_without_vllm_the_error_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

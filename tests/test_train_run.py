@@ -14,22 +14,22 @@ import pytest
 from mfray.config import MeanFieldConfig, PolicyConfig, ResourcesConfig, RunConfig, SimConfig
 from mfray.data.schema import read_dataset
 from mfray.errors import MfrayError
-from mfray.train.config import TrainConfig, TrainParams
+from mfray.train.config import TrainConfig, TrainParams, TrainResources
 from mfray.train.run import LiveProgress, loss_summary, train
 from mfray.train.worker import global_batch, lr_factor, total_steps
 
 pytest.importorskip("peft")
 
 
-def _cfg(data: Path, model: Path, **train_kw) -> TrainConfig:
+def _cfg(data: Path, model: Path, num_workers: int = 0, **train_kw) -> TrainConfig:
     params = {"variant": "mf", "max_examples": 24, "batch_size": 4, "max_steps": 6,
-              "checkpoint_every": 2, "log_every": 1, "num_workers": 0, "lr": 1e-3,
+              "checkpoint_every": 2, "log_every": 1, "lr": 1e-3,
               "max_prompt_tokens": 256, "warmup_ratio": 0.0} | train_kw
     return TrainConfig(sim=SimConfig(data=str(data), round_size=16, warmup=32),
                        policy=PolicyConfig(model=str(model)),
                        meanfield=MeanFieldConfig(max_new_tokens=8),
                        train=TrainParams(**params),
-                       resources=ResourcesConfig(num_cpus=2))
+                       resources=TrainResources(num_cpus=2, num_workers=num_workers))
 
 
 def _losses(out: Path) -> list[float]:

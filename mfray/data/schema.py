@@ -235,3 +235,19 @@ def dataset_info(ds: Dataset) -> dict[str, Any]:
             for e, s in zip(ev["event_id"], ev["split"], strict=True)
         ],
     }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """:func:`dataset_info` as text (``mfray data info``): counts, label distributions,
+    replies per event."""
+    lines = [(f"dataset {info['name']}: {info['events']} events, {info['threads']} threads, "
+              f"{info['posts']} posts ({info['replies']} replies)")]
+    for dim, counts in info["labels"].items():
+        total = sum(counts.values()) or 1
+        parts = ", ".join(f"{k} {v} ({v / total:.1%})" for k, v in counts.items())
+        lines.append(f"labels {dim}: {parts}")
+    lines.append(f"{'event':<24} {'split':<6} {'threads':>7} {'posts':>6} {'replies':>7}")
+    for e in info["per_event"]:
+        lines.append(f"{e['event_id']:<24} {e['split'] or '-':<6} {e['threads']:>7} "
+                     f"{e['posts']:>6} {e['replies']:>7}")
+    return "\n".join(lines)

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from mfray.config import RunConfig, from_dict
+from mfray.config import RunConfig, stored_config
 from mfray.data.schema import Dataset
 from mfray.engine.layout import plan, shard_sims
 from mfray.engine.population import Population
@@ -104,7 +104,7 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     specs = plan(cfg, ds)
     llm = any(variant(s.variant).needs_model for s in specs)
     if llm and model is None:
-        check_model(cfg.policy)  # fail before Ray starts when the model cannot exist
+        check_model(cfg.policy, cfg.resources)  # fail before Ray starts when the model cannot exist
     total = max(n_rounds(s.unit.n_agents, cfg.sim.round_size) for s in specs)
     per_shard, metas, world, references = shard_sims(specs, ds, cfg, cfg.resources.num_shards)
     ensure_ray(cfg.resources)
@@ -212,7 +212,7 @@ def _inference_actor(cfg: RunConfig, ds: Dataset, run_dir: str | Path,
     name = "prompts.jsonl" if n == 1 else f"prompts-{a}.jsonl"
     log = str(Path(run_dir) / name) if cfg.policy.log_prompts else None
     return actor.remote(cfg.policy, ds.label_space, cfg.sim.data, model, log,
-                        cfg.meanfield.adapter, part=(a, n))
+                        cfg.meanfield.adapter, part=(a, n), resources=cfg.resources)
 
 
 def _lost(store: RunStore, exc: ActorLost, attempt: int, state: list[Any]) -> None:
@@ -257,7 +257,7 @@ def _open_store(cfg: RunConfig, ds: Dataset, run_dir: str | Path, store: RunStor
         return RunStore.create(run_dir, run_id=run_id, config=cfg.to_dict(),
                                label_space=ds.label_space, model_id=model_id,
                                n_simulations=n_simulations)
-    if from_dict(RunConfig, store.config()) != cfg:
+    if stored_config(RunConfig, store.config(), store.run_dir / "config.json") != cfg:
         raise StoreError(f"{run_dir}: the stored config differs from this one; resume with the "
                          "same config (see config.json in the run directory)")
     store.mark("running")

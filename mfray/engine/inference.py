@@ -1,7 +1,7 @@
 """The inference actor's class: one long-lived model serving every shard.
 
 Each round it receives the prompts of all shards, orders them canonically (by simulation,
-agent, dimension) and scores them in chunks of ``policy.chunk`` prompts. The order and the
+agent, dimension) and scores them in chunks of ``resources.chunk`` prompts. The order and the
 chunks therefore depend only on the run, never on how many shards produced the prompts, which
 is what makes a 1-shard and a 4-shard run bit-identical. A failed model call fails only the
 decisions of its chunk (or only the prompts it names, :mod:`mfray.llm.retry`) and is reported,
@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from mfray.config import PolicyConfig
+from mfray.config import PolicyConfig, ResourcesConfig
 from mfray.engine.shard import Key, Requests, Scored
 from mfray.llm.base import LanguageModel, ModelError, model_input
 from mfray.llm.build import build_model
@@ -46,18 +46,21 @@ class InferenceServer:
     def __init__(self, cfg: PolicyConfig, label_space: Mapping[str, Sequence[str]],
                  data_dir: str | None = None, model: LanguageModel | None = None,
                  prompt_log: str | None = None, meanfield_adapter: str | None = None,
-                 part: tuple[int, int] = (0, 1)) -> None:
+                 part: tuple[int, int] = (0, 1), resources: ResourcesConfig | None = None
+                 ) -> None:
         self.cfg, self.part = cfg, part
+        self.resources = resources or ResourcesConfig()
         self.prompt_log = prompt_log
         self.model = model if model is not None else \
-            build_model(cfg, data_dir, more_adapters=meanfield_adapter is not None)
+            build_model(cfg, data_dir, meanfield_adapter is not None, self.resources)
         # policy calls go through one bounded retry of the prompts that did not fail
         self.retrying = RetryingModel(self.model)
         # the text mean field's model: the base model with its own adapter (or none), never
         # the policy's adapter. An engine that switches adapters (vLLM) serves both roles;
         # otherwise a second model is loaded at the first summary.
         self._summarizer: LanguageModel | None = self.model
-        self._summarizer_args = (replace(cfg, adapter=meanfield_adapter), data_dir)
+        self._summarizer_args = (replace(cfg, adapter=meanfield_adapter), data_dir, False,
+                                 self.resources)
         self._switch = None
         if model is None and (meanfield_adapter or cfg.adapter):
             if hasattr(self.model, "set_adapter"):
@@ -90,8 +93,8 @@ class InferenceServer:
         out = [_empty(len(r.keys)) for r in shard_requests]
         for d, options in enumerate(self.options):
             todo = [(s, j) for key, s, j in flat if key[2] == d]
-            for c in range(0, len(todo), self.cfg.chunk):
-                chunk = todo[c:c + self.cfg.chunk]
+            for c in range(0, len(todo), self.resources.chunk):
+                chunk = todo[c:c + self.resources.chunk]
                 prompts = [self.format(shard_requests[s].prompts[j]) for s, j in chunk]
                 self._score_chunk(chunk, prompts, options, out)
                 if self.prompt_log:
@@ -111,8 +114,9 @@ class InferenceServer:
             o.texts.extend([None] * len(o.errors))
             o.labels.extend([None] * len(o.errors))
         c = self.cfg
-        for start in range(0, len(flat), c.chunk):
-            chunk = [(s, j) for _, s, j in flat[start:start + c.chunk]]
+        size = self.resources.chunk
+        for start in range(0, len(flat), size):
+            chunk = [(s, j) for _, s, j in flat[start:start + size]]
             t0 = time.perf_counter()
             prompts = [self.format(shard_requests[s].prompts[j]) for s, j in chunk]
             if self.prompt_log:
@@ -174,8 +178,8 @@ class InferenceServer:
         out: dict[int, str | None] = {}
         mine, n = self.part
         requests = [(sim_id, p) for sim_id, p in requests if sim_id % n == mine]
-        for c in range(0, len(requests), self.cfg.chunk):
-            chunk = requests[c:c + self.cfg.chunk]
+        for c in range(0, len(requests), self.resources.chunk):
+            chunk = requests[c:c + self.resources.chunk]
             prompts = [self.format(p) for _, p in chunk]
             if self.prompt_log:
                 self._log([(sim_id, -1, -1) for sim_id, _ in chunk], prompts, "meanfield")

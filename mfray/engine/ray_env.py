@@ -8,11 +8,30 @@ Ray ≥ 2.59 enables token authentication on local clusters. A local instance st
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 from mfray.config import ResourcesConfig
 from mfray.errors import MfrayError
+
+#: the logger of Ray's start-up line about token authentication
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class NoOptOutHint(logging.Filter):
+    """Drops Ray's "Set RAY_AUTH_MODE=disabled to opt out" start-up line (Ray prints it when
+    ``ray`` was imported before mfray set the mode): mfray refuses that setting, so the hint
+    only misleads. Every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "=disabled to opt out" not in record.getMessage()
+
+
+def _hide_opt_out_hint() -> None:
+    log = logging.getLogger(RAY_AUTH_LOGGER)
+    if not any(isinstance(f, NoOptOutHint) for f in log.filters):
+        log.addFilter(NoOptOutHint())
 
 
 def ensure_ray(resources: ResourcesConfig) -> None:
@@ -36,6 +55,7 @@ def ensure_ray(resources: ResourcesConfig) -> None:
     else:
         kwargs.update(include_dashboard=False, num_cpus=resources.num_cpus,
                       _node_ip_address="127.0.0.1")
+    _hide_opt_out_hint()
     try:
         ray.init(**kwargs)
     except (OSError, RuntimeError, ValueError) as exc:  # OSError includes ConnectionError

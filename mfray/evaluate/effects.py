@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from mfray.config import EvalConfig, RunConfig, from_dict
+from mfray.config import EvalConfig, RunConfig, stored_config
 from mfray.errors import ConfigError
 from mfray.evaluate import metrics as M
 from mfray.store import RunStore
@@ -27,7 +27,7 @@ def intervention_effects(run_dir: str | Path, target: tuple[str, str] | None = N
     """
     cfg = cfg or EvalConfig()
     store = RunStore.open(run_dir)
-    run_cfg = from_dict(RunConfig, store.config())
+    run_cfg = stored_config(RunConfig, store.config(), store.run_dir / "config.json")
     if not run_cfg.sim.interventions:
         return []
     data = store.read_decisions(columns=["event_id", "variant", "seed", "round", "ok",

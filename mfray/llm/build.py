@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mfray.config import PolicyConfig
+from mfray.config import PolicyConfig, ResourcesConfig
 from mfray.llm.base import LanguageModel, ModelError, ScriptedModel
 from mfray.llm.classifier import classifier_path, load_classifier
 from mfray.llm.load import check_bf16, default_gguf, load_model
@@ -20,7 +20,7 @@ from mfray.llm.load import check_bf16, default_gguf, load_model
 SCRIPTED = ("scripted", "scripted-world")
 
 
-def check_model(cfg: PolicyConfig) -> None:
+def check_model(cfg: PolicyConfig, resources: ResourcesConfig | None = None) -> None:
     """Fail early, in the driver, with a clear message when the named model cannot exist; say
     on stderr when ``policy.bf16 = on`` would emulate bfloat16 on this machine's CPU."""
     if cfg.adapter and not (Path(cfg.adapter).expanduser() / "adapter_config.json").is_file():
@@ -36,18 +36,21 @@ def check_model(cfg: PolicyConfig) -> None:
                          "config.json), a .gguf file, a classifier (`mfray train classifier`), "
                          "'scripted' or 'scripted-world'")
     if cfg.engine == "transformers":  # vLLM chooses its own dtype
-        check_bf16(cfg.bf16, cfg.device, "policy.bf16")
+        check_bf16(cfg.bf16, (resources or ResourcesConfig()).device, "policy.bf16")
 
 
 def build_model(cfg: PolicyConfig, data_dir: str | None = None,
-                more_adapters: bool = False) -> LanguageModel:
-    """The policy model named by ``policy.model`` (served at ``policy.url`` when set).
-    ``more_adapters``: an engine that switches adapters (vLLM) must allow them from the start."""
+                more_adapters: bool = False, resources: ResourcesConfig | None = None
+                ) -> LanguageModel:
+    """The policy model named by ``policy.model`` (served at ``policy.url`` when set), on the
+    device, threads and batches of ``resources``. ``more_adapters``: an engine that switches
+    adapters (vLLM) must allow them from the start."""
+    res = resources or ResourcesConfig()
     if cfg.url:
         from mfray.llm.openai import OpenAICompatibleModel
 
-        return OpenAICompatibleModel(cfg.url, str(cfg.model), batch_size=cfg.batch_size,
-                                     api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+        return OpenAICompatibleModel(cfg.url, str(cfg.model), batch_size=res.batch_size,
+                                     api_key_env=cfg.api_key_env, concurrency=res.concurrency,
                                      max_retries=cfg.max_retries, timeout_s=cfg.timeout_s,
                                      requests_per_s=cfg.requests_per_s)
     if cfg.model == "scripted":
@@ -63,11 +66,11 @@ def build_model(cfg: PolicyConfig, data_dir: str | None = None,
         from mfray.llm.vllm import VLLMModel
 
         return VLLMModel(cfg.model, adapter=cfg.adapter, lora=more_adapters,
-                         gpu_memory_utilization=cfg.gpu_memory_utilization)
+                         gpu_memory_utilization=res.gpu_memory_utilization)
     import torch
 
     # Ray starts actors with OMP_NUM_THREADS=1; a CPU model wants every core of its node
-    torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
-    return load_model(cfg.model, device=cfg.device, batch_size=cfg.batch_size,
-                      max_batch_tokens=cfg.max_batch_tokens, adapter=cfg.adapter,
+    torch.set_num_threads(res.num_threads or os.cpu_count() or 1)
+    return load_model(cfg.model, device=res.device, batch_size=res.batch_size,
+                      max_batch_tokens=res.max_batch_tokens, adapter=cfg.adapter,
                       bf16=cfg.bf16)

@@ -126,6 +126,6 @@ def _summarizer(cfg: TrainConfig, ds: Dataset) -> Any:
     from mfray.engine.inference import InferenceServer
 
     server = InferenceServer(cfg.policy, ds.label_space, cfg.sim.data,
-                             meanfield_adapter=cfg.meanfield.adapter)
+                             meanfield_adapter=cfg.meanfield.adapter, resources=cfg.resources)
     return lambda requests: server.summarize(requests, cfg.meanfield.max_new_tokens,
                                              cfg.meanfield.repetition_penalty)

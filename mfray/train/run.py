@@ -1,7 +1,7 @@
 """IB-Tune on Ray Train: one ``TorchTrainer`` (Train V2) per training run.
 
 The driver prepares the examples (:mod:`mfray.train.prepare`), then starts
-``train.num_workers`` workers (one per GPU on a cluster, CPU processes here; 0 runs in-process)
+``resources.num_workers`` workers (one per GPU on a cluster, CPU processes here; 0 runs in-process)
 that run :func:`mfray.train.worker.train_loop`. A run started again with the same output
 directory resumes from the latest checkpoint. The adapter lands in ``OUT/adapter`` (peft
 format), the history in ``OUT/metrics.jsonl`` and the loss curve in ``OUT/loss.png``.
@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mfray.config import from_dict
+from mfray.config import stored_config
 from mfray.data.schema import Dataset, read_dataset
 from mfray.engine.ray_env import ensure_ray
 from mfray.errors import ConfigError, MfrayError
@@ -60,7 +60,7 @@ def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = 
     if kind not in ("policy", "meanfield"):
         raise ConfigError(f"unknown training kind {kind!r}: policy or meanfield")
     # said here, in the driver: the workers' logs do not reach its console
-    check_bf16(cfg.train.bf16, "cuda" if cfg.train.use_gpu else "cpu", "train.bf16")
+    check_bf16(cfg.train.bf16, "cuda" if cfg.resources.use_gpu else "cpu", "train.bf16")
     cfg, out = _start(cfg, out)
     examples = out / "examples" / f"{kind}.parquet"
     if not examples.is_file():
@@ -75,8 +75,8 @@ def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = 
                            "checkpoints": str(out / "checkpoints"),
                            "metrics": str(out / "metrics.jsonl"),
                            "resume_from": str(resume) if resume else None},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers,
-                                               use_gpu=cfg.train.use_gpu),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.resources.num_workers,
+                                               use_gpu=cfg.resources.use_gpu),
         run_config=ray.train.RunConfig(name=kind, storage_path=str(out / "ray"),
                                        failure_config=ray.train.FailureConfig(max_failures=0)))
     # metrics.jsonl starts as the history of the checkpoint the run resumes from (empty for
@@ -150,7 +150,7 @@ def _start(cfg: TrainConfig, out: str | Path) -> tuple[TrainConfig, Path]:
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "train_config.json"
-    if saved.is_file() and from_dict(TrainConfig, json.loads(saved.read_text())) != cfg:
+    if saved.is_file() and stored_config(TrainConfig, json.loads(saved.read_text()), saved) != cfg:
         raise MfrayError(f"{out} holds a training run with another config; use a new directory")
     saved.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     return cfg, out
@@ -243,7 +243,7 @@ def validate(cfg: TrainConfig, out: Path) -> dict[str, Any]:
     from mfray.train.tasks import PolicyTask
 
     val = read_examples(out / "examples" / VAL_FILE)
-    device = "cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu"
+    device = "cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu"
     task = PolicyTask(cfg, val, torch.device(device))
     task.model.eval()
 

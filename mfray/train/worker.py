@@ -66,10 +66,10 @@ def train_loop(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.train.seed)
     # Ray starts workers with one OpenMP thread; a CPU worker gets its share of the cores
-    if not cfg.train.use_gpu:
+    if not cfg.resources.use_gpu:
         torch.set_num_threads(int(config.get("num_threads") or
                                   max(1, (os.cpu_count() or 1) // max(1, world))))
-    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+    device = ray.train.torch.get_device() if cfg.resources.use_gpu else torch.device("cpu")
     task = make_task(config["kind"], cfg, read_examples(config["examples"]), device)
     params = [p for p in task.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)

@@ -1,0 +1,121 @@
+"""``mfray data convert | info | synth | mix`` and ``mfray labels check``: datasets and labels."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mfray.errors import MfrayError
+
+if TYPE_CHECKING:
+    from mfray.data.schema import Dataset
+
+FORMATS = ("rumoureval", "rumdect", "jsonl")
+
+
+def _load(src: str, fmt: str) -> Dataset:
+    """The dataset at ``src`` (a folder, a file, or an archive of either) in format ``fmt``."""
+    from mfray.data.archive import is_archive, load_archive
+
+    if not Path(src).exists():
+        raise MfrayError(f"{src}: no such file or directory")
+    if fmt == "rumoureval":
+        from mfray.data.rumoureval import load_rumoureval as load
+    elif fmt == "rumdect":
+        from mfray.data.rumdect import load_rumdect as load
+    else:
+        from mfray.data.jsonl import load_jsonl as load
+    return load_archive(src, load) if is_archive(src) else load(src)
+
+
+def cmd_data_convert(args: argparse.Namespace) -> None:
+    from mfray.data.schema import write_dataset
+    from mfray.data.topics import EARLIEST, retopic
+
+    t0 = time.perf_counter()
+    ds = _load(args.src, args.format)
+    if args.topic_rule != EARLIEST:
+        ds = retopic(ds, args.topic_rule)
+    out = write_dataset(ds, args.out)
+    print(f"converted {ds.events.num_rows} events, {ds.posts.num_rows} posts into {out} "
+          f"in {time.perf_counter() - t0:.1f} s")
+
+
+def cmd_data_info(args: argparse.Namespace) -> None:
+    from mfray.data.schema import dataset_info, format_info, read_dataset
+
+    info = dataset_info(read_dataset(args.dir))
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from mfray.data.schema import write_dataset
+    from mfray.data.synthetic import WorldParams, generate
+
+    try:
+        params = WorldParams(n_events=args.events, herding=args.herding,
+                             event_spread=args.spread, seed=args.seed,
+                             min_agents=args.min_agents, max_agents=args.max_agents,
+                             warmup=args.warmup)
+    except ValueError as exc:
+        raise MfrayError(f"synthetic world: {exc}") from None
+    _, ds = generate(params)
+    out = write_dataset(ds, args.out)
+    print(f"synthetic world: {ds.events.num_rows} events, {ds.posts.num_rows} posts in {out}")
+
+
+def cmd_data_mix(args: argparse.Namespace) -> None:
+    from mfray.data.mix import mix_events, reply_mix, source_event
+    from mfray.data.schema import read_dataset, write_dataset
+
+    ds = read_dataset(args.dir)
+    events = args.events.split(",") if args.events else ds.event_ids()
+    mixed, ids = mix_events(ds, events, args.copies, alpha=args.alpha, seed=args.seed,
+                            dimension=args.dimension, min_agents=args.min_agents,
+                            centre=args.centre)
+    if not ids:
+        raise MfrayError(f"no copy has {args.min_agents} replies: the events' label counts "
+                         "cannot fill one (lower --min-agents or raise --alpha)")
+    out = write_dataset(mixed, args.out)
+    dim = args.dimension or next(iter(ds.label_space))
+    options = list(ds.label_space[dim])
+    print(f"{len(ids)} resampled copies of {len(events)} event(s) in {out} "
+          f"(the {ds.events.num_rows} events of {args.dir} kept); {dim} shares of the replies:")
+    print(f"{'event':<30} {'replies':>7} " + " ".join(f"{o:>8}" for o in options))
+    for event in dict.fromkeys(events):  # each event, then its new copies
+        for name in (event, *(i for i in ids if source_event(i) == event)):
+            counts = reply_mix(mixed, name, dim)
+            shares = " ".join(f"{c / max(counts.sum(), 1):>8.0%}" for c in counts)
+            print(f"{name:<30} {counts.sum():>7} {shares}")
+
+
+def cmd_labels_check(args: argparse.Namespace) -> None:
+    from mfray.data.schema import read_dataset
+    from mfray.labels import (
+        HumanLabeller,
+        OpenAICompatibleLabeller,
+        ZeroShotLabeller,
+        format_check,
+        human_labels,
+        labels_check,
+    )
+
+    ds = read_dataset(args.dir)
+    if args.labeller == "human":
+        labeller = HumanLabeller(human_labels(ds))
+    elif args.labeller == "openai":
+        if not (args.url and args.model):
+            raise MfrayError("the openai labeller needs --url BASE_URL and --model NAME "
+                             "(the key comes from $OPENAI_API_KEY)")
+        labeller = OpenAICompatibleLabeller(args.url, args.model)
+    else:
+        from mfray.llm import load_model
+
+        model = load_model(args.model)
+        labeller = ZeroShotLabeller(model, chat=bool(getattr(model.tokenizer, "chat_template",
+                                                             None)))
+    events = args.events.split(",") if args.events else None
+    print(format_check(labels_check(ds, labeller, events=events, dimension=args.dimension)))
