@@ -369,3 +369,16 @@ def test_text_mode_generates_posts_and_labels_them(small_world_dir: Path,
     four = _run(replace_policy(_cfg(small_world_dir, shards=4, **kw), mode="text"),
                 tmp_path / "four", model=model)
     assert _stable(one.read_decisions()) == _stable(four.read_decisions())
+
+
+def test_the_driver_says_what_it_does_before_the_first_round(
+        small_world_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Ray's start and the references' fits take seconds to a minute: the driver's console
+    hears of each step before the first round, in order."""
+    cfg = _cfg(small_world_dir, variants=("base-rate", "mf"), seeds=(0,))
+    simulate(cfg, read_dataset(small_world_dir), tmp_path / "r", progress=True)
+    err = capsys.readouterr().err
+    steps = ["mfray: 8 simulations", "fitting the references", "mfray: starting Ray",
+             "mfray: loading the model (scripted)", "rounds:"]
+    at = [err.find(s) for s in steps]
+    assert all(i >= 0 for i in at) and at == sorted(at), err[:500]

@@ -86,7 +86,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     if not args.resume:
         check_out(args.out)
     run_dir = args.resume or args.out
-    print(f"mfray simulate: {run_dir}: reading the config and the data, then starting Ray",
+    print(f"mfray simulate: {run_dir}: reading the config and the data",
           file=sys.stderr, flush=True)
     from mfray.config import RunConfig, stored_config
 

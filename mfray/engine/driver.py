@@ -99,19 +99,16 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     """
     import ray
 
-    from mfray.llm.build import check_model
-
-    specs = plan(cfg, ds)
-    llm = any(variant(s.variant).needs_model for s in specs)
-    if llm and model is None:
-        check_model(cfg.policy, cfg.resources)  # fail before Ray starts when the model cannot exist
-    total = max(n_rounds(s.unit.n_agents, cfg.sim.round_size) for s in specs)
-    per_shard, metas, world, references = shard_sims(specs, ds, cfg, cfg.resources.num_shards)
+    say = _status if progress else (lambda message: None)
+    n_sims, llm, total, per_shard, metas, world, references = _layout(cfg, ds, model, say)
+    say("starting Ray" if cfg.resources.address is None else
+        f"joining the Ray cluster at {cfg.resources.address}")
     ensure_ray(cfg.resources)
     # the actors' inputs live in the object store, so that lost actors can be rebuilt
     inputs = (ray.put(metas), [ray.put(sims) for sims in per_shard], ray.put(world))
-    n_sims = len(specs)
-    del specs, per_shard, metas
+    del per_shard, metas
+    if llm:
+        say("loading the model" + ("" if model else f" ({cfg.policy.model or 'SmolLM2-135M-Instruct'})"))
     inference = [_inference_actor(cfg, ds, run_dir, model, a)
                  for a in range(cfg.resources.inference_actors if llm else 0)]
     population, shards, stop = None, [], None
@@ -147,6 +144,32 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     if stop == total:
         store.mark("complete")
     return store
+
+
+def _status(message: str) -> None:
+    """One line on the driver's console, so that a user sees what a run is doing before its
+    first round (Ray's start and the references' fits take seconds to a minute)."""
+    print(f"mfray: {message}", file=sys.stderr, flush=True)
+
+
+def _layout(cfg: RunConfig, ds: Dataset, model: LanguageModel | None,
+            say: Any) -> tuple[int, bool, int, list[Any], list[Any], Any, list[dict[str, Any]]]:
+    """The run's simulations laid out on the shards, before Ray starts: their number, whether
+    they need a model (checked here, in the driver, so that a missing one fails at once), the
+    rounds, each shard's simulations, their metadata, the synthetic world and the references'
+    fits."""
+    from mfray.llm.build import check_model
+
+    specs = plan(cfg, ds)
+    llm = any(variant(s.variant).needs_model for s in specs)
+    if llm and model is None:
+        check_model(cfg.policy, cfg.resources)
+    total = max(n_rounds(s.unit.n_agents, cfg.sim.round_size) for s in specs)
+    fits = any(variant(s.variant).kind == "reference" for s in specs)
+    say(f"{len(specs)} simulations of {total} rounds at most"
+        + ("; fitting the references on the training events" if fits else ""))
+    per_shard, metas, world, references = shard_sims(specs, ds, cfg, cfg.resources.num_shards)
+    return len(specs), llm, total, per_shard, metas, world, references
 
 
 #: times a run rebuilds its actors after losing one, before it stops (resumable)
