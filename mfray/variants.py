@@ -109,6 +109,13 @@ def variant(name: str) -> Variant:
                           + ", ".join(_BY_NAME)) from None
 
 
+def twin_label(name: str, intervention: str | None = None) -> str:
+    """The name a simulation's rows carry in the ``variant`` column: the variant's own, or
+    ``variant+intervention`` for the twin that had an intervention (an intervention's name has
+    no ``+``)."""
+    return name if intervention is None else f"{name}+{intervention}"
+
+
 def known(name: object) -> bool:
     """Whether ``name`` is a variant of the table (a stored label may be another name)."""
     return isinstance(name, str) and name in _BY_NAME

@@ -21,7 +21,7 @@ from mfray.engine.shard import ShardSim
 from mfray.interventions import Intervention
 from mfray.persona import persona_for
 from mfray.schedule import Unit, build_units
-from mfray.variants import variant
+from mfray.variants import twin_label, variant
 
 #: agent columns a shard keeps: ShardSim field name -> column of the unit's agents
 _SHARD_COLUMNS = ("post_id", "user_id", "thread_id", "context_post_id", "context_text",
@@ -41,8 +41,8 @@ class SimSpec:
     @property
     def label(self) -> str:
         """The name stored in the ``variant`` column: ``mf`` or ``mf+<intervention>``."""
-        return self.variant if self.intervention is None else \
-            f"{self.variant}+{self.intervention.name}"
+        return twin_label(self.variant, None if self.intervention is None
+                          else self.intervention.name)
 
 
 def plan(cfg: RunConfig, ds: Dataset) -> list[SimSpec]:

@@ -36,20 +36,15 @@ from mfray.evaluate.report import (
     files_line,
     read_runs,
 )
-from mfray.variants import TABLE
+from mfray.variants import Variant, known, variant
 
 #: Row order of the comparison table; variants not listed follow in name order.
 ORDER = ("state", "recent", "popular", "mf", "mf-text", "mf-hybrid", "sft",
          "base-rate", "persistence", "crowd")
-#: Non-mean-field LLM variants a mean-field variant is measured against.
-LLM_BASELINES = tuple(v.name for v in TABLE if v.needs_model and v.meanfield == "none")
-#: the references that read no mean field: ``crowd`` is not in the ΔKL pool, whose reference
-#: is the better of ``base-rate`` and ``persistence`` (method.md §3)
-REFERENCES = tuple(v.name for v in TABLE if v.kind == "reference" and v.meanfield == "none")
-#: Variants without an LLM (the references and the synthetic world's rules), in italics and
-#: hatched
-NO_LLM = tuple(v.name for v in TABLE if not v.needs_model)
-AGAINST = {"llm": LLM_BASELINES, "ref": REFERENCES}
+#: what a mean-field variant is measured against: the best LLM variant that reads no mean
+#: field, and the best reference that reads none (``crowd`` is not in that pool: the reference
+#: is the better of ``base-rate`` and ``persistence``, method.md §3)
+AGAINST = ("llm", "ref")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -59,10 +54,41 @@ def variant_order(variants: Sequence[str]) -> list[str]:
     return sorted(set(variants), key=lambda v: (rank.get(v, len(ORDER)), v))
 
 
-def is_meanfield(variant: str) -> bool:
-    """Mean-field variants are the ones whose name starts with ``mf``; an intervened twin
-    (``mf+name``) is not compared with the baselines, its untouched twin is."""
-    return variant.startswith("mf") and "+" not in variant
+def _ran(ev: Evaluation, label: str) -> tuple[Variant | None, bool]:
+    """The variant a label's simulations ran (None for a label no run config names) and
+    whether they are an intervened twin, from the runs' configs (``Evaluation.origin``), so a
+    renamed label (``DIR:mf=mf-tuned``) keeps its variant's traits."""
+    name, intervention = ev.origin.get(label, (label, None))
+    return (variant(name) if known(name) else None), intervention is not None
+
+
+def is_twin(ev: Evaluation, label: str) -> bool:
+    """Whether ``label``'s simulations are the twin that had an intervention."""
+    return _ran(ev, label)[1]
+
+
+def is_meanfield(ev: Evaluation, label: str) -> bool:
+    """An untouched simulation of an LLM variant that reads a mean field: the rows compared
+    with the baselines (an intervened twin is not; its untouched twin is)."""
+    v, twin = _ran(ev, label)
+    return v is not None and not twin and v.needs_model and v.meanfield != "none"
+
+
+def kind(ev: Evaluation, label: str) -> str:
+    """``mean field``, ``other LLM`` or ``no LLM``: how the tables and plots mark a label
+    (twins as their variant)."""
+    v, _ = _ran(ev, label)
+    if v is not None and not v.needs_model:
+        return "no LLM"
+    return "mean field" if v is not None and v.meanfield != "none" else "other LLM"
+
+
+def _pool(ev: Evaluation, label: str, tag: str) -> bool:
+    """Whether ``label`` is in the ``tag`` pool of :data:`AGAINST`."""
+    v, twin = _ran(ev, label)
+    if v is None or twin or v.meanfield != "none":
+        return False
+    return v.needs_model if tag == "llm" else v.kind == "reference"
 
 
 @dataclass(frozen=True)
@@ -136,10 +162,12 @@ def compare(run_dir: RunSpec | RunRead, cfg: EvalConfig | None = None) -> Compar
     rows = []
     for dim in ev.label_space:
         by_variant = {e["variant"]: e for e in ev.summary if e["dimension"] == dim}
-        for variant in variant_order(list(by_variant)):
-            row = dict(by_variant[variant])
-            for tag, pool in AGAINST.items():
-                ch = (_change(ev, by_variant, variant, dim, pool, cfg) if is_meanfield(variant)
+        for label in variant_order(list(by_variant)):
+            row = dict(by_variant[label])
+            for tag in AGAINST:
+                pool = [v for v in variant_order(list(by_variant)) if _pool(ev, v, tag)]
+                ch = (_change(ev, by_variant, label, dim, pool, cfg)
+                      if is_meanfield(ev, label)
                       else {"base": None, "change": math.nan, "lo": math.nan, "hi": math.nan})
                 row |= {f"rel_kl_{tag}_base": ch["base"], f"rel_kl_{tag}": ch["change"],
                         f"rel_kl_{tag}_lo": ch["lo"], f"rel_kl_{tag}_hi": ch["hi"]}
@@ -162,8 +190,8 @@ def _cell(row: dict[str, Any], col: str, fmt: str = ".3f") -> str:
     return f"{v:{fmt}} [{row[col + '_lo']:{fmt}}, {row[col + '_hi']:{fmt}}]"
 
 
-def _change_cell(row: dict[str, Any], tag: str) -> str:
-    if not is_meanfield(row["variant"]):
+def _change_cell(ev: Evaluation, row: dict[str, Any], tag: str) -> str:
+    if not is_meanfield(ev, row["variant"]):
         return ""
     if row[f"rel_kl_{tag}_base"] is None:
         return "n/a"
@@ -177,9 +205,10 @@ def comparison_markdown(comp: Comparison, dim: str) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = [r for r in comp.rows if r["dimension"] == dim]
     for r in rows:
-        name = f"*{r['variant']}*" if r["variant"] in NO_LLM else r["variant"]
+        ev = comp.evaluation
+        name = f"*{r['variant']}*" if kind(ev, r["variant"]) == "no LLM" else r["variant"]
         cells = [name, str(r["n_events"]), str(r["n_sims"]), *(_cell(r, m) for m in METRICS),
-                 _change_cell(r, "llm"), _change_cell(r, "ref")]
+                 _change_cell(ev, r, "llm"), _change_cell(ev, r, "ref")]
         lines.append("| " + " | ".join(cells) + " |")
     level = "intervals over seeds (one event)" if any(
         r["interval_over"] == "seeds" for r in rows) else "bootstrap intervals over events"
@@ -215,8 +244,8 @@ def compare_summary(comp: Comparison, files: Sequence[str | Path] = ()) -> str:
             line = f"  {r['variant']:<{width}}  {_cell(r, 'kl'):<24}"
             for tag, base in bases.items():
                 if base:
-                    cell = (_cell(r, f"rel_kl_{tag}", "+.1f") if is_meanfield(r["variant"])
-                            else "")
+                    cell = (_cell(r, f"rel_kl_{tag}", "+.1f")
+                            if is_meanfield(comp.evaluation, r["variant"]) else "")
                     line += f"  {cell:<24}"
             lines.append(line.rstrip())
         if dim in comp.floors:
@@ -234,10 +263,8 @@ def _plot_comparison(comp: Comparison, path: Path) -> None:
         rows = [r for r in comp.rows if r["dimension"] == dim]
         cells = []
         for r in rows:
-            ref = r["variant"] in NO_LLM
-            kind = "no LLM" if ref else ("mean field" if is_meanfield(r["variant"])
-                                        else "other LLM")
-            cells.append((r["variant"], kind, r["kl"], r["kl_lo"], r["kl_hi"]))
+            cells.append((r["variant"], kind(comp.evaluation, r["variant"]), r["kl"], r["kl_lo"],
+                          r["kl_hi"]))
         panels[dim] = cells
     floors = {d: (f["kl_floor"], f["kl_floor_lo"], f["kl_floor_hi"])
               for d, f in comp.floors.items()}

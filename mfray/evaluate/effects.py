@@ -16,6 +16,7 @@ from mfray.config import EvalConfig, RunConfig, stored_config
 from mfray.errors import ConfigError
 from mfray.evaluate import metrics as M
 from mfray.store import RunStore
+from mfray.variants import twin_label
 
 
 def intervention_effects(run_dir: str | Path, target: tuple[str, str] | None = None,
@@ -38,8 +39,8 @@ def intervention_effects(run_dir: str | Path, target: tuple[str, str] | None = N
         if not label:
             raise ConfigError(f"intervention {iv.name} ({iv.kind}): give a target label")
         for variant in run_cfg.sim.variants:
-            diffs = _paired_differences(data, variant, f"{variant}+{iv.name}", iv.round, dim,
-                                        label)
+            diffs = _paired_differences(data, variant, twin_label(variant, iv.name), iv.round,
+                                        dim, label)
             mean, lo, hi = M.bootstrap_ci(diffs, level=cfg.level, n_resamples=cfg.n_bootstrap,
                                           seed=cfg.seed)
             rows.append({"intervention": iv.name, "variant": variant, "round": iv.round,

@@ -15,7 +15,7 @@ import math
 import sys
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from mfray.errors import DataError
 from mfray.evaluate import metrics as M
 from mfray.evaluate import plots
 from mfray.store import RunStore
+from mfray.variants import twin_label
 
 METRICS = ("kl", "js", "tv", "dtw", "f1_micro", "f1_macro", "nll")
 HORIZONS = ("short", "mid", "long")
@@ -50,6 +51,8 @@ class Evaluation:
     #: variant -> (name, round) of each intervention its simulations had
     interventions: dict[str, tuple[tuple[str, int], ...]]
     cfg: EvalConfig  # the settings the summary's intervals were taken with
+    #: label -> (the variant it ran, the intervention of its twin or None): see RunRead.origin
+    origin: dict[str, tuple[str, str | None]] = field(default_factory=dict)
 
 
 def _indices(labels: Sequence[dict[str, str | None]], dim: str, options: Sequence[str]
@@ -131,6 +134,10 @@ class RunRead:
     table: pa.Table  # RUN_COLUMNS of every decision, variants renamed, sim ids kept apart
     sim: dict[str, Any]  # the first run's sim config
     name: str  # for messages
+    #: each label of the table (renamed where the spec renames it) -> the variant it ran and
+    #: the intervention of its twin (None for the untouched simulation), from the runs' configs,
+    #: so that a label's traits come from the variants table, whatever it is called
+    origin: dict[str, tuple[str, str | None]] = field(default_factory=dict)
 
     @functools.cached_property
     def columns(self) -> dict[str, list[Any]]:
@@ -150,7 +157,7 @@ def read_runs(runs: RunSpec | RunRead) -> RunRead:
     if not specs:
         raise DataError("no run to read")
     space: dict[str, tuple[str, ...]] | None = None
-    tables, seen, cfg_sim = [], set(), {}
+    tables, seen, cfg_sim, origin = [], set(), {}, {}
     for k, spec in enumerate(specs):
         path, renames = parse_run(spec)
         store = RunStore.open(path)
@@ -178,10 +185,19 @@ def read_runs(runs: RunSpec | RunRead) -> RunRead:
         table = table.set_column(table.schema.get_field_index("sim_id"), "sim_id",
                                  pa.array(sim_ids, pa.int64()))
         tables.append(table)
+        run_sim = store.config().get("sim", {})
+        origin |= {renames.get(label, label): ran for label, ran in _labels(run_sim).items()}
         if k == 0:
-            cfg_sim = store.config().get("sim", {})
+            cfg_sim = run_sim
     name = str(specs[0]) if len(specs) == 1 else f"{specs[0]} and {len(specs) - 1} more"
-    return RunRead(space or {}, pa.concat_tables(tables), cfg_sim, name)
+    return RunRead(space or {}, pa.concat_tables(tables), cfg_sim, name, origin)
+
+
+def _labels(cfg_sim: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
+    """The labels a run's simulations carry, each with the variant it ran and the intervention
+    of its twin (None for the untouched simulation)."""
+    names = [None, *(iv["name"] for iv in cfg_sim.get("interventions", ()))]
+    return {twin_label(v, iv): (v, iv) for v in cfg_sim.get("variants", ()) for iv in names}
 
 
 def evaluate(run_dir: RunSpec | RunRead, cfg: EvalConfig | None = None) -> Evaluation:
@@ -210,7 +226,8 @@ def evaluate(run_dir: RunSpec | RunRead, cfg: EvalConfig | None = None) -> Evalu
                         "simulation?)", file=read.name)
     warm_rounds = cfg_sim.get("warmup", 0) / max(cfg_sim.get("round_size", 1), 1)
     return Evaluation(space, per_sim, summarise(per_sim, cfg), _curves(data, space, cfg.source),
-                      warm_rounds, _interventions(cfg_sim, set(data["variant"])), cfg)
+                      warm_rounds, _interventions(cfg_sim, set(data["variant"])), cfg,
+                      read.origin)
 
 
 def _interventions(cfg_sim: dict[str, Any], present: set[str]
@@ -220,7 +237,7 @@ def _interventions(cfg_sim: dict[str, Any], present: set[str]
     out: dict[str, list[tuple[str, int]]] = {}
     for iv in cfg_sim.get("interventions", ()):
         for variant in cfg_sim.get("variants", ()):
-            label = f"{variant}+{iv['name']}"
+            label = twin_label(variant, iv["name"])
             if label in present:
                 out.setdefault(label, []).append((iv["name"], int(iv["round"])))
     return {v: tuple(ivs) for v, ivs in out.items()}
