@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         q = int8_model(args.threads, max(args.batch))
         for b in args.batch:
             q.batch_size = b
-            record("transformers + torch dynamic int8", "int8 (Linear)", b, hf_scorer(q))
+            record("transformers + torch dynamic int8", "int8 per-channel, decoder Linear", b, hf_scorer(q))
         del q
     ct2_dir = args.ct2_dir
     if any(e.startswith("ct2") for e in args.engines) and not (ct2_dir / "model.bin").is_file():
