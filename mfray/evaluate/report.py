@@ -37,6 +37,10 @@ HORIZONS = ("short", "mid", "long")
 COLUMNS = (*METRICS, *(f"kl_{h}" for h in HORIZONS), "kl_floor")
 
 
+#: an intervention of a twin: its name and the round after which it acts
+Intervened = tuple[str, int]
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Per-simulation rows, the per-variant summary, and what the plots draw besides."""
@@ -48,11 +52,11 @@ class Evaluation:
     #: seeds pooled: events differ in length, so they are never pooled by round
     curves: dict[tuple[str, str, Any], dict[str, np.ndarray]]
     warmup_rounds: float
-    #: variant -> (name, round) of each intervention its simulations had
-    interventions: dict[str, tuple[tuple[str, int], ...]]
+    #: variant label -> (name, round) of each intervention its simulations had
+    interventions: dict[str, tuple[Intervened, ...]]
     cfg: EvalConfig  # the settings the summary's intervals were taken with
-    #: label -> (the variant it ran, the intervention of its twin or None): see RunRead.origin
-    origin: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    #: label -> (the variant it ran, its twin's intervention or None): see RunRead.origin
+    origin: dict[str, tuple[str, Intervened | None]] = field(default_factory=dict)
 
 
 def _indices(labels: Sequence[dict[str, str | None]], dim: str, options: Sequence[str]
@@ -135,9 +139,10 @@ class RunRead:
     sim: dict[str, Any]  # the first run's sim config
     name: str  # for messages
     #: each label of the table (renamed where the spec renames it) -> the variant it ran and
-    #: the intervention of its twin (None for the untouched simulation), from the runs' configs,
-    #: so that a label's traits come from the variants table, whatever it is called
-    origin: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    #: its twin's intervention, (name, round) (None for the untouched simulation), from the
+    #: runs' configs, so that a label's traits come from the variants table, whatever it is
+    #: called
+    origin: dict[str, tuple[str, Intervened | None]] = field(default_factory=dict)
 
     @functools.cached_property
     def columns(self) -> dict[str, list[Any]]:
@@ -193,11 +198,12 @@ def read_runs(runs: RunSpec | RunRead) -> RunRead:
     return RunRead(space or {}, pa.concat_tables(tables), cfg_sim, name, origin)
 
 
-def _labels(cfg_sim: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
-    """The labels a run's simulations carry, each with the variant it ran and the intervention
-    of its twin (None for the untouched simulation)."""
-    names = [None, *(iv["name"] for iv in cfg_sim.get("interventions", ()))]
-    return {twin_label(v, iv): (v, iv) for v in cfg_sim.get("variants", ()) for iv in names}
+def _labels(cfg_sim: dict[str, Any]) -> dict[str, tuple[str, Intervened | None]]:
+    """The labels a run's simulations carry, each with the variant it ran and its twin's
+    intervention as (name, round) (None for the untouched simulation)."""
+    ivs = [None, *((iv["name"], int(iv["round"])) for iv in cfg_sim.get("interventions", ()))]
+    return {twin_label(v, None if iv is None else iv[0]): (v, iv)
+            for v in cfg_sim.get("variants", ()) for iv in ivs}
 
 
 def evaluate(run_dir: RunSpec | RunRead, cfg: EvalConfig | None = None) -> Evaluation:
@@ -231,16 +237,10 @@ def evaluate(run_dir: RunSpec | RunRead, cfg: EvalConfig | None = None) -> Evalu
 
 
 def _interventions(cfg_sim: dict[str, Any], present: set[str]
-                   ) -> dict[str, tuple[tuple[str, int], ...]]:
-    """The interventions of the run's config by the variant label of the simulations that had
-    them (``variant+name``, as the engine labels them), for the variants present."""
-    out: dict[str, list[tuple[str, int]]] = {}
-    for iv in cfg_sim.get("interventions", ()):
-        for variant in cfg_sim.get("variants", ()):
-            label = twin_label(variant, iv["name"])
-            if label in present:
-                out.setdefault(label, []).append((iv["name"], int(iv["round"])))
-    return {v: tuple(ivs) for v, ivs in out.items()}
+                   ) -> dict[str, tuple[Intervened, ...]]:
+    """The config's interventions by the label of the twins present that had them."""
+    return {label: (iv,) for label, (_, iv) in _labels(cfg_sim).items()
+            if iv is not None and label in present}
 
 
 def summarise(per_sim: list[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, Any]]:
