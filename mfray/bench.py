@@ -6,12 +6,15 @@ model alone can do.
   round time spent outside the model, and the peak memory of all Ray processes.
 - ``model``: a small synthetic run with a real model (SmolLM2 by default, every decision a model
   decision), then the same prompts scored by the plain model in this process at the same batch
-  size: the ratio of the two is the engine's efficiency.
+  size: the ratio of the two is the engine's efficiency. With ``reference``, the MF-LLM
+  authors' loop structure (``../shared/bench/reference_loop.py``) runs on the same model in a
+  child process first, and the result says how many times faster mfray is.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -229,6 +232,45 @@ def _simple_way(plain: Any, rounds: list[list[str]], sample: int, mode: str) -> 
         plain.prefix_sharing, plain.batch_size = sharing, batch
 
 
+REFERENCE_RATE = re.compile(r"=\s*([0-9.]+)\s*decisions/s")
+
+
+def reference_loop(script: Path, model: str | None = None, rounds: int = 2) -> dict[str, Any]:
+    """The authors' loop structure (``reference_loop.py MODEL_DIR GGUF_FILE ROUNDS``, which
+    prints ``... = X decisions/s``) on the same GGUF model, in a child process of this one so
+    that both run on the same machine with the same threads. Its own load time is excluded, as
+    it is from mfray's round loop."""
+    from mfray.llm.load import default_gguf
+
+    script = Path(script)
+    if not script.is_file():
+        raise MfrayError(f"bench: no reference loop at {script} (it is "
+                         "../shared/bench/reference_loop.py in the project's shared folder)")
+    gguf = default_gguf() if model is None else Path(model).expanduser()
+    if not (gguf.is_file() and gguf.suffix == ".gguf"):
+        raise MfrayError(f"bench: the reference loop loads a .gguf file; {gguf} is not one "
+                         "(leave --model out for SmolLM2)")
+    proc = subprocess.run([sys.executable, str(script), str(gguf.parent), gguf.name,
+                           str(rounds)], check=False, capture_output=True, text=True)
+    found = REFERENCE_RATE.findall(proc.stdout)
+    if proc.returncode or not found:
+        tail = (proc.stderr.strip() or proc.stdout.strip())[-600:]
+        raise MfrayError(f"bench: the reference loop failed (exit {proc.returncode}): {tail}")
+    return {"script": str(script), "rounds": rounds, "decisions_per_s": float(found[-1]),
+            "output": proc.stdout.strip().splitlines()[-1]}
+
+
+def side_by_side(result: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """``result`` (of :func:`bench_model`) with the reference loop's rate and mfray's speed-up
+    over it at the largest point."""
+    largest = max(result["points"], key=lambda p: p["simulations"])
+    rate = reference["decisions_per_s"]
+    if rate <= 0:
+        raise MfrayError(f"bench: the reference loop reported {rate} decisions/s")
+    return {**result, "reference_loop": reference,
+            "speedup_vs_reference_loop": round(largest["end_to_end_decisions_per_s"] / rate, 2)}
+
+
 def format_model_bench(result: dict[str, Any]) -> str:
     """The scaling curve as a Markdown table, then the simple-way comparison."""
     head = ("| simulations | decisions | decisions/s | prompt tokens/s | model share | "
@@ -242,4 +284,9 @@ def format_model_bench(result: dict[str, Any]) -> str:
                      head, *rows,
                       (f"simple way (one simulation, rounds of 16, full prompts): "
                       f"{result['simple_way_decisions_per_s']} decisions/s; end to end at the "
-                      f"largest point is {result['speedup_vs_simple_way']}x that"), ""])
+                      f"largest point is {result['speedup_vs_simple_way']}x that"),
+                      *([f"the MF-LLM authors' loop structure ({ref['script']}, {ref['rounds']} "
+                         f"rounds of 16, 50-token text, then a summary) on the same model: "
+                         f"{ref['decisions_per_s']} decisions/s; end to end at the largest "
+                         f"point is {result['speedup_vs_reference_loop']}x that"]
+                        if (ref := result.get("reference_loop")) else []), ""])

@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from mfray.bench import bench_model, bench_scripted, format_model_bench
 
 
@@ -38,3 +40,42 @@ def test_model_bench_curve_efficiency_and_simple_way(tmp_path: Path,
                / r["simple_way_decisions_per_s"]) < 0.02 * r["speedup_vs_simple_way"] + 0.01
     text = format_model_bench(r)
     assert text.count("\n| ") == 3 and "simple way" in text  # header + one row per point
+
+
+STAND_IN = '''import sys
+d, f, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+assert (__import__("pathlib").Path(d) / f).is_file(), (d, f)
+if rounds == 99:
+    sys.exit("out of memory")
+print(f"reference-style loop: {16 * rounds} decisions in 8.0s = {2 * rounds / 1.0:.2f} decisions/s")
+'''
+
+
+def test_reference_loop_side_by_side(tmp_path: Path) -> None:
+    """The authors' loop runs as a child process on the same GGUF file; its printed rate and
+    mfray's speed-up at the largest point come back, and failures say why."""
+    from mfray.bench import reference_loop, side_by_side
+    from mfray.errors import MfrayError
+
+    script = tmp_path / "reference_loop.py"
+    script.write_text(STAND_IN)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    ref = reference_loop(script, str(gguf), rounds=3)  # the stand-in prints 6.00 decisions/s
+    assert ref["decisions_per_s"] == 6.0 and ref["rounds"] == 3
+    result = {"model": "m", "mode": "choice", "bf16": "off", "batch_size": 16,
+              "max_batch_tokens": 4096, "simple_way_decisions_per_s": 1.0,
+              "speedup_vs_simple_way": 30.0,
+              "points": [{"simulations": s, "decisions": 16 * s, "end_to_end_decisions_per_s": r,
+                          "prompt_tokens_per_s": 1, "model_share_of_round_time": 1.0,
+                          "plain_model_decisions_per_s": r, "efficiency": 1.0}
+                         for s, r in ((1, 3.0), (100, 30.0))]}
+    both = side_by_side(result, ref)
+    assert both["speedup_vs_reference_loop"] == 5.0  # the largest point's 30 over 6
+    assert "is 5.0x that" in format_model_bench(both)
+    with pytest.raises(MfrayError, match="out of memory"):
+        reference_loop(script, str(gguf), rounds=99)
+    with pytest.raises(MfrayError, match="loads a .gguf file"):
+        reference_loop(script, str(tmp_path), rounds=1)
+    with pytest.raises(MfrayError, match="no reference loop"):
+        reference_loop(tmp_path / "missing.py", str(gguf))

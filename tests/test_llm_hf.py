@@ -213,6 +213,24 @@ def test_the_inference_actor_tokenises_each_prompt_once(tiny, monkeypatch):
     assert len(calls) == 2
 
 
+def test_text_mode_counts_each_posts_prompt_tokens(tiny):
+    """Text mode records the tokens of the prompt each post was written from (it recorded
+    none, so `mfray bench model --mode text` showed 0 prompt tokens/s)."""
+    from mfray.config import PolicyConfig
+    from mfray.engine.inference import InferenceServer
+    from mfray.engine.shard import Requests
+
+    model = HFModel(*tiny, model_id="tiny", device="cpu", batch_size=3)
+    server = InferenceServer(PolicyConfig(mode="text", max_new_tokens=4),
+                             {"stance": ("yes", "no")}, model=model)
+    prompts = [PROMPTS[0], PROMPTS[1]]
+    scored = server.generate_round(Requests([(0, i, 0) for i in range(2)], prompts, [1, 2],
+                                            ["", ""]))[0]
+    formatted = [server.format(p) for p in prompts]
+    assert scored.tokens_in == [len(ids) for ids in hf_backend.encode_prompts(tiny[1],
+                                                                               formatted)]
+
+
 def test_prompts_encoded_in_a_batch_as_one_by_one(tiny):
     import copy
 

@@ -136,7 +136,12 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[argparse.Namespace], None],
         arg("--max-batch-tokens", type=int,
             help="padded tokens per model batch (default: resources.max_batch_tokens's)"),
         arg("--bf16", choices=("auto", "on", "off"), default="auto"),
-        arg("--mode", choices=("choice", "text"), default="choice")]),
+        arg("--mode", choices=("choice", "text"), default="choice"),
+        arg("--reference", help="for 'model': also run the MF-LLM authors' loop structure "
+            "(../shared/bench/reference_loop.py) on the same model, side by side, and print "
+            "mfray's speed-up over it"),
+        arg("--reference-rounds", type=int, default=2,
+            help="rounds of 16 for the reference loop")]),
     (("config",), "every config key with its type, default and help", cmd_config, [
         arg("section", nargs="?", help="one section: sim, policy, meanfield, eval, resources "
             "or train (default: all)"),

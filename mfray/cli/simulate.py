@@ -157,15 +157,23 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from mfray.bench import bench_model, bench_scripted, format_model_bench
+    from mfray.bench import (bench_model, bench_scripted, format_model_bench, reference_loop,
+                             side_by_side)
 
     sims = ints(args.simulations, "--simulations") if args.simulations else None
     if args.workload == "scripted":
+        if args.reference:
+            raise MfrayError("bench: --reference goes with the 'model' workload")
         result = bench_scripted(max(sims or [1000]), args.agents or 160, shards=args.shards)
     else:
+        # the reference first, alone on the machine, then mfray
+        ref = reference_loop(Path(args.reference), args.model, args.reference_rounds) \
+            if args.reference else None
         result = bench_model(args.model, sims or (1, 10, 100), args.agents or 32,
                              batch_size=args.batch_size, bf16=args.bf16, mode=args.mode,
                              max_batch_tokens=args.max_batch_tokens)
+        if ref:
+            result = side_by_side(result, ref)
         print(format_model_bench(result))
     print(json.dumps(result, indent=2))
 

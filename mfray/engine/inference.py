@@ -141,8 +141,10 @@ class InferenceServer:
                               for dim, options in zip(self.dims, self.options, strict=True)]
             results = ZeroShotLabeller(self.model, chat=self.chat).label(items)
             per = (time.perf_counter() - t0) / len(chunk)
-            for s, j in chunk:
+            tokens = self._token_counts(prompts)  # the posts' prompts, not the labels'
+            for n, (s, j) in enumerate(chunk):
                 out[s].latency_s[j] = per
+                out[s].tokens_in[j] = tokens[n] if tokens else None
                 if out[s].errors[j]:
                     continue
                 res = {dim: results[f"{s}:{j}:{dim}"] for dim in self.dims}
