@@ -272,21 +272,24 @@ def side_by_side(result: dict[str, Any], reference: dict[str, Any]) -> dict[str,
 
 
 def format_model_bench(result: dict[str, Any]) -> str:
-    """The scaling curve as a Markdown table, then the simple-way comparison."""
+    """The scaling curve as a Markdown table, then the simple-way comparison (and the authors'
+    loop structure, where it ran)."""
     head = ("| simulations | decisions | decisions/s | prompt tokens/s | model share | "
             "plain model decisions/s | efficiency |\n|---|---|---|---|---|---|---|")
     rows = [f"| {p['simulations']} | {p['decisions']} | {p['end_to_end_decisions_per_s']} | "
             f"{p['prompt_tokens_per_s']} | {p['model_share_of_round_time']:.0%} | "
             f"{p['plain_model_decisions_per_s']} | {p['efficiency']} |"
             for p in result["points"]]
-    return "\n".join([(f"{result['model']}, {result['mode']} mode, bf16 {result['bf16']}, "
-                      f"batch {result['batch_size']}, {result['max_batch_tokens']} tokens"),
-                     head, *rows,
-                      (f"simple way (one simulation, rounds of 16, full prompts): "
-                      f"{result['simple_way_decisions_per_s']} decisions/s; end to end at the "
-                      f"largest point is {result['speedup_vs_simple_way']}x that"),
-                      *([f"the MF-LLM authors' loop structure ({ref['script']}, {ref['rounds']} "
-                         f"rounds of 16, 50-token text, then a summary) on the same model: "
-                         f"{ref['decisions_per_s']} decisions/s; end to end at the largest "
-                         f"point is {result['speedup_vs_reference_loop']}x that"]
-                        if (ref := result.get("reference_loop")) else []), ""])
+    lines = [(f"{result['model']}, {result['mode']} mode, bf16 {result['bf16']}, "
+              f"batch {result['batch_size']}, {result['max_batch_tokens']} tokens"),
+             head, *rows,
+             (f"simple way (one simulation, rounds of 16, full prompts): "
+              f"{result['simple_way_decisions_per_s']} decisions/s; end to end at the "
+              f"largest point is {result['speedup_vs_simple_way']}x that")]
+    ref = result.get("reference_loop")
+    if ref:
+        lines.append(f"the MF-LLM authors' loop structure ({ref['script']}, {ref['rounds']} "
+                     f"rounds of 16, 50-token text, then a summary) on the same model: "
+                     f"{ref['decisions_per_s']} decisions/s; end to end at the largest point "
+                     f"is {result['speedup_vs_reference_loop']}x that")
+    return "\n".join([*lines, ""])
