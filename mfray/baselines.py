@@ -30,7 +30,17 @@ from mfray.data.synthetic import BASE_SHARES, SCEPTIC_DESCRIPTION, SyntheticWorl
 from mfray.errors import ConfigError
 from mfray.llm import ScriptedModel
 from mfray.persona import FOLLOWER_BUCKETS
-from mfray.references import base_rate, fit_crowd_prior, fit_persistence_weight, persistence
+from mfray.references import (
+    base_rate,
+    fit_crowd_prior,
+    fit_persistence_weight,
+    fit_warmup_spread,
+    label_counts,
+    like_training,
+    persistence,
+    shift_robust,
+    warmup_mix,
+)
 from mfray.schedule import Unit, stable_hash
 from mfray.variants import variant
 
@@ -74,31 +84,45 @@ def _labels(events: Sequence[str], labels_by_event: Mapping[str, Sequence[Mappin
 
 @dataclass(frozen=True)
 class ReferenceFit:
-    """``base-rate``'s, ``persistence``'s or ``crowd``'s fit for one unit and dimension: the
-    distribution every rollout agent gets (``crowd``: its prior's mean, the base rate) and,
-    for ``persistence``, the fitted weight of the warm-up's mix."""
+    """A reference's fit for one unit and dimension: the distribution every rollout agent gets
+    (``crowd`` and ``mf-cal``: the prior's mean, the base rate), ``persistence``'s fitted
+    weight of the warm-up's mix, and P(the unit is like the training events | its warm-up)
+    where the variant is shift-robust (:mod:`mfray.references`)."""
 
     probs: np.ndarray
     weight: float | None = None
+    like: float | None = None
 
 
 def reference_fits(name: str, event_id: str, unit_labels: Sequence[Mapping],
                    labels_by_event: Mapping[str, Sequence[Mapping]],
                    label_space: Mapping[str, Sequence[str]], cfg: SimConfig
                    ) -> dict[str, ReferenceFit]:
-    """The fit per dimension of ``base-rate``, ``persistence`` or ``crowd`` for one unit, on
-    the training events only. ``persistence`` reads the unit's own warm-up agents only."""
+    """The fit per dimension of a variant that :attr:`~mfray.variants.Variant.needs_fit`, for
+    one unit, on the training events only; the unit's own labels are read for its warm-up
+    agents only."""
+    traits = variant(name)
     out = {}
     for dim, options in label_space.items():
         train_labels = _labels(training_events(event_id, labels_by_event, cfg),
                                labels_by_event, dim, options)
         base = base_rate(train_labels, len(options))
-        if variant(name).rule == "base-rate":
+        warm = label_indices(unit_labels, dim, options)[: cfg.warmup]
+        counts = label_counts(warm, len(options))
+        if traits.rule == "warmup":
+            out[dim] = ReferenceFit(warmup_mix(counts))
+            continue
+        if traits.rule == "base-rate" and traits.meanfield == "none":
             out[dim] = ReferenceFit(base)
-        else:
+            continue
+        like = like_training(counts, base, fit_warmup_spread(train_labels, cfg.warmup,
+                                                             len(options)))
+        if traits.rule == "persistence":
             weight = fit_persistence_weight(train_labels, cfg.warmup, len(options))
-            warm = label_indices(unit_labels, dim, options)[: cfg.warmup]
-            out[dim] = ReferenceFit(persistence(warm, base, weight), weight)
+            out[dim] = ReferenceFit(shift_robust(persistence(warm, base, weight), counts, like),
+                                    weight, like)
+        else:  # crowd, mf-cal: the crowd's prior mean; its forecast is made each round
+            out[dim] = ReferenceFit(base, like=like)
     return out
 
 
@@ -113,14 +137,21 @@ def crowd_priors(fit_events: Sequence[str], labels_by_event: Mapping[str, Sequen
             for dim, options in label_space.items()}
 
 
+@dataclass(frozen=True)
+class UnitFit:
+    """What a simulation of one unit gets from :func:`fit_reference`."""
+
+    fixed: dict[str, np.ndarray]  # per dimension: the distribution (crowd: the prior's mean)
+    crowd_prior: dict[str, float] | None  # crowd, mf-cal: the prior's weight, in decisions
+    like: dict[str, float] | None  # shift-robust variants: P(like the training events)
+    rows: list[dict[str, Any]]  # the run's references.parquet rows
+
+
 def fit_reference(name: str, unit: Unit, labels: list[Any],
                   labels_by_event: dict[str, list[Any]], label_space: dict[str, Any],
-                  cfg: SimConfig, priors: dict[tuple[str, ...], dict[str, float]]
-                  ) -> tuple[dict[str, np.ndarray], dict[str, float] | None,
-                             list[dict[str, Any]]]:
-    """A reference's fixed distributions, its prior weights where it reads the mean field
-    (``crowd``; ``priors`` caches them by training set) and its ``references.parquet`` rows,
-    for one unit."""
+                  cfg: SimConfig, priors: dict[tuple[str, ...], dict[str, float]]) -> UnitFit:
+    """A variant's fit for one unit (``priors`` caches ``crowd``'s prior weights by training
+    set), with its ``references.parquet`` rows."""
     fits = reference_fits(name, unit.event_id, labels, labels_by_event, label_space, cfg)
     fit, prior = (), None
     if variant(name).meanfield != "none":
@@ -131,11 +162,13 @@ def fit_reference(name: str, unit: Unit, labels: list[Any],
     n_train = len(training_events(unit.event_id, labels_by_event, cfg))
     rows = [{"unit_key": unit.key(), "event_id": unit.event_id, "variant": name,
              "dimension": d, "options": list(label_space[d]), "probs": f.probs.tolist(),
-             "persistence_weight": f.weight, "n_train_events": n_train,
-             "crowd_prior": None if prior is None else prior[d],
+             "persistence_weight": f.weight, "like_training": f.like,
+             "n_train_events": n_train, "crowd_prior": None if prior is None else prior[d],
              "n_fit_events": len(fit) if prior is not None else None}
             for d, f in fits.items()]
-    return {d: f.probs for d, f in fits.items()}, prior, rows
+    like = {d: f.like for d, f in fits.items()} if any(
+        f.like is not None for f in fits.values()) else None
+    return UnitFit({d: f.probs for d, f in fits.items()}, prior, like, rows)
 
 
 def bayes_latent(world: SyntheticWorld, warmup: int, features: np.ndarray,

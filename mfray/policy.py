@@ -127,3 +127,26 @@ def choice_distribution(log_scores: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     p = np.exp(z)
     return p / p.sum(axis=1, keepdims=True)
+
+
+CALIBRATION_STEPS = 1000  # at most; each multiplies every option's weight by target / mean
+CALIBRATION_TOL = 1e-10  # stop once no option's log-ratio exceeds this
+
+
+def calibrate(log_scores: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Rows of option log-scores shifted by one offset per option (the same for every row), so
+    that the rows' mean probability is ``target``: the population's mix follows the mean
+    field's forecast while each agent keeps the model's odds against the others (``mf-cal``).
+    Found by iterative proportional fitting; the rows are taken in the order given, so the
+    result is the same wherever they were scored."""
+    z = np.asarray(log_scores, dtype=float)
+    # an option a row rules out (-inf) keeps a trace, so that a target can still reach it
+    z = np.maximum(z - z.max(axis=1, keepdims=True), -50.0)
+    log_t = np.log(np.asarray(target, dtype=float))
+    offset = np.zeros(z.shape[1])
+    for _ in range(CALIBRATION_STEPS):
+        step = log_t - np.log(choice_distribution(z + offset).mean(axis=0))
+        offset += step
+        if np.abs(step).max() < CALIBRATION_TOL:
+            break
+    return z + offset

@@ -15,7 +15,7 @@ import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from scipy.special import rel_entr
+from scipy.special import gammaln, rel_entr
 
 SMOOTH = 1e-6
 WEIGHT_GRID = np.linspace(0.0, 1.0, 21)
@@ -141,3 +141,81 @@ def fit_crowd_prior(train_events: Sequence[np.ndarray], warmup: int, round_size:
                                      np.random.default_rng([i, seed]), expected)
                 losses[g] += rel_entr(real, _dist(pred)).sum()
     return float(PRIOR_GRID[int(np.argmin(losses))])
+
+
+# ---------------------------------------------------------------- shift-robust forecasts
+#
+# The training events of a dataset often share one label mix (RumourEval: two-thirds
+# ``comment``), so every weight fitted on them says "ignore the warm-up" (persistence's weight
+# 0, crowd's prior inf). On an event unlike them that is the wrong answer (method.md §5). The
+# rule below lets the unit's own warm-up decide which kind of event it is:
+#
+# - H1, like the training events: the event's mix ~ Dirichlet(spread · base rate), ``spread``
+#   fitted on the training events' own warm-ups (:func:`fit_warmup_spread`);
+# - H0, shifted: the event's mix ~ Dirichlet(1, …, 1), any mix alike;
+# - P(H1) = 1/2 before the warm-up; :func:`like_training` is P(H1 | warm-up counts), from the
+#   two Dirichlet-multinomial likelihoods.
+#
+# A forecast under H1 is the fitted reference (persistence, crowd); under H0 the add-one mix of
+# the decisions so far (:func:`warmup_mix`); the two are mixed with P(H1 | warm-up).
+
+#: Dirichlet concentrations tried for the training events' warm-up spread
+SPREAD_GRID = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0)
+PRIOR_LIKE_TRAINING = 0.5  # P(H1) before the warm-up is read
+
+
+def warmup_mix(counts: np.ndarray) -> np.ndarray:
+    """The add-one (Laplace) mix of label counts: the posterior mean under Dirichlet(1, …, 1);
+    uniform with no count."""
+    c = np.asarray(counts, dtype=float)
+    return (c + 1.0) / (c.sum() + len(c))
+
+
+def log_dirichlet_multinomial(counts: np.ndarray, alpha: np.ndarray) -> float:
+    """log P(counts | Dirichlet(alpha)) of one ordered sequence with these counts (the
+    multinomial coefficient left out: it cancels between hypotheses)."""
+    c, a = np.asarray(counts, dtype=float), np.asarray(alpha, dtype=float)
+    return float(gammaln(a.sum()) - gammaln(c.sum() + a.sum())
+                 + np.sum(gammaln(c + a) - gammaln(a)))
+
+
+def fit_warmup_spread(train_events: Sequence[np.ndarray], warmup: int, n_options: int) -> float:
+    """How tightly the training events' warm-ups gather round the base rate: the Dirichlet
+    concentration (from :data:`SPREAD_GRID`) that maximises the likelihood of each training
+    event's first ``warmup`` labels, with the base rate of the *other* training events as the
+    mean (as an unseen event would see it). With no labelled warm-up: the grid's largest."""
+    usable = [i for i, e in enumerate(train_events) if (np.asarray(e)[:warmup] >= 0).any()]
+    if not usable:
+        return SPREAD_GRID[-1]
+    ll = np.zeros(len(SPREAD_GRID))
+    for i in usable:
+        others = [e for j, e in enumerate(train_events) if j != i]
+        base = base_rate(others, n_options) if others else np.full(n_options, 1.0 / n_options)
+        c = label_counts(np.asarray(train_events[i])[:warmup], n_options)
+        ll += [log_dirichlet_multinomial(c, s * base) for s in SPREAD_GRID]
+    return float(SPREAD_GRID[int(np.argmax(ll))])
+
+
+def like_training(warm_counts: np.ndarray, base: np.ndarray, spread: float,
+                  prior: float = PRIOR_LIKE_TRAINING) -> float:
+    """P(the event is like the training events | its warm-up's label counts): H1 against H0
+    of the rule above. ``prior`` without a labelled warm-up."""
+    c = np.asarray(warm_counts, dtype=float)
+    h1 = log_dirichlet_multinomial(c, spread * np.asarray(base, dtype=float)) + math.log(prior)
+    h0 = log_dirichlet_multinomial(c, np.ones(len(c))) + math.log1p(-prior)
+    return float(1.0 / (1.0 + math.exp(min(h0 - h1, 700.0))))
+
+
+def shift_robust(like: np.ndarray, counts: np.ndarray, w: float) -> np.ndarray:
+    """The mixed forecast: ``w`` · the forecast under H1 + (1 − ``w``) · the add-one mix of
+    ``counts`` (the decisions so far)."""
+    return w * np.asarray(like, dtype=float) + (1.0 - w) * warmup_mix(counts)
+
+
+def crowd_forecast(shares: np.ndarray, n_seen: float, base: np.ndarray, prior: float,
+                   like: float) -> np.ndarray:
+    """The shift-robust ``crowd`` forecast of the next round (also ``mf-cal``'s target): under
+    H1 :func:`crowd` with the prior fitted on the training events, under H0 the add-one mix of
+    the decisions so far, mixed with ``like`` = P(H1 | warm-up)."""
+    shares = np.asarray(shares, dtype=float)
+    return shift_robust(crowd(shares, base, prior, n_seen), shares * n_seen, like)

@@ -22,10 +22,11 @@ MeanFieldUse = Literal["none", "numeric", "text", "both"]
 #: what the population block of an LLM variant's prompt shows, in the order it shows them
 Shown = Literal["recent", "popular", "text", "numeric"]
 #: how a model-free variant decides: ``base-rate`` the training events' label shares;
-#: ``persistence`` the unit's warm-up mixed with them; ``truth`` the world's rule with the
+#: ``warmup`` the unit's own warm-up mix, add-one smoothed, nothing fitted; ``persistence``
+#: the unit's warm-up mixed with the base rate (shift-robust, :mod:`mfray.references`); ``truth`` the world's rule with the
 #: event's latent taste; ``posterior`` the same rule under the latent's posterior given the
 #: warm-up; ``persona`` the world's persona model
-Rule = Literal["base-rate", "persistence", "truth", "posterior", "persona"]
+Rule = Literal["base-rate", "warmup", "persistence", "truth", "posterior", "persona"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class Variant:
     shows: tuple[Shown, ...] = ()  # LLM variants: the population block, in order
     rule: Rule | None = None  # model-free variants: how they decide
     trains_as: str | None = None  # training-only: the variant whose prompts it is tuned on
+    #: LLM variants: each round, the option probabilities of the simulation's agents are
+    #: shifted by one offset per option so that their mean is the shift-robust ``crowd``
+    #: forecast (the population's mix follows the mean field; the LLM decides who does what)
+    calibrated: bool = False
 
     @property
     def needs_model(self) -> bool:
@@ -65,6 +70,12 @@ class Variant:
         return "numeric" in self.shows
 
     @property
+    def needs_fit(self) -> bool:
+        """It reads a fit on the training events (a reference, or a calibrated LLM variant's
+        forecast)."""
+        return self.kind == "reference" or self.calibrated
+
+    @property
     def needs_world(self) -> bool:
         """It exists only on a synthetic-world dataset."""
         return self.kind == "surrogate"
@@ -82,8 +93,11 @@ TABLE: tuple[Variant, ...] = (
     Variant("mf", "llm", "numeric", shows=("numeric",)),
     Variant("mf-text", "llm", "text", shows=("text",)),
     Variant("mf-hybrid", "llm", "both", shows=("text", "numeric")),
+    # mf calibrated in closed loop to the shift-robust crowd forecast: the recommended variant
+    Variant("mf-cal", "llm", "numeric", shows=("numeric",), calibrated=True),
     Variant("sft", "training", trains_as="state"),  # the no-mean-field fine-tuning baseline
     Variant("base-rate", "reference", rule="base-rate"),
+    Variant("warmup", "reference", rule="warmup"),
     Variant("persistence", "reference", rule="persistence"),
     # crowd: the base rate as a prior, updated by the simulated mean field
     Variant("crowd", "reference", "numeric", rule="base-rate"),
@@ -94,6 +108,9 @@ TABLE: tuple[Variant, ...] = (
 )
 _BY_NAME = {v.name: v for v in TABLE}
 
+#: the variant mfray recommends (results/shift-robust.md): it reads from the warm-up whether an
+#: event is like the training events, and its rollouts do not drift
+RECOMMENDED = "mf-cal"
 #: what ``sim.variants`` may name, in table order
 VARIANTS = tuple(v.name for v in TABLE if v.simulated)
 #: what ``train.variant`` may name: an LLM variant's prompts, or a training-only name

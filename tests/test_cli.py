@@ -143,7 +143,7 @@ def test_simulate_evaluate_round_trip(small_world_dir: Path, tmp_path: Path,
     assert any(line.split()[:1] == ["persistence"] for line in lines)
     assert any(line.split()[:1] == ["base-rate"] for line in lines)
     assert "summary.md" in out and "kl_by_event.png" in out
-    assert "| base-rate | stance | the base rate (4) | 3 |" in out  # 4 events, 3 to fit each
+    assert "| base-rate | stance | the base rate (4) | — | 3 |" in out  # 4 events, 3 to fit each
     weights = [r["persistence_weight"] for r in RunStore.open(run).read_references().to_pylist()
                if r["variant"] == "persistence"]
     assert len(weights) == 4 and all(f"warm-up weight {w:.2f}" in out for w in weights)

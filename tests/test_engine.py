@@ -111,10 +111,19 @@ def test_bayes_reads_the_world_rule_under_the_warm_ups_posterior(small_world_dir
              tmp_path / "thread")
 
 
+def _forecast(ref: dict, n: float, shares: np.ndarray) -> np.ndarray:
+    """The shift-robust crowd forecast from a references row, written out: P(like training)
+    · (n · shares + k · base rate) / (n + k) + the rest · the add-one mix of the n decisions."""
+    like, k, base = ref["like_training"], ref["crowd_prior"], np.asarray(ref["probs"])
+    h1 = base if np.isinf(k) or n == 0 else (n * shares + k * base) / (n + k)
+    return like * h1 + (1 - like) * (n * shares + 1) / (n + len(base))
+
+
 def test_crowd_follows_the_simulated_mean_field(small_world_dir: Path, tmp_path: Path) -> None:
-    """Each rollout round, ``crowd`` gives (n · shares + k · base rate) / (n + k): the mean
-    field after the round before (the rollout's own draws included) and its n decisions, k
-    fitted on the other events."""
+    """Each rollout round, ``crowd`` gives the shift-robust forecast: (n · shares + k · base
+    rate) / (n + k) if the event is like the training events, the add-one mix of its n
+    decisions if not, mixed by P(like | warm-up); the mean field is the round before's (the
+    rollout's own draws included), k fitted on the other events."""
     from mfray.baselines import crowd_fit_events, crowd_priors
     from mfray.schedule import build_units
 
@@ -129,17 +138,16 @@ def test_crowd_follows_the_simulated_mean_field(small_world_dir: Path, tmp_path:
     prior = {e: crowd_priors(crowd_fit_events(e, labels, cfg.sim), labels, ds.label_space,
                              cfg.sim)["stance"] for e in base}
     assert all(0 <= k < np.inf for k in prior.values())  # the world herds: the crowd pays
+    refs = {(r["event_id"], r["variant"]): r for r in store.read_references().to_pylist()}
     checked = set()
     for r in (r for r in rows if r["variant"] == "crowd"):
-        k = prior[r["event_id"]]
         n = sum(sum(rounds[r["sim_id"], t]["counts"]["stance"]) for t in range(r["round"]))
         shares = np.asarray(rounds[r["sim_id"], r["round"] - 1]["meanfield_shares"]["stance"])
-        want = (n * shares + k * np.asarray(base[r["event_id"]])) / (n + k)
+        want = _forecast(refs[r["event_id"], "crowd"], n, shares)
         np.testing.assert_allclose(r["probs"]["stance"], want, rtol=1e-12)
         checked.add((r["event_id"], tuple(np.round(want, 12))))
     assert len(checked) > 2 * len(base)  # the distribution moves from round to round
     # the run records the fits: one row per event and reference, whatever the seeds
-    refs = {(r["event_id"], r["variant"]): r for r in store.read_references().to_pylist()}
     assert len(refs) == 3 * len(base) == store.read_references().num_rows
     for e, base_probs in base.items():
         crowd_row, base_row, pers = (refs[e, v] for v in ("crowd", "base-rate", "persistence"))
@@ -150,11 +158,40 @@ def test_crowd_follows_the_simulated_mean_field(small_world_dir: Path, tmp_path:
         got = {tuple(r["probs"]["stance"]) for r in rows
                if r["variant"] == "persistence" and r["event_id"] == e}
         assert got == {tuple(pers["probs"])}  # what every rollout agent got
-        w = pers["persistence_weight"]
+        w, like = pers["persistence_weight"], pers["like_training"]
+        assert 0 < like < 1 and like == crowd_row["like_training"]
+        assert base_row["like_training"] is None
         warm = [x["stance"] for x in labels[e][:cfg.sim.warmup] if x["stance"]]
-        mix = np.array([warm.count(o) for o in base_row["options"]]) / len(warm)
-        np.testing.assert_allclose(pers["probs"], w * mix + (1 - w) * np.asarray(base_probs),
-                                   atol=1e-5)
+        c = np.array([warm.count(o) for o in base_row["options"]])
+        fitted = w * c / c.sum() + (1 - w) * np.asarray(base_probs)
+        np.testing.assert_allclose(pers["probs"], like * fitted + (1 - like) * (c + 1)
+                                   / (c.sum() + len(c)), atol=1e-5)
+
+
+def test_mf_cal_rounds_follow_the_crowd_forecast(small_world_dir: Path, tmp_path: Path) -> None:
+    """``mf-cal``: each round, its agents' probabilities keep the model's odds between agents
+    but average to the shift-robust crowd forecast of the simulation's mean field."""
+    store = _run(_cfg(small_world_dir, variants=("mf-cal", "mf"), seeds=(0,)), tmp_path / "r")
+    refs = {r["event_id"]: r for r in store.read_references().to_pylist()}
+    assert {r["variant"] for r in refs.values()} == {"mf-cal"}
+    rounds = {(r["sim_id"], r["round"]): r for r in store.read_rounds().to_pylist()}
+    rows = [r for r in store.read_decisions().to_pylist() if not r["is_warmup"] and r["ok"]]
+    by_round: dict = {}
+    for r in rows:
+        by_round.setdefault((r["variant"], r["sim_id"], r["round"]), []).append(r)
+    checked = 0
+    for (name, sim_id, t), group in by_round.items():
+        probs = np.array([r["probs"]["stance"] for r in group])
+        if name != "mf-cal":
+            continue
+        n = sum(sum(rounds[sim_id, u]["counts"]["stance"]) for u in range(t))
+        shares = np.asarray(rounds[sim_id, t - 1]["meanfield_shares"]["stance"])
+        want = _forecast(refs[group[0]["event_id"]], n, shares)
+        np.testing.assert_allclose(probs.mean(axis=0), want, atol=1e-8)
+        checked += 1
+        if len(group) > 1:  # not one distribution for all: the model still tells agents apart
+            assert np.ptp(probs, axis=0).max() > 1e-3
+    assert checked > 3
 
 
 def test_expected_update_counts_each_rollout_distribution(small_world_dir: Path,
@@ -199,7 +236,7 @@ def test_llm_variants_with_the_scripted_model(small_world_dir: Path, tmp_path: P
 @pytest.mark.parametrize("model", ["scripted", "tiny-hf"])
 def test_one_shard_equals_four_shards_bit_for_bit(model: str, small_world_dir: Path,
                                                   tmp_path: Path, request) -> None:
-    variants = (*LLM, "surrogate-mf", "bayes", "persistence", "crowd")
+    variants = (*LLM, "mf-cal", "surrogate-mf", "bayes", "persistence", "crowd")
     kw = {"variants": variants, "seeds": (0,)}
     injected = request.getfixturevalue("tiny_hf") if model == "tiny-hf" else None
     if injected is not None:  # a tiny model: fewer agents keep the test fast
@@ -217,7 +254,7 @@ def test_several_inference_actors_give_the_same_run(small_world_dir: Path,
                                                     tmp_path: Path) -> None:
     """Simulations are split over 2 model actors (sim_id mod 2); tables and the text mean
     field equal a one-actor run, and every prompt was asked of exactly one actor."""
-    kw = {"variants": ("mf", "mf-text", "persistence"), "seeds": (0,)}
+    kw = {"variants": ("mf", "mf-text", "mf-cal", "persistence"), "seeds": (0,)}
     runs = []
     for shards, actors in ((1, 1), (2, 2)):
         cfg = _cfg(small_world_dir, shards=shards, **kw)

@@ -87,3 +87,23 @@ def test_prompt_parts_and_choice_distribution() -> None:
     p = choice_distribution(np.log(np.array([[0.2, 0.3, 0.1, 0.4], [1e-9, 1, 1, 1]])) + 5)
     np.testing.assert_allclose(p[0], [0.2, 0.3, 0.1, 0.4])
     assert np.allclose(p.sum(axis=1), 1)
+
+
+def test_calibrate_meets_the_target_and_keeps_each_agents_odds() -> None:
+    from mfray.policy import calibrate
+
+    rng = np.random.default_rng(0)
+    logs = np.log(rng.dirichlet(np.ones(4), size=12))
+    target = np.array([0.1, 0.2, 0.3, 0.4])
+    q = choice_distribution(calibrate(logs, target))
+    np.testing.assert_allclose(q.mean(axis=0), target, atol=1e-9)
+    p = choice_distribution(logs)
+    # one offset per option: every pair of agents keeps its odds ratio for every option pair
+    ratio = np.log(q[:, 0] / q[:, 1]) - np.log(p[:, 0] / p[:, 1])
+    assert np.ptp(ratio) < 1e-9 and abs(ratio[0]) > 1e-3
+    # a row order does not change a row's result; an option a model rules out is reachable
+    np.testing.assert_allclose(choice_distribution(calibrate(logs[::-1], target))[::-1], q,
+                               atol=1e-12)
+    ruled_out = np.array([[0.0, 0.0, -np.inf, -np.inf], [0.0, -0.8, -np.inf, -np.inf]])
+    np.testing.assert_allclose(choice_distribution(calibrate(ruled_out, target)).mean(0),
+                               target, atol=1e-6)

@@ -12,11 +12,15 @@ from mfray.references import (
     WEIGHT_GRID,
     base_rate,
     crowd,
+    crowd_forecast,
     crowd_rollout,
     fit_crowd_prior,
     fit_persistence_weight,
+    fit_warmup_spread,
     label_counts,
+    like_training,
     persistence,
+    warmup_mix,
 )
 
 K = 4
@@ -185,3 +189,45 @@ def test_crowd_prior_fits_closed_loop() -> None:
     assert fit_crowd_prior(sticky, w, 16, K, expected=True) == 0.0
     assert fit_crowd_prior(contrary, w, 16, K, expected=True) == math.inf
     assert fit_crowd_prior(noisy, w, 16, K, expected=True) < math.inf
+
+
+def test_warmup_mix_is_add_one() -> None:
+    np.testing.assert_allclose(warmup_mix(np.array([3, 1, 0, 0])), [0.5, 0.25, 0.125, 0.125])
+    np.testing.assert_allclose(warmup_mix(np.zeros(K)), np.full(K, 0.25))
+
+
+def _events(mixes: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return [rng.choice(K, size=n, p=m) for m in mixes]
+
+
+def test_warmup_spread_tells_tight_training_events_from_scattered_ones() -> None:
+    rng = np.random.default_rng(0)
+    base = np.array([0.1, 0.1, 0.1, 0.7])
+    tight = _events(np.tile(base, (8, 1)), 50, rng)  # one shared mix: only sampling spreads it
+    scattered = _events(rng.dirichlet(np.ones(K), size=8), 50, rng)
+    assert fit_warmup_spread(tight, 50, K) >= 100
+    assert fit_warmup_spread(scattered, 50, K) <= 5
+    assert fit_warmup_spread([np.full(10, -1)], 5, K) == 5000.0  # nothing labelled
+
+
+def test_like_training_reads_the_warm_up_against_the_training_mix() -> None:
+    base = np.array([0.1, 0.1, 0.1, 0.7])
+    like = like_training(np.array([5, 5, 5, 35]), base, spread=200.0)
+    shifted = like_training(np.array([30, 10, 5, 5]), base, spread=200.0)
+    assert like > 0.95 and shifted < 0.01
+    assert like_training(np.zeros(K), base, 200.0) == pytest.approx(0.5)  # no warm-up: prior
+    # training events as scattered as any mix (spread 1 round a skewed base) tell little:
+    # the warm-up that looked like them at spread 200 no longer does
+    assert like_training(np.array([5, 5, 5, 35]), base, 1.0) < 0.5
+
+
+def test_crowd_forecast_mixes_crowd_and_the_add_one_mix() -> None:
+    base = np.array([0.1, 0.1, 0.1, 0.7])
+    shares, n = np.array([0.4, 0.4, 0.1, 0.1]), 60
+    np.testing.assert_allclose(crowd_forecast(shares, n, base, 20.0, 1.0),
+                               crowd(shares, base, 20.0, n))
+    np.testing.assert_allclose(crowd_forecast(shares, n, base, 20.0, 0.0),
+                               (shares * n + 1) / (n + K))
+    mid = crowd_forecast(shares, n, base, math.inf, 0.25)
+    np.testing.assert_allclose(mid, 0.25 * base + 0.75 * (shares * n + 1) / (n + K))
+    assert mid.sum() == pytest.approx(1.0)

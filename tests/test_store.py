@@ -370,3 +370,23 @@ def test_ray_dataset_needs_ray_init(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     with pytest.raises(StoreError, match=r"call ray.init\(\)"):
         new_store(tmp_path).to_ray_dataset()
+
+
+def test_references_of_a_run_before_like_training_still_read(tmp_path: Path) -> None:
+    """Runs stored before the shift-robust references have no ``like_training`` column: it
+    reads as nulls; a file with other columns is refused by name."""
+    import pyarrow.parquet as pq
+
+    from mfray.store.schema import REFERENCES_SCHEMA
+
+    s = new_store(tmp_path)
+    row = {"unit_key": "e", "event_id": "e", "variant": "persistence", "dimension": "stance",
+           "options": ["a", "b"], "probs": [0.4, 0.6], "persistence_weight": 0.5,
+           "crowd_prior": None, "n_train_events": 3, "n_fit_events": None}
+    old = pa.schema([f for f in REFERENCES_SCHEMA if f.name != "like_training"])
+    pq.write_table(pa.Table.from_pylist([row], schema=old), s.run_dir / "references.parquet")
+    got = s.read_references().to_pylist()
+    assert got == [row | {"like_training": None}]
+    pq.write_table(pa.table({"x": [1]}), s.run_dir / "references.parquet")
+    with pytest.raises(StoreError, match="declared schema"):
+        s.read_references()

@@ -109,13 +109,15 @@ def test_the_engine_does_what_the_table_says(small_world_dir: Path) -> None:
     per_shard, metas, world, references = shard_sims(specs, ds, cfg, 1)
     by_sim = {s.sim_id: variant(s.variant) for s in specs}
     assert world is not None
-    assert {r["variant"] for r in references} == {v.name for v in TABLE
-                                                  if v.kind == "reference"}
+    assert {r["variant"] for r in references} == {v.name for v in TABLE if v.needs_fit}
+    assert {v.name for v in TABLE if v.needs_fit and v.kind != "reference"} == {"mf-cal"}
     for sim in per_shard[0]:
         v = by_sim[sim.sim_id]
-        assert (sim.fixed is not None) == (v.kind == "reference"), v.name
-        assert (sim.crowd_prior is not None) == (v.kind == "reference" and
-                                                 v.meanfield != "none"), v.name
+        assert (sim.fixed is not None) == v.needs_fit, v.name
+        assert (sim.crowd_prior is not None) == (v.needs_fit and v.meanfield != "none"), v.name
+        # shift-robust: every fit but the base rate's and the warm-up's own mix
+        assert (sim.like_training is not None) == (v.needs_fit and (
+            v.rule == "persistence" or v.meanfield != "none")), v.name
         assert (sim.features is not None) == v.needs_world, v.name
         assert (sim.latent is not None) == v.needs_event_units, v.name
     shard = AgentShard(per_shard[0], ds.label_space, cfg.sim, "test", world)

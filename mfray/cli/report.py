@@ -24,11 +24,11 @@ def run_eval_config(run_dir: str | Path, source: str | None) -> EvalConfig:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from mfray.evaluate.effects import format_effects, intervention_effects
+    from mfray.evaluate.fits import format_reference_fits
     from mfray.evaluate.report import (
         console_summary,
         evaluate,
         files_line,
-        format_reference_fits,
         write_report,
     )
     from mfray.store import RunStore

@@ -157,8 +157,13 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from mfray.bench import (bench_model, bench_scripted, format_model_bench, reference_loop,
-                             side_by_side)
+    from mfray.bench import (
+        bench_model,
+        bench_scripted,
+        format_model_bench,
+        reference_loop,
+        side_by_side,
+    )
 
     sims = ints(args.simulations, "--simulations") if args.simulations else None
     if args.workload == "scripted":

@@ -165,7 +165,7 @@ def _layout(cfg: RunConfig, ds: Dataset, model: LanguageModel | None,
     if llm and model is None:
         check_model(cfg.policy, cfg.resources)
     total = max(n_rounds(s.unit.n_agents, cfg.sim.round_size) for s in specs)
-    fits = any(variant(s.variant).kind == "reference" for s in specs)
+    fits = any(variant(s.variant).needs_fit for s in specs)
     say(f"{len(specs)} simulations of {total} rounds at most"
         + ("; fitting the references on the training events" if fits else ""))
     per_shard, metas, world, references = shard_sims(specs, ds, cfg, cfg.resources.num_shards)

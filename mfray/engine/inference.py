@@ -22,7 +22,7 @@ from mfray.engine.shard import Key, Requests, Scored
 from mfray.llm.base import LanguageModel, ModelError, model_input
 from mfray.llm.build import build_model
 from mfray.llm.retry import RetryingModel, answers
-from mfray.policy import clean_summary, first_line
+from mfray.policy import calibrate, clean_summary, first_line
 
 
 def _canonical(shard_requests: Sequence[Requests], part: tuple[int, int] = (0, 1)
@@ -32,6 +32,23 @@ def _canonical(shard_requests: Sequence[Requests], part: tuple[int, int] = (0, 1
     mine, n = part
     return sorted(((key, s, j) for s, r in enumerate(shard_requests)
                    for j, key in enumerate(r.keys) if key[0] % n == mine), key=lambda t: t[0])
+
+
+def _calibrate(shard_requests: Sequence[Requests], flat: list[tuple[Key, int, int]],
+               out: list[Scored]) -> None:
+    """Calibrated simulations (``mf-cal``): each round's log-scores, per dimension, shifted so
+    that their mean probability is the simulation's target (:func:`mfray.policy.calibrate`).
+    This actor holds every agent of its simulations, in key order: the result does not
+    depend on the shards or the actors. Failed decisions take no part."""
+    targets = {sim: t for r in shard_requests for sim, t in r.targets.items()}
+    rows: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for (sim, _, d), s, j in flat:
+        if sim in targets and out[s].log_scores[j] is not None:
+            rows.setdefault((sim, d), []).append((s, j))
+    for (sim, d), where in rows.items():
+        fitted = calibrate(np.stack([out[s].log_scores[j] for s, j in where]), targets[sim][d])
+        for (s, j), row in zip(where, fitted, strict=True):
+            out[s].log_scores[j] = row
 
 
 def _empty(n: int) -> Scored:
@@ -99,6 +116,7 @@ class InferenceServer:
                 self._score_chunk(chunk, prompts, options, out)
                 if self.prompt_log:
                     self._log([shard_requests[s].keys[j] for s, j in chunk], prompts)
+        _calibrate(shard_requests, flat, out)
         return out
 
     def generate_round(self, *shard_requests: Requests) -> list[Scored]:

@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from mfray.baselines import bayes_latent, fit_reference, load_world
+from mfray.baselines import UnitFit, bayes_latent, fit_reference, load_world
 from mfray.config import RunConfig
 from mfray.data.schema import Dataset
 from mfray.data.synthetic import SyntheticWorld
 from mfray.engine.population import SimMeta
 from mfray.engine.shard import ShardSim
+from mfray.errors import ConfigError
 from mfray.interventions import Intervention
 from mfray.persona import persona_for
 from mfray.schedule import Unit, build_units
@@ -50,6 +51,10 @@ def plan(cfg: RunConfig, ds: Dataset) -> list[SimSpec]:
     in a stable order."""
     for iv in cfg.sim.interventions:
         iv.check(ds.label_space)
+    calibrated = [v for v in cfg.sim.variants if variant(v).calibrated]
+    if calibrated and cfg.policy.mode != "choice":
+        raise ConfigError(f"variant {calibrated[0]!r} calibrates the option probabilities of "
+                          "choice mode; text mode has none (use policy.mode = choice)")
     specs: list[SimSpec] = []
     for unit in build_units(ds, cfg.sim):
         for seed in cfg.sim.seeds:
@@ -68,7 +73,7 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
     ``references.parquet``)."""
     traits = {s.variant: variant(s.variant) for s in specs}
     labels_by_event: dict[str, list[Any]] = {}
-    if any(t.kind == "reference" for t in traits.values()):
+    if any(t.needs_fit for t in traits.values()):
         every = replace(cfg.sim, unit="event", events=(), min_replies=0, train_events=())
         labels_by_event = {u.event_id: u.agents["labels"].to_pylist()
                            for u in build_units(ds, every)}
@@ -78,7 +83,7 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
     metas = []
     key, col, followers = None, {}, ()
     priors: dict[tuple[str, ...], dict[str, float]] = {}  # crowd's fits by training set
-    fitted: dict[tuple[str, str], tuple[Any, Any, list[dict[str, Any]]]] = {}  # by unit, variant
+    fitted: dict[tuple[str, str], UnitFit] = {}  # by unit, variant
     latents: dict[str, np.ndarray] = {}  # bayes: the event latent's posterior, by unit
     for spec in specs:  # unit-major order: one unit's columns are alive at a time
         unit, t = spec.unit, traits[spec.variant]
@@ -87,13 +92,13 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
             followers = tuple((p or {}).get("followers_count") for p in col["profile"])
         metas.append(SimMeta(spec.sim_id, unit.event_id, spec.variant, spec.seed, followers,
                              spec.label, spec.intervention, unit.topic))
-        fixed, crowd_prior = None, None
-        if t.kind == "reference":  # fitted once per unit, whatever the seeds
+        fit = None
+        if t.needs_fit:  # fitted once per unit, whatever the seeds
             ref = (unit.key(), spec.variant)
             if ref not in fitted:
                 fitted[ref] = fit_reference(spec.variant, unit, col["labels"], labels_by_event,
                                             ds.label_space, cfg.sim, priors)
-            fixed, crowd_prior, _ = fitted[ref]
+            fit = fitted[ref]
         feats = np.stack([world.features(p) for p in col["profile"]]) if t.needs_world else None
         latent = None
         if t.needs_event_units:  # the latent, inferred once per unit from its warm-up only
@@ -108,8 +113,10 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
             shards[k].append(ShardSim(
                 spec.sim_id, unit.event_id, unit.key(), spec.variant, spec.seed, unit.topic,
                 tuple(idx), **part, features=None if feats is None else feats[idx],
-                latent=latent, fixed=fixed, label=spec.label, crowd_prior=crowd_prior))
-    return shards, metas, world, [row for *_, rows in fitted.values() for row in rows]
+                latent=latent, label=spec.label, fixed=fit.fixed if fit else None,
+                crowd_prior=fit.crowd_prior if fit else None,
+                like_training=fit.like if fit else None))
+    return shards, metas, world, [row for fit in fitted.values() for row in fit.rows]
 
 
 def _columns(unit: Unit) -> dict[str, list[Any]]:

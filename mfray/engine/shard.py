@@ -24,7 +24,7 @@ from mfray.data.synthetic import SyntheticWorld
 from mfray.engine.population import SimView
 from mfray.policy import choice_distribution, prompt_parts, text_prompt_parts
 from mfray.prompts import template_hash
-from mfray.references import crowd
+from mfray.references import crowd_forecast
 from mfray.schedule import agent_uniform, is_warmup, round_slice, sample_indices, stable_hash
 from mfray.store import decisions_schema
 from mfray.variants import variant
@@ -54,7 +54,8 @@ class ShardSim:
     features: np.ndarray | None = None  # synthetic-world persona features (surrogates)
     latent: np.ndarray | None = None  # bayes: samples of the event latent's posterior
     fixed: Mapping[str, np.ndarray] | None = None  # base-rate / persistence / crowd's base
-    crowd_prior: Mapping[str, float] | None = None  # crowd: the prior's weight, in decisions
+    crowd_prior: Mapping[str, float] | None = None  # crowd, mf-cal: the prior's weight
+    like_training: Mapping[str, float] | None = None  # shift-robust: P(like training events)
     label: str = ""  # the stored variant name (``mf+<intervention>`` for an intervened twin)
 
 
@@ -79,6 +80,9 @@ class Requests:
     prompts: list[str]
     seeds: list[int]
     contexts: list[str]
+    #: calibrated variants (``mf-cal``): per simulation, the mix its round's option
+    #: probabilities are calibrated to, one array per dimension (the same on every shard)
+    targets: dict[int, list[np.ndarray]] = dataclasses.field(default_factory=dict)
 
 
 def merge(answers: Sequence[Scored], keys: Sequence[Key]) -> Scored:
@@ -120,9 +124,12 @@ class AgentShard:
         """Prompts of this round's rollout agents of LLM variants."""
         out = Requests([], [], [], [])
         for sim in self.sims:
-            if not variant(sim.variant).needs_model:
+            traits = variant(sim.variant)
+            if not traits.needs_model:
                 continue
             view = views[sim.sim_id]
+            if traits.calibrated and self.round_agents(sim, round_index):
+                out.targets[sim.sim_id] = [self._forecast(sim, view, d) for d in self.dims]
             for pos in self.round_agents(sim, round_index):
                 i = sim.agent_index[pos]
                 if is_warmup(i, self.cfg.warmup):
@@ -176,11 +183,18 @@ class AgentShard:
                                               view.shares["stance"], view.n_seen["stance"],
                                               sim.latent)}
         if sim.crowd_prior is not None:  # one distribution per round, from the mean field
-            return {d: np.tile(crowd(view.shares[d], p, sim.crowd_prior[d], view.n_seen[d]),
-                               (len(positions), 1)) for d, p in sim.fixed.items()}
+            return {d: np.tile(self._forecast(sim, view, d), (len(positions), 1))
+                    for d in sim.fixed}
         if sim.fixed is not None:
             return {d: np.tile(p, (len(positions), 1)) for d, p in sim.fixed.items()}
         return None
+
+    @staticmethod
+    def _forecast(sim: ShardSim, view: SimView, dim: str) -> np.ndarray:
+        """The shift-robust crowd forecast of this round (``crowd``'s distribution, ``mf-cal``'s
+        target)."""
+        return crowd_forecast(view.shares[dim], view.n_seen[dim], sim.fixed[dim],
+                              sim.crowd_prior[dim], sim.like_training[dim])
 
     def _llm_probs(self, sim: ShardSim, agents: list[int], rollout: np.ndarray,
                    answer: Mapping[Key, int], scored: Scored, cols: dict[str, list[Any]]

@@ -336,31 +336,6 @@ def event_floors(ev: Evaluation, dim: str) -> dict[Any, float]:
     return event_means(ev, dim, "kl_floor")
 
 
-def format_reference_fits(fits: pa.Table) -> str:
-    """One line per reference and dimension: its fitted parameter and on how many units each
-    value was fitted, in brackets (``RunStore.read_references``), e.g. ``| crowd | stance |
-    prior k = 5 (4) | 11 |``; the distributions are in the table itself."""
-    lines = ["| reference | dimension | fitted (units) | training events |", "|---|---|---|---|"]
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in fits.to_pylist():
-        groups.setdefault((row["variant"], row["dimension"]), []).append(row)
-    for (variant, dim), rows in sorted(groups.items()):
-        # what was fitted is in the rows: a prior weight (crowd), a warm-up weight
-        # (persistence), or nothing beyond the base rate
-        if rows[0]["crowd_prior"] is not None:
-            values = [f"prior k = {r['crowd_prior']:g}" for r in rows]
-        elif rows[0]["persistence_weight"] is not None:
-            values = [f"warm-up weight {r['persistence_weight']:.2f}" for r in rows]
-        else:
-            values = ["the base rate"] * len(rows)
-        counts = {v: values.count(v) for v in dict.fromkeys(values)}
-        fitted = "; ".join(f"{v} ({n})" for v, n in counts.items())
-        n_train = sorted({r["n_train_events"] for r in rows})
-        train = f"{n_train[0]}" if len(n_train) == 1 else f"{n_train[0]}–{n_train[-1]}"
-        lines.append(f"| {variant} | {dim} | {fitted} | {train} |")
-    return "\n".join(lines)
-
-
 def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
     """Write per-simulation and summary CSVs, the Markdown summary and the two plots."""
     import pyarrow.csv as pacsv

@@ -230,7 +230,18 @@ class RunStore:
         path = self.run_dir / "references.parquet"
         if not path.exists():
             return REFERENCES_SCHEMA.empty_table()
-        return read_parquet(path, REFERENCES_SCHEMA)
+        table = read_parquet(path)
+        try:
+            for i, field in enumerate(REFERENCES_SCHEMA):  # runs older than a nullable column
+                if field.nullable and field.name not in table.column_names \
+                        and i <= table.num_columns:
+                    table = table.add_column(i, field, pa.nulls(table.num_rows, field.type))
+            if table.column_names != REFERENCES_SCHEMA.names:
+                raise ValueError("other columns")
+            return table.cast(REFERENCES_SCHEMA)
+        except (ValueError, pa.ArrowException):
+            raise StoreError(f"{path} does not have the declared schema:\n{table.schema}"
+                             ) from None
 
     def files(self, table: str = "decisions") -> list[Path]:
         """The files of ``table`` ("decisions" or "rounds") for the complete rounds, in order."""

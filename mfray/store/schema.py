@@ -70,13 +70,15 @@ RUNS_SCHEMA = pa.schema([
 ])
 
 
-#: one row per (unit, reference variant, dimension): what ``base-rate``, ``persistence`` and
-#: ``crowd`` were fitted to (the same for every seed and intervention of the unit)
+#: one row per (unit, fitted variant, dimension): what ``base-rate``, ``warmup``,
+#: ``persistence``, ``crowd`` and ``mf-cal`` were fitted to (the same for every seed and
+#: intervention of the unit)
 REFERENCES_SCHEMA = pa.schema([
     _f("unit_key", _STR, False), _f("event_id", _STR, False), _f("variant", _STR, False),
     _f("dimension", _STR, False), _f("options", pa.list_(_STR), False),
     _f("probs", pa.list_(_F64), False),  # every rollout agent's (crowd: its prior's mean)
     _f("persistence_weight", _F64),  # persistence: the warm-up mix's weight
+    _f("like_training", _F64),  # shift-robust variants: P(the unit is like the training events)
     _f("crowd_prior", _F64),  # crowd: the prior's weight in decisions (inf: the base rate)
     _f("n_train_events", _I32, False),  # the events the base rate pools
     _f("n_fit_events", _I32),  # crowd: the events its prior was fitted on
