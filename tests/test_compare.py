@@ -42,8 +42,9 @@ def run_dir(small_world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def test_variant_order_follows_the_paper() -> None:
     assert variant_order(["zeta", "persistence", "sft", "mf-text", "state", "base-rate",
-                          "mf", "alpha"]) == ["state", "mf", "mf-text", "sft", "base-rate",
-                                              "persistence", "alpha", "zeta"]
+                          "mf", "alpha", "warmup", "mf-cal"]) == [
+        "state", "mf", "mf-text", "mf-cal", "sft", "base-rate", "warmup", "persistence",
+        "alpha", "zeta"]
 
 
 def test_relative_change_by_hand_and_degenerate_cases() -> None:
@@ -126,6 +127,16 @@ def test_comparison_files(run_dir: Path, tmp_path: Path) -> None:
     assert [ln.split()[0] for ln in lines[2:2 + len(VARIANTS)]] == [
         "state", "recent", "mf", "base-rate", "persistence", "crowd", "oracle"]
     assert f"sampling floor of KL: {mean:.3f}" in text and "comparison.png" in text
+    assert "Recommended variant: mf-cal (not in this comparison;" in text
+
+
+def test_the_recommended_variant_is_named_with_its_kl() -> None:
+    from mfray.evaluate.compare import Comparison, recommended
+
+    row = {"variant": "mf-cal", "dimension": "stance", "kl": 0.05, "kl_lo": 0.04, "kl_hi": 0.07}
+    comp = Comparison({"stance": ("a", "b")}, [row], None, {})  # type: ignore[arg-type]
+    assert recommended(comp) == ("Recommended variant: mf-cal (KL 0.050 [0.040, 0.070] here; "
+                                 "results/shift-robust.md).")
 
 
 def test_no_llm_baseline_says_n_a(small_world_dir: Path, tmp_path: Path) -> None:

@@ -39,3 +39,33 @@ def test_probe_command(herding_world: Path, capsys: pytest.CaptureFixture[str]) 
                  "--n", "8"]) == 0
     out = capsys.readouterr().out
     assert "| mean field favours |" in out and "mean +" in out
+
+
+def test_drift_of_a_deaf_policy_and_of_its_calibrated_twin(small_world_dir: Path) -> None:
+    """A policy that always answers the even mix walks the mean field there: after R rounds of
+    B agents from W decisions at the real mix s, it is (W·s + R·B·even) / (W + R·B), so it
+    moves by R·B / (W + R·B) × TV(s, even). The same policy calibrated (mf-cal) gives each
+    round the shift-robust crowd forecast instead, which stays near where it starts."""
+    from mfray.probe import drift
+
+    ds = read_dataset(small_world_dir)
+    sim = SimConfig(data=str(small_world_dir), warmup=30, round_size=8)
+    deaf = ScriptedModel(lambda p, opts: np.ones(len(opts)))
+    walked = drift(deaf, ds, sim, "mf", rounds=5)
+    assert set(walked.tv) == set(ds.event_ids())
+    for e, tv in walked.tv.items():
+        start = np.asarray(walked.start[e])
+        even_tv = 0.5 * np.abs(start - 0.25).sum()
+        assert tv == pytest.approx(40 / 70 * even_tv, rel=1e-9)
+    held = drift(deaf, ds, sim, "mf-cal", rounds=5)
+    assert max(held.tv.values()) < 0.5 * max(walked.tv.values())
+    assert "largest move" in held.markdown() and "| event | real mix |" in held.markdown()
+    with pytest.raises(ConfigError, match="does not read the numeric mean field"):
+        drift(deaf, ds, sim, "state")
+
+
+def test_drift_command(small_world_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["probe", "--data", str(small_world_dir), "--model", "scripted",
+                 "--drift", "mf,mf-cal", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("largest move") == 2 and "mf-cal, 2 rounds (stance)" in out

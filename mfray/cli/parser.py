@@ -17,7 +17,15 @@ from mfray.cli.data import (
 from mfray.cli.keys import cmd_config
 from mfray.cli.report import cmd_compare, cmd_evaluate
 from mfray.cli.shortcuts import COMMAND_SHORTCUTS, add_shortcuts
-from mfray.cli.simulate import cmd_bench, cmd_demo, cmd_plan, cmd_probe, cmd_simulate, cmd_sweep
+from mfray.cli.simulate import (
+    cmd_bench,
+    cmd_demo,
+    cmd_plan,
+    cmd_probe,
+    cmd_simulate,
+    cmd_sweep,
+    cmd_validate,
+)
 from mfray.cli.train import cmd_train
 from mfray.data.topics import EARLIEST
 from mfray.data.topics import RULES as TOPIC_RULES
@@ -83,6 +91,19 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[argparse.Namespace], None],
         arg("--out", help="the run directory to create"), CONFIG, SET,
         arg("--max-rounds", type=int, help="stop after this many rounds (resumable)"),
         arg("--resume", metavar="RUN_DIR", help="continue an interrupted run")]),
+    (("validate",), ("is a simulator any good on this data? leave one event out on the real "
+     "events and on resampled copies (other label mixes), every variant against the warm-up's "
+     "own mix, the base rate and the sampling floor, with a verdict"), cmd_validate, [
+        arg("--out", required=True, help="the validation directory (rerun to resume)"),
+        CONFIG, SET,
+        arg("--copies", type=int, default=3, help="resampled copies per event (0: none)"),
+        arg("--copy-seeds", default="0,1", help="simulation seeds on the copies"),
+        arg("--alpha", type=float, default=1.0, help="the copies' mixes ~ Dirichlet(alpha)"),
+        arg("--mix-seed", type=int, default=0, help="which mixes are drawn"),
+        arg("--synthetic", action="store_true", help="also a synthetic world's events"),
+        arg("--tuned", action="append", metavar="VARIANT=PATTERN", default=[],
+            help="a tuned variant with one adapter per held-out event, e.g. "
+            "sft=runs/loo/{event}/tune-sft/adapter (repeatable)")]),
     (("evaluate",), "compare a run with reality: tables and plots", cmd_evaluate, [
         arg("run_dir"), FROM, arg("--out", help="report directory (default RUN_DIR/eval)")]),
     (("compare",), ("the paper's comparison table and the forecasting report of a run, or of "
@@ -111,7 +132,11 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[argparse.Namespace], None],
      cmd_probe, [
         CONFIG, SET, arg("--n", type=int, default=24, help="real agents to show"),
         arg("--strength", type=float, default=0.85,
-            help="share of the favoured option in the mean field shown")]),
+            help="share of the favoured option in the mean field shown"),
+        arg("--drift", metavar="VARIANT[,VARIANT]",
+            help="instead: the closed-loop drift check of these variants (e.g. mf,mf-cal): "
+            "how far each moves the mean field from each event's real mix"),
+        arg("--rounds", type=int, default=20, help="rounds of the drift check")]),
     (("sweep",), ("a grid of configs and synthetic worlds on Ray Tune (see mfray/sweep.py); "
      "rerun to resume"), cmd_sweep, [
         arg("--config", required=True, help="the sweep file (base, world, space)"),

@@ -47,6 +47,7 @@ COMMAND_SHORTCUTS = {
     "simulate": ("--data", "--variants", "--model", "--url", "--policy-adapter",
                  "--meanfield-adapter", "--shards"),
     "plan": ("--data", "--variants", "--model"),
+    "validate": ("--data", "--variants", "--model"),
     "probe": ("--data", "--model", "--policy-adapter"),
     "train": ("--data", "--model", "--variant", "--held-out", "--workers"),
 }

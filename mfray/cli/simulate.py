@@ -109,6 +109,31 @@ def cmd_simulate(args: argparse.Namespace) -> None:
           f"in {run_dir}")
 
 
+#: what ``mfray validate`` sets against the plain readings when --variants is not given
+VALIDATE_VARIANTS = "persistence,crowd,mf-cal"
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from mfray.data.schema import read_dataset
+    from mfray.validate import ValidateSettings, summary, validate
+
+    args.variants = args.variants or VALIDATE_VARIANTS
+    cfg = run_config(args)
+    if not cfg.sim.data:
+        raise MfrayError(NO_DATA)
+    tuned = []
+    for item in args.tuned:
+        name, eq, pattern = item.partition("=")
+        if not eq or "{event}" not in pattern:
+            raise MfrayError(f"--tuned {item!r}: use VARIANT=PATTERN with {{event}} in it")
+        tuned.append((name, pattern))
+    settings = ValidateSettings(copies=args.copies, copy_seeds=tuple(ints(args.copy_seeds,
+                                "--copy-seeds")), alpha=args.alpha, mix_seed=args.mix_seed,
+                                synthetic=args.synthetic, tuned=tuple(tuned))
+    tables = validate(cfg, read_dataset(cfg.sim.data), args.out, settings)
+    print(summary(tables, Path(args.out)))
+
+
 def ints(text: str, flag: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",")]
@@ -141,6 +166,13 @@ def cmd_probe(args: argparse.Namespace) -> None:
     if not cfg.sim.data:
         raise MfrayError(NO_DATA)
     model = build_model(cfg.policy, cfg.sim.data, resources=cfg.resources)
+    if args.drift:
+        from mfray.probe import drift
+
+        ds = read_dataset(cfg.sim.data)
+        for name in args.drift.split(","):
+            print(drift(model, ds, cfg.sim, name, rounds=args.rounds).markdown() + "\n")
+        return
     result = probe(model, read_dataset(cfg.sim.data), cfg.sim, n=args.n, strength=args.strength)
     print(f"mean probabilities of {args.n} real agents' options when the mean field shows "
           f"{args.strength:.0%} of one option:\n")

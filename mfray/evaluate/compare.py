@@ -36,14 +36,14 @@ from mfray.evaluate.report import (
     files_line,
     read_runs,
 )
-from mfray.variants import Variant, known, variant
+from mfray.variants import RECOMMENDED, Variant, known, variant
 
 #: Row order of the comparison table; variants not listed follow in name order.
-ORDER = ("state", "recent", "popular", "mf", "mf-text", "mf-hybrid", "sft",
-         "base-rate", "persistence", "crowd")
+ORDER = ("state", "recent", "popular", "mf", "mf-text", "mf-hybrid", "mf-cal", "sft",
+         "base-rate", "warmup", "persistence", "crowd")
 #: what a mean-field variant is measured against: the best LLM variant that reads no mean
 #: field, and the best reference that reads none (``crowd`` is not in that pool: the reference
-#: is the better of ``base-rate`` and ``persistence``, method.md §3)
+#: is the best of ``base-rate``, ``warmup`` and ``persistence``, method.md §3)
 AGAINST = ("llm", "ref")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -213,8 +213,8 @@ def comparison_markdown(comp: Comparison, dim: str) -> str:
     level = "intervals over seeds (one event)" if any(
         r["interval_over"] == "seeds" for r in rows) else "bootstrap intervals over events"
     lines.append(f"\nMean [{level}]. ΔKL = (KL − KL_best) / KL_best, paired over the same "
-                 "events; negative is better; the reference is the better of base-rate and "
-                 "persistence. Variants without an LLM in italics.")
+                 "events; negative is better; the reference is the best of base-rate, warmup "
+                 f"and persistence. Variants without an LLM in italics. {recommended(comp)}")
     if dim in comp.floors:
         f = comp.floors[dim]
         lines.append(f"\nSampling floor of KL for the {f['n_events']} event(s)' real replies: "
@@ -250,9 +250,17 @@ def compare_summary(comp: Comparison, files: Sequence[str | Path] = ()) -> str:
             lines.append(line.rstrip())
         if dim in comp.floors:
             lines.append(f"  sampling floor of KL: {_cell(comp.floors[dim], 'kl_floor')}")
+    lines.append(recommended(comp))
     if files:
         lines.append(files_line(files))
     return "\n".join(lines)
+
+
+def recommended(comp: Comparison) -> str:
+    """Which variant mfray recommends, and its KL in this comparison (first dimension)."""
+    row = next((r for r in comp.rows if r["variant"] == RECOMMENDED), None)
+    here = f"KL {_cell(row, 'kl')} here" if row else "not in this comparison"
+    return f"Recommended variant: {RECOMMENDED} ({here}; results/shift-robust.md)."
 
 
 def _plot_comparison(comp: Comparison, path: Path) -> None:
