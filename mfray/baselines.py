@@ -127,14 +127,23 @@ def reference_fits(name: str, event_id: str, unit_labels: Sequence[Mapping],
 
 
 def crowd_priors(fit_events: Sequence[str], labels_by_event: Mapping[str, Sequence[Mapping]],
-                 label_space: Mapping[str, Sequence[str]], cfg: SimConfig) -> dict[str, float]:
+                 label_space: Mapping[str, Sequence[str]], cfg: SimConfig,
+                 expected: bool | None = None) -> dict[str, float]:
     """``crowd``'s prior weight per dimension, fitted by simulating ``fit_events``
     (:func:`crowd_fit_events`) in closed loop with the run's warm-up, round size and
-    mean-field update."""
+    mean-field update (``expected``: what the variant's decisions add, when not the run's)."""
+    if expected is None:
+        expected = cfg.meanfield_update == "expected"
     return {dim: fit_crowd_prior(_labels(fit_events, labels_by_event, dim, options),
-                                 cfg.warmup, cfg.round_size, len(options),
-                                 expected=cfg.meanfield_update == "expected")
+                                 cfg.warmup, cfg.round_size, len(options), expected=expected)
             for dim, options in label_space.items()}
+
+
+def adds_expected(name: str, cfg: SimConfig) -> bool:
+    """Whether a simulation of ``name`` adds its decisions' action distributions to the mean
+    field (the run's ``sim.meanfield_update = expected``, or a calibrated variant always: a
+    simulated draw tells nothing about the event, and its noise would walk the forecast)."""
+    return cfg.meanfield_update == "expected" or variant(name).calibrated
 
 
 @dataclass(frozen=True)
@@ -156,9 +165,11 @@ def fit_reference(name: str, unit: Unit, labels: list[Any],
     fit, prior = (), None
     if variant(name).meanfield != "none":
         fit = crowd_fit_events(unit.event_id, labels_by_event, cfg)
-        if fit not in priors:
-            priors[fit] = crowd_priors(fit, labels_by_event, label_space, cfg)
-        prior = priors[fit]
+        key = (*fit, f"expected={adds_expected(name, cfg)}")
+        if key not in priors:
+            priors[key] = crowd_priors(fit, labels_by_event, label_space, cfg,
+                                       adds_expected(name, cfg))
+        prior = priors[key]
     n_train = len(training_events(unit.event_id, labels_by_event, cfg))
     rows = [{"unit_key": unit.key(), "event_id": unit.event_id, "variant": name,
              "dimension": d, "options": list(label_space[d]), "probs": f.probs.tolist(),

@@ -41,7 +41,8 @@ class Variant:
     trains_as: str | None = None  # training-only: the variant whose prompts it is tuned on
     #: LLM variants: each round, the option probabilities of the simulation's agents are
     #: shifted by one offset per option so that their mean is the shift-robust ``crowd``
-    #: forecast (the population's mix follows the mean field; the LLM decides who does what)
+    #: forecast (the population's mix follows the mean field; the LLM decides who does what);
+    #: its decisions add their distributions to the mean field, not their draws
     calibrated: bool = False
 
     @property

@@ -188,6 +188,11 @@ def test_mf_cal_rounds_follow_the_crowd_forecast(small_world_dir: Path, tmp_path
         shares = np.asarray(rounds[sim_id, t - 1]["meanfield_shares"]["stance"])
         want = _forecast(refs[group[0]["event_id"]], n, shares)
         np.testing.assert_allclose(probs.mean(axis=0), want, atol=1e-8)
+        # its decisions add their distributions to the mean field, not their draws
+        before = shares * n
+        after = np.asarray(rounds[sim_id, t]["meanfield_shares"]["stance"]) * (n + len(group))
+        if rounds[sim_id, t]["n_warmup"] == 0 and rounds[sim_id, t]["n_failed"] == 0:
+            np.testing.assert_allclose(after - before, probs.sum(axis=0), atol=1e-6)
         checked += 1
         if len(group) > 1:  # not one distribution for all: the model still tells agents apart
             assert np.ptp(probs, axis=0).max() > 1e-3

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mfray.baselines import adds_expected
 from mfray.config import SimConfig
 from mfray.interventions import Intervention, apply
 from mfray.meanfield import NumericMeanField
@@ -86,8 +87,8 @@ class Population:
         """Apply one round's decisions (sorted by sim, agent) and return the rounds-table rows
         (without run id and timings, which the driver adds)."""
         names = ["sim_id", "agent_index", "action", "action_text", "ok", "is_warmup"]
-        if self.cfg.meanfield_update == "expected":  # real histories (training) have none
-            names += ["probs"] if "probs" in decisions.column_names else []
+        # real histories (training) have no probs
+        names += ["probs"] if "probs" in decisions.column_names else []
         cols = decisions.select(names).to_pydict()
         self.round_actions = {}
         rows: list[dict[str, Any]] = []
@@ -109,7 +110,7 @@ class Population:
         actions = [cols["action"][i] if cols["ok"][i] else None for i in order]
         labels = {d: [a[d] if a else None for a in actions] for d in self.space}
         probs = None
-        if "probs" in cols:  # model decisions count their distribution
+        if "probs" in cols and adds_expected(meta.variant, self.cfg):  # their distributions
             dist = [cols["probs"][i] if cols["ok"][i] else None for i in order]
             probs = {d: [p[d] if p else None for p in dist] for d in self.space}
         self.mf[sim_id] = self.mf[sim_id].update(self.space, labels, probs)
