@@ -37,6 +37,7 @@ from mfray.variants import RECOMMENDED, variant
 
 PLAIN = ("warmup", "base-rate")  # the readings every variant is set against
 TOLERANCE = 0.10  # within 10 % of the best plain reading counts as "as good as"
+ABS_TOLERANCE = 0.005  # ... as does within 0.005 nats (a small KL's 10 % is noise)
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,8 @@ def set_table(specs: Sequence[str], cfg: RunConfig) -> dict[str, Any]:
 
 def verdict(rows: list[dict[str, Any]]) -> str:
     """One line on the recommended variant (or the first that is not a plain reading): as good
-    as the best plain reading within :data:`TOLERANCE`, better, or worse."""
+    as the best plain reading (within :data:`TOLERANCE` or :data:`ABS_TOLERANCE`), better, or
+    worse."""
     by = {r["variant"]: r for r in rows}
     focus = RECOMMENDED if RECOMMENDED in by else next(
         (v for v in by if v not in PLAIN), None)
@@ -195,8 +197,9 @@ def verdict(rows: list[dict[str, Any]]) -> str:
             f"({best['variant']}, {best['kl']:.3f})")
     if ratio <= 1 - TOLERANCE:
         return f"{said}: better than copying it; the simulator reads this data"
-    if ratio <= 1 + TOLERANCE:
-        return f"{said}: as good within {TOLERANCE:.0%}; the simulator reads the crowd here"
+    if ratio <= 1 + TOLERANCE or mine - best["kl"] <= ABS_TOLERANCE:
+        return (f"{said}: as good (within {TOLERANCE:.0%} or {ABS_TOLERANCE} nats); the "
+                "simulator reads the crowd here")
     return f"{said}: worse; do not trust it on data like this"
 
 
