@@ -124,9 +124,11 @@ class Drift:
 
 
 def drift(model: LanguageModel, ds: Dataset, sim: SimConfig, name: str = "mf", *,
-          rounds: int = 20, dimension: str | None = None) -> Drift:
+          rounds: int = 20, dimension: str | None = None,
+          start_weight: float | None = None) -> Drift:
     """The closed-loop drift check: per event, the numeric mean field starts at the event's
-    real mix, worth ``sim.warmup`` decisions (where a simulation's rollout starts); each round
+    real mix, worth ``start_weight`` decisions (default ``sim.warmup``: where a simulation's
+    rollout starts; 0: all the event's labelled replies); each round
     the next ``sim.round_size`` real agents of the event (persona, post, topic; in arrival
     order, from the first again when they run out) decide under variant ``name``'s prompt, and
     their action distributions join the mean field (``expected`` update: no sampling noise).
@@ -142,9 +144,11 @@ def drift(model: LanguageModel, ds: Dataset, sim: SimConfig, name: str = "mf", *
     for unit in build_units(ds, replace(sim, unit="event")):
         labels = unit.agents["labels"].to_pylist()
         said = [x.get(dim) if x else None for x in labels]
-        start = np.array([said.count(o) for o in options]) / sum(o in options for o in said)
+        real = np.array([said.count(o) for o in options])
+        start = real / real.sum()
+        weight = real.sum() if start_weight == 0 else (start_weight or max(sim.warmup, 1))
         counts = {d: (1,) * len(o) for d, o in ds.label_space.items()} | {
-            dim: tuple(start * max(sim.warmup, 1))}
+            dim: tuple(start * weight)}
         fit = fit_reference(name, unit, labels, labels_by_event, ds.label_space, sim, {}) \
             if traits.calibrated else None
         mf = NumericMeanField(counts)

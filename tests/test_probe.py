@@ -57,6 +57,9 @@ def test_drift_of_a_deaf_policy_and_of_its_calibrated_twin(small_world_dir: Path
         start = np.asarray(walked.start[e])
         even_tv = 0.5 * np.abs(start - 0.25).sum()
         assert tv == pytest.approx(40 / 70 * even_tv, rel=1e-9)
+    # worth all of an event's labelled replies, the same rounds move it less
+    heavy = drift(deaf, ds, sim, "mf", rounds=5, start_weight=0)
+    assert all(heavy.tv[e] < walked.tv[e] for e in walked.tv)
     held = drift(deaf, ds, sim, "mf-cal", rounds=5)
     assert max(held.tv.values()) < 0.5 * max(walked.tv.values())
     assert "largest move" in held.markdown() and "| event | real mix |" in held.markdown()

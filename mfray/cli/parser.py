@@ -136,7 +136,9 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[argparse.Namespace], None],
         arg("--drift", metavar="VARIANT[,VARIANT]",
             help="instead: the closed-loop drift check of these variants (e.g. mf,mf-cal): "
             "how far each moves the mean field from each event's real mix"),
-        arg("--rounds", type=int, default=20, help="rounds of the drift check")]),
+        arg("--rounds", type=int, default=20, help="rounds of the drift check"),
+        arg("--start-weight", type=float, help="the drift check's starting mean field, in "
+            "decisions (default sim.warmup; 0: all the event's labelled replies)")]),
     (("sweep",), ("a grid of configs and synthetic worlds on Ray Tune (see mfray/sweep.py); "
      "rerun to resume"), cmd_sweep, [
         arg("--config", required=True, help="the sweep file (base, world, space)"),

@@ -171,7 +171,8 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
         ds = read_dataset(cfg.sim.data)
         for name in args.drift.split(","):
-            print(drift(model, ds, cfg.sim, name, rounds=args.rounds).markdown() + "\n")
+            print(drift(model, ds, cfg.sim, name, rounds=args.rounds,
+                        start_weight=args.start_weight).markdown() + "\n")
         return
     result = probe(model, read_dataset(cfg.sim.data), cfg.sim, n=args.n, strength=args.strength)
     print(f"mean probabilities of {args.n} real agents' options when the mean field shows "
