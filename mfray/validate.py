@@ -119,9 +119,11 @@ def run_sets(cfg: RunConfig, ds: Dataset, out: Path, vs: ValidateSettings
                                 real.sim.seeds)
     if vs.copies:
         data = out / "copies-data"
+        # a copy is an event like the others: sim.min_replies replies at least, and one round
+        # of rollout after its warm-up. A small event may give fewer copies (no mix drawn in
+        # 100 tries fits: prince-toronto, 91 replies, gives none at 80)
+        least = max(cfg.sim.min_replies, cfg.sim.warmup + cfg.sim.round_size)
         if not (data / "events.parquet").exists():
-            # a copy has at least one round of rollout after its warm-up
-            least = max(cfg.sim.min_replies, cfg.sim.warmup + cfg.sim.round_size)
             mixed, _ = mix_events(ds, events, vs.copies, alpha=vs.alpha, seed=vs.mix_seed,
                                   min_agents=least)
             write_dataset(mixed, data)
@@ -130,7 +132,7 @@ def run_sets(cfg: RunConfig, ds: Dataset, out: Path, vs: ValidateSettings
         _say(f"copies: {len(ids)} resampled copies of {len(events)} events, seeds "
              f"{list(vs.copy_seeds)}")
         copies = replace(base, sim=replace(base.sim, data=str(data), events=tuple(ids),
-                                           seeds=vs.copy_seeds))
+                                           seeds=vs.copy_seeds, min_replies=least))
         sets["copies"] = [str(_run(copies, mixed, out / "copies"))]
         by_event = {e: [c for c in ids if source_event(c) == e] for e in events}
         sets["copies"] += _tuned_runs(copies, mixed, out / "copies-tuned",
