@@ -424,3 +424,27 @@ def test_the_driver_says_what_it_does_before_the_first_round(
              "mfray: loading the model (scripted)", "rounds:"]
     at = [err.find(s) for s in steps]
     assert all(i >= 0 for i in at) and at == sorted(at), err[:500]
+
+
+def test_a_prompt_asked_by_several_simulations_is_scored_once(small_world_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """mf-cal's mean field does not depend on the draws, so its two seeds ask the same prompts
+    every round: the model scores each once, and both seeds get its answer."""
+    log = tmp_path / "asked.jsonl"  # the model runs in the inference actor's process
+
+    def fn(prompt: str, options) -> np.ndarray:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(prompt) + "\n")
+        return np.arange(1, len(options) + 1, dtype=float)
+
+    cfg = _cfg(small_world_dir, variants=("mf-cal",), seeds=(0, 1), events=("synth-00",))
+    rows = [r for r in _run(cfg, tmp_path / "r", model=ScriptedModel(fn=fn)).read_decisions()
+            .to_pylist() if not r["is_warmup"]]
+    asked = log.read_text().splitlines()
+    # each distinct prompt once: at most one per agent of one seed (two agents of a round
+    # with the same persona and post ask the same too)
+    assert rows and len(asked) == len(set(asked)) and len(rows) // 2 - 5 <= len(asked) \
+        <= len(rows) // 2
+    by_seed = {(r["seed"], r["agent_index"]): r["probs"] for r in rows}
+    assert all(by_seed[0, i] == by_seed[1, i] for s, i in by_seed if s == 0)
+    assert all(r["latency_s"] is not None for r in rows)

@@ -34,6 +34,17 @@ def _canonical(shard_requests: Sequence[Requests], part: tuple[int, int] = (0, 1
                    for j, key in enumerate(r.keys) if key[0] % n == mine), key=lambda t: t[0])
 
 
+def _share(groups: list[list[tuple[int, int]]], out: list[Scored]) -> None:
+    """Each group's first (scored) answer for the others of the group, which asked the same
+    prompt; the model time is split over all of them."""
+    for rows in groups:
+        s0, j0 = rows[0]
+        latency = out[s0].latency_s[j0] / len(rows)
+        for s, j in rows:
+            out[s].log_scores[j], out[s].errors[j] = out[s0].log_scores[j0], out[s0].errors[j0]
+            out[s].tokens_in[j], out[s].latency_s[j] = out[s0].tokens_in[j0], latency
+
+
 def _calibrate(shard_requests: Sequence[Requests], flat: list[tuple[Key, int, int]],
                out: list[Scored]) -> None:
     """Calibrated simulations (``mf-cal``): each round's log-scores, per dimension, shifted so
@@ -109,13 +120,20 @@ class InferenceServer:
         flat = _canonical(shard_requests, self.part)
         out = [_empty(len(r.keys)) for r in shard_requests]
         for d, options in enumerate(self.options):
-            todo = [(s, j) for key, s, j in flat if key[2] == d]
-            for c in range(0, len(todo), self.resources.chunk):
-                chunk = todo[c:c + self.resources.chunk]
-                prompts = [self.format(shard_requests[s].prompts[j]) for s, j in chunk]
-                self._score_chunk(chunk, prompts, options, out)
+            # one score per distinct prompt: seeds of a simulation often ask the same (the
+            # first rollout round; every round of mf-cal), in the same canonical order
+            same: dict[str, list[tuple[int, int]]] = {}
+            for _, s, j in (t for t in flat if t[0][2] == d):
+                same.setdefault(self.format(shard_requests[s].prompts[j]), []).append((s, j))
+            unique = list(same.items())
+            for c in range(0, len(unique), self.resources.chunk):
+                part = unique[c:c + self.resources.chunk]
+                self._score_chunk([rows[0] for _, rows in part], [p for p, _ in part],
+                                  options, out)
+                _share([rows for _, rows in part], out)
                 if self.prompt_log:
-                    self._log([shard_requests[s].keys[j] for s, j in chunk], prompts)
+                    self._log([shard_requests[s].keys[j] for _, rows in part for s, j in rows],
+                              [p for p, rows in part for _ in rows])
         _calibrate(shard_requests, flat, out)
         return out
 
