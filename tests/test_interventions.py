@@ -96,24 +96,27 @@ def test_injecting_deny_raises_the_deny_share_against_identical_twins(
 
 def test_crowd_follows_an_edited_mean_field(small_world_dir: Path, tmp_path: Path) -> None:
     """``crowd`` has no model but reads the mean field, so an edit moves it: the round after
-    the edit it gives w · the edited shares + (1 − w) · the base rate, its twin does not."""
+    the edit it gives its shift-robust forecast of the edited shares, its twin does not."""
+    from mfray.references import crowd_forecast
+
     edit = Intervention("alldeny", round=2, kind="edit", shares=(0.0, 1.0, 0.0, 0.0))
     cfg = RunConfig(sim=SimConfig(data=str(small_world_dir), variants=("crowd", "base-rate"),
                                   seeds=(0,), warmup=20, events=("synth-00",),
                                   interventions=(edit,)),
                     resources=ResourcesConfig(num_cpus=2))
-    rows = simulate(cfg, read_dataset(small_world_dir), tmp_path / "r",
-                    progress=False).read_decisions().to_pylist()
+    store = simulate(cfg, read_dataset(small_world_dir), tmp_path / "r", progress=False)
+    rows = store.read_decisions().to_pylist()
 
     def probs(variant: str, round_: int) -> np.ndarray:
         (p,) = {tuple(r["probs"]["stance"]) for r in rows
                 if r["variant"] == variant and r["round"] == round_}
         return np.array(p)
 
-    base = probs("base-rate", 3)
-    w = (probs("crowd+alldeny", 3)[1] - base[1]) / (1.0 - base[1])
-    assert 0 < w <= 1
-    np.testing.assert_allclose(probs("crowd+alldeny", 3),
-                               w * np.array([0.0, 1.0, 0.0, 0.0]) + (1 - w) * base, atol=1e-12)
+    (ref,) = [r for r in store.read_references().to_pylist() if r["variant"] == "crowd"]
+    n = sum(sum(r["counts"]["stance"]) for r in store.read_rounds().to_pylist()
+            if r["variant"] == "crowd+alldeny" and r["round"] <= 2)
+    want = crowd_forecast(np.array([0.0, 1.0, 0.0, 0.0]), n, np.asarray(ref["probs"]),
+                          ref["crowd_prior"], ref["like_training"])
+    np.testing.assert_allclose(probs("crowd+alldeny", 3), want, atol=1e-12)
     np.testing.assert_array_equal(probs("crowd+alldeny", 2), probs("crowd", 2))
     assert probs("crowd+alldeny", 3)[1] > probs("crowd", 3)[1] + 0.5
