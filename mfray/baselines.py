@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,7 @@ from mfray.references import (
     shift_robust,
     warmup_mix,
 )
-from mfray.schedule import Unit, stable_hash
+from mfray.schedule import Unit, build_units, stable_hash
 from mfray.variants import variant
 
 SURROGATE_SMOOTH = 0.02
@@ -53,6 +53,13 @@ def label_indices(labels: Sequence[Mapping[str, str | None]], dim: str,
     """Real label indices of agents in arrival order (-1 where unlabelled)."""
     return np.array([options.index(lab[dim]) if lab and lab[dim] is not None else -1
                      for lab in labels], dtype=int)
+
+
+def labels_of_events(ds: Any, cfg: SimConfig) -> dict[str, list[Any]]:
+    """Every event's agents' labels in arrival order (each event one unit, whatever the run
+    selects): what the fits read of the training events."""
+    every = replace(cfg, unit="event", events=(), min_replies=0, train_events=())
+    return {u.event_id: u.agents["labels"].to_pylist() for u in build_units(ds, every)}
 
 
 def training_events(event_id: str, labels_by_event: Mapping[str, Sequence[Mapping]],

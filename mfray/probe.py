@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mfray.baselines import fit_reference
+from mfray.baselines import fit_reference, labels_of_events
 from mfray.config import SimConfig
 from mfray.data.schema import Dataset
 from mfray.errors import ConfigError
@@ -55,6 +55,12 @@ class Probe:
         return "\n".join([head, *rows, "", f"sensitivity: {sens}; mean {self.mean:+.3f}"])
 
 
+def _person(unit: Any, row: dict[str, Any]) -> dict[str, str]:
+    """What the policy prompt shows of one real agent: topic, persona and the post replied to."""
+    return {"topic": unit.topic, "persona": persona_for(unit.source, row["profile"]),
+            "context": unit.contexts.get(row["context_post_id"] or "", "")}
+
+
 def agents(ds: Dataset, sim: SimConfig, n: int, seed: int = 0) -> list[dict[str, str]]:
     """``n`` real agents (topic, persona, context) drawn evenly from the configured events."""
     units = build_units(ds, sim)
@@ -66,8 +72,7 @@ def agents(ds: Dataset, sim: SimConfig, n: int, seed: int = 0) -> list[dict[str,
         unit = units[k % len(units)]
         i = int(rng.integers(unit.n_agents))
         row = unit.agents.slice(i, 1).to_pylist()[0]
-        out.append({"topic": unit.topic, "persona": persona_for(unit.source, row["profile"]),
-                    "context": unit.contexts.get(row["context_post_id"] or "", "")})
+        out.append(_person(unit, row))
     return out
 
 
@@ -138,8 +143,7 @@ def drift(model: LanguageModel, ds: Dataset, sim: SimConfig, name: str = "mf", *
         raise ConfigError(f"drift: {name!r} does not read the numeric mean field")
     dim = dimension or next(iter(ds.label_space))
     options = tuple(ds.label_space[dim])
-    every = build_units(ds, replace(sim, unit="event", events=(), min_replies=0, train_events=()))
-    labels_by_event = {u.event_id: u.agents["labels"].to_pylist() for u in every}
+    labels_by_event = labels_of_events(ds, sim)
     out: dict[str, Any] = {"start": {}, "end": {}, "tv": {}}
     for unit in build_units(ds, replace(sim, unit="event")):
         labels = unit.agents["labels"].to_pylist()
@@ -154,9 +158,7 @@ def drift(model: LanguageModel, ds: Dataset, sim: SimConfig, name: str = "mf", *
         mf = NumericMeanField(counts)
         for r in range(rounds):
             idx = [(r * sim.round_size + j) % unit.n_agents for j in range(sim.round_size)]
-            people = [{"topic": unit.topic, "persona": persona_for(unit.source, row["profile"]),
-                       "context": unit.contexts.get(row["context_post_id"] or "", "")}
-                      for row in (unit.agents.slice(i, 1).to_pylist()[0] for i in idx)]
+            people = [_person(unit, unit.agents.slice(i, 1).to_pylist()[0]) for i in idx]
             probs = _read(model, people, population_text(
                 name, meanfield=mf, history=[], label_space=ds.label_space,
                 meanfield_form=sim.meanfield_form, tally_size=sim.tally_size), dim, options)

@@ -7,12 +7,12 @@ a stable order (:func:`plan`). Agent ``i`` of every simulation lives on shard ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mfray.baselines import UnitFit, bayes_latent, fit_reference, load_world
+from mfray.baselines import UnitFit, bayes_latent, fit_reference, labels_of_events, load_world
 from mfray.config import RunConfig
 from mfray.data.schema import Dataset
 from mfray.data.synthetic import SyntheticWorld
@@ -74,9 +74,7 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
     traits = {s.variant: variant(s.variant) for s in specs}
     labels_by_event: dict[str, list[Any]] = {}
     if any(t.needs_fit for t in traits.values()):
-        every = replace(cfg.sim, unit="event", events=(), min_replies=0, train_events=())
-        labels_by_event = {u.event_id: u.agents["labels"].to_pylist()
-                           for u in build_units(ds, every)}
+        labels_by_event = labels_of_events(ds, cfg.sim)
     worldly = [name for name, t in traits.items() if t.needs_world]
     world = load_world(worldly[0], ds) if worldly else None
     shards: list[list[ShardSim]] = [[] for _ in range(n_shards)]
