@@ -32,6 +32,7 @@ from mfray.data.mix import mix_events, source_event
 from mfray.data.schema import Dataset, read_dataset, write_dataset
 from mfray.errors import ConfigError
 from mfray.evaluate.compare import compare, per_event_kl, relative_change
+from mfray.schedule import build_units
 from mfray.store import RunStore
 from mfray.variants import RECOMMENDED, variant
 
@@ -90,15 +91,7 @@ def _tuned_runs(cfg: RunConfig, ds: Dataset, out: Path, units: dict[str, list[st
 
 def _events(cfg: RunConfig, ds: Dataset) -> list[str]:
     """The events to hold out in turn: ``sim.events``, or every event with enough replies."""
-    if cfg.sim.events:
-        return list(cfg.sim.events)
-    import pyarrow.compute as pc
-
-    out = []
-    for e in ds.event_ids():
-        posts = ds.posts_of(e)
-        if pc.sum(pc.is_valid(posts["parent_id"])).as_py() >= max(cfg.sim.min_replies, 1):
-            out.append(e)
+    out = list(dict.fromkeys(u.event_id for u in build_units(ds, replace(cfg.sim, unit="event"))))
     if len(out) < 2:
         raise ConfigError(f"validate needs at least two events with {cfg.sim.min_replies}+ "
                           f"replies (sim.min_replies); the data has {len(out)}")

@@ -57,6 +57,7 @@ class Population:
         self.space = {d: tuple(o) for d, o in label_space.items()}
         self.cfg = cfg
         self.sims = {s.sim_id: s for s in sims}
+        self.expected = any(adds_expected(s.variant, cfg) for s in sims)
         window = max(cfg.recent_k, cfg.popular_window)
         self.mf = {s.sim_id: NumericMeanField.empty(self.space) for s in sims}
         self.history: dict[int, deque[PastAction]] = {s.sim_id: deque(maxlen=window)
@@ -87,8 +88,8 @@ class Population:
         """Apply one round's decisions (sorted by sim, agent) and return the rounds-table rows
         (without run id and timings, which the driver adds)."""
         names = ["sim_id", "agent_index", "action", "action_text", "ok", "is_warmup"]
-        # real histories (training) have no probs
-        names += ["probs"] if "probs" in decisions.column_names else []
+        # real histories (training) have no probs; runs that add only draws never read them
+        names += ["probs"] if self.expected and "probs" in decisions.column_names else []
         cols = decisions.select(names).to_pydict()
         self.round_actions = {}
         rows: list[dict[str, Any]] = []
