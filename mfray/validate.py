@@ -113,12 +113,12 @@ def run_sets(cfg: RunConfig, ds: Dataset, out: Path, vs: ValidateSettings
     if vs.copies:
         data = out / "copies-data"
         # a copy is an event like the others: sim.min_replies replies at least, and one round
-        # of rollout after its warm-up. A small event may give fewer copies (no mix drawn in
-        # 100 tries fits: prince-toronto, 91 replies, gives none at 80)
+        # of rollout after its warm-up. Topped up, not redrawn: every event gets its copies
+        # (prince-toronto, 91 replies, gives none of 80 without), and every mix drawn is used
         least = max(cfg.sim.min_replies, cfg.sim.warmup + cfg.sim.round_size)
         if not (data / "events.parquet").exists():
             mixed, _ = mix_events(ds, events, vs.copies, alpha=vs.alpha, seed=vs.mix_seed,
-                                  min_agents=least)
+                                  min_agents=least, top_up=True)
             write_dataset(mixed, data)
         mixed = read_dataset(data)
         ids = [e for e in mixed.event_ids() if source_event(e) != e]

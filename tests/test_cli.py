@@ -61,6 +61,10 @@ def test_data_mix_adds_resampled_copies(small_world_dir: Path, tmp_path: Path,
                    "--min-agents", "100000")
     assert none.returncode == 2 and "no copy has 100000 replies" in none.stderr
     assert not (tmp_path / "m2").exists() and not (tmp_path / "m3").exists()
+    assert main(["data", "mix", str(small_world_dir), "--out", str(tmp_path / "m4"),
+                 "--events", "synth-00", "--copies", "2", "--min-agents", "100000",
+                 "--top-up"]) == 0  # topped up rather than redrawn: both copies are there
+    assert re.search(r"^synth-00~mix1 +100\d\d\d ", capsys.readouterr().out, re.MULTILINE)
 
 
 def test_jsonl_convert(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

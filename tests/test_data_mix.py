@@ -178,3 +178,29 @@ def test_unknown_events_are_refused_and_new_copies_get_new_names(small_world_dir
     counts = reply_mix(mixed, ids[0], "stance")
     kept = Counter(x["stance"] for x in _replies(mixed, ids[0])["labels"].to_pylist())
     assert counts.tolist() == [kept[o] for o in STANCE_OPTIONS]
+
+
+def test_topped_up_copies_keep_every_drawn_mix_and_reach_min_agents(
+        small_world_dir: Path) -> None:
+    """``top_up``: no redraws; an option that runs short keeps all its replies and draws the
+    missing ones again, under new ids; the shares follow the drawn mix."""
+    assert copy_sizes(np.array([4, 100]), np.array([0.5, 0.5]), least=40).tolist() == [20, 20]
+    assert copy_sizes(np.array([40, 100]), np.array([0.5, 0.5]), least=40).tolist() == [40, 40]
+    ds = read_dataset(small_world_dir)
+    events = ds.event_ids()[:2]
+    least = max(len(_replies(ds, e)) for e in events) + 30  # more than any event has
+    mixed, ids = mix_events(ds, events, 5, seed=3, min_agents=least, top_up=True)
+    assert ids == [f"{e}~mix{k}" for e in events for k in range(5)]  # none left out
+    gaps = []
+    for copy_id in ids:
+        event = copy_id.split("~mix")[0]
+        ids_kept = _replies(mixed, copy_id)["post_id"].to_pylist()
+        assert len(ids_kept) >= least and len(set(ids_kept)) == len(ids_kept)
+        originals = {i.split("~")[0] for i in ids_kept}
+        assert originals <= set(_replies(ds, event)["post_id"].to_pylist())
+        assert any("~" in i for i in ids_kept)  # some replies were drawn again
+        real, got = reply_mix(ds, event, "stance"), reply_mix(mixed, copy_id, "stance")
+        gaps.append(np.abs(got / got.sum() - real / real.sum()).max())
+    assert max(gaps) > 0.3  # mixes far from the event's own are kept, not redrawn
+    assert mix_events(ds, events, 5, seed=3, min_agents=least, top_up=True)[0].posts.equals(
+        mixed.posts)

@@ -75,7 +75,7 @@ def cmd_data_mix(args: argparse.Namespace) -> None:
     events = args.events.split(",") if args.events else ds.event_ids()
     mixed, ids = mix_events(ds, events, args.copies, alpha=args.alpha, seed=args.seed,
                             dimension=args.dimension, min_agents=args.min_agents,
-                            centre=args.centre)
+                            centre=args.centre, top_up=args.top_up)
     if not ids:
         raise MfrayError(f"no copy has {args.min_agents} replies: the events' label counts "
                          "cannot fill one (lower --min-agents or raise --alpha)")

@@ -85,7 +85,11 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[argparse.Namespace], None],
         arg("--dimension", help="the label dimension to resample (default: the first)"),
         arg("--min-agents", type=int, default=80,
             help="fewest replies a copy may have; smaller draws are redrawn (default 80, "
-            "sim.min_replies' default)")]),
+            "sim.min_replies' default)"),
+        arg("--top-up", action="store_true",
+            help="instead of redrawing a small copy, draw replies of the options that run "
+            "short again (new ids id~k): every drawn mix is kept, and small events give copies "
+            "(mfray validate's copies)")]),
     (("simulate",), "run simulations on Ray (LLM and model-free variants)",
      cmd_simulate, [
         arg("--out", help="the run directory to create"), CONFIG, SET,
@@ -138,7 +142,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[argparse.Namespace], None],
             "how far each moves the mean field from each event's real mix"),
         arg("--rounds", type=int, default=20, help="rounds of the drift check"),
         arg("--start-weight", type=float, help="the drift check's starting mean field, in "
-            "decisions (default sim.warmup; 0: all the event's labelled replies)")]),
+            "decisions (default: all the event's labelled replies, whose mix it is; e.g. "
+            "50 = sim.warmup, a warm-up's worth)")]),
     (("sweep",), ("a grid of configs and synthetic worlds on Ray Tune (see mfray/sweep.py); "
      "rerun to resume"), cmd_sweep, [
         arg("--config", required=True, help="the sweep file (base, world, space)"),

@@ -9,6 +9,9 @@ measures this (tuned sensitivity about +0.01). method.md §5 warns against exact
 draws a target mix ``p ~ Dirichlet(alpha)`` over the options of one dimension and keeps, of
 each option ``l``, ``round(N·p_l)`` of the event's real replies labelled ``l`` (drawn without
 replacement, original arrival order kept), with ``N`` as large as the event's counts allow.
+With ``top_up``, a copy that would fall short of ``min_agents`` is not redrawn: it keeps every
+reply of an option that runs short and draws that option's missing ones again from them (new
+post ids ``id~k``), so every drawn mix is used and a small event gives its copies too.
 Texts, personas, contexts and the time order are real; only who is in the population changes.
 A copy's topic is its event's, so the topic no longer tells the mix: the numeric mean field,
 built from the copy's own earlier replies by the simulator's code, does.
@@ -45,21 +48,28 @@ def source_event(event_id: str) -> str:
     return event_id.split(SEPARATOR, 1)[0]
 
 
-def copy_sizes(counts: np.ndarray, mix: np.ndarray) -> np.ndarray:
+def copy_sizes(counts: np.ndarray, mix: np.ndarray, least: int = 0) -> np.ndarray:
     """Replies kept per option: the largest population with shares ``mix`` that the counts
-    allow (rounded per option, never more than there are)."""
+    allow (rounded per option, never more than there are); with ``least``, a population of at
+    least ``least`` in those shares where the counts allow fewer (an option may then need
+    more replies than it has)."""
     live = mix > 0
     n = float(np.min(counts[live] / mix[live])) if live.any() else 0.0
-    return np.minimum(np.round(n * mix).astype(int), counts)
+    sizes = np.minimum(np.round(n * mix).astype(int), counts)
+    if sizes.sum() >= least:
+        return sizes
+    return np.maximum(np.ceil(least * mix).astype(int), np.minimum(sizes, counts))
 
 
 def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float = 1.0,
                seed: int = 0, dimension: str | None = None, min_agents: int = 64,
-               centre: Centre = "uniform") -> tuple[Dataset, list[str]]:
+               centre: Centre = "uniform", top_up: bool = False) -> tuple[Dataset, list[str]]:
     """``ds`` plus ``copies`` resampled copies of each of ``events``; returns the dataset and
     the ids of the copies (``event~mixK``, ``K`` from the first name the dataset does not
     have yet). Copies smaller than ``min_agents`` replies are redrawn (up to ``MAX_DRAWS``
-    times, then left out).
+    times, then left out); with ``top_up`` they are filled up to ``min_agents`` instead, by
+    drawing short options' replies again (module docstring), and every draw is kept: the
+    mixes are then exactly the Dirichlet's, over the options the event has replies of.
 
     The mixes are drawn from ``Dirichlet(alpha · K · c)`` over the ``K`` options: ``centre``
     ``"uniform"`` (``c = 1/K``: ``Dirichlet(alpha)``, any mix) or ``"base-rate"`` (``c`` the
@@ -88,24 +98,57 @@ def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float 
         counts = np.array([len(b) for b in by_option])
         row = ds.events.filter(pc.equal(ds.events["event_id"], event)).slice(0, 1)
         for _copy in range(copies):
-            for _ in range(MAX_DRAWS):
-                sizes = copy_sizes(counts, rng.dirichlet(concentration))
-                if sizes.sum() >= min_agents:
-                    break
+            if top_up:
+                sizes = copy_sizes(counts, _draw(rng, concentration, counts > 0), min_agents)
             else:
-                continue
-            kept = [rng.choice(b, size=s, replace=False) for b, s in zip(by_option, sizes,
-                                                                          strict=True) if s]
+                for _ in range(MAX_DRAWS):
+                    sizes = copy_sizes(counts, rng.dirichlet(concentration))
+                    if sizes.sum() >= min_agents:
+                        break
+                else:
+                    continue
+            kept = [_take(rng, b, s) for b, s in zip(by_option, sizes, strict=True) if s]
             take = np.sort(np.concatenate([sources, *kept]))
             copy_id = _free_name(event, known)
             known.add(copy_id)
-            new_posts.append(_renamed(posts.take(pa.array(take)), copy_id))
+            new_posts.append(_unique_ids(_renamed(posts.take(pa.array(take)), copy_id)))
             new_events.append(_renamed(row, copy_id))
             ids.append(copy_id)
     if not ids:
         return ds, []
     return replace(ds, events=pa.concat_tables([ds.events, *new_events]),
                    posts=pa.concat_tables([ds.posts, *new_posts])), ids
+
+
+def _draw(rng: np.random.Generator, concentration: np.ndarray, present: np.ndarray
+          ) -> np.ndarray:
+    """A Dirichlet mix over the options with replies (the others get none)."""
+    mix = np.zeros(len(concentration))
+    mix[present] = rng.dirichlet(concentration[present])
+    return mix
+
+
+def _take(rng: np.random.Generator, rows: np.ndarray, size: int) -> np.ndarray:
+    """``size`` of ``rows`` without replacement; beyond ``len(rows)``, all of them and the
+    rest drawn again from them."""
+    if size <= len(rows):
+        return rng.choice(rows, size=size, replace=False)
+    return np.concatenate([rows, rng.choice(rows, size=size - len(rows), replace=True)])
+
+
+def _unique_ids(posts: pa.Table) -> pa.Table:
+    """Repeated posts (a topped-up copy's) get the ids ``id~1``, ``id~2``, … after the first."""
+    ids = posts["post_id"].to_pylist()
+    if len(set(ids)) == len(ids):
+        return posts
+    seen: dict[str, int] = {}
+    renamed = []
+    for i in ids:
+        k = seen.get(i, 0)
+        seen[i] = k + 1
+        renamed.append(f"{i}~{k}" if k else i)
+    k = posts.schema.get_field_index("post_id")
+    return posts.set_column(k, posts.schema.field(k), pa.array(renamed, pa.string()))
 
 
 def _free_name(event: str, known: set[str]) -> str:
