@@ -132,8 +132,8 @@ def drift(model: LanguageModel, ds: Dataset, sim: SimConfig, name: str = "mf", *
           rounds: int = 20, dimension: str | None = None,
           start_weight: float | None = None) -> Drift:
     """The closed-loop drift check: per event, the numeric mean field starts at the event's
-    real mix, worth ``start_weight`` decisions (default ``sim.warmup``: where a simulation's
-    rollout starts; 0: all the event's labelled replies); each round
+    real mix, worth the event's labelled replies, whose mix it is (or ``start_weight``
+    decisions: ``sim.warmup`` is where a simulation's rollout starts); each round
     the next ``sim.round_size`` real agents of the event (persona, post, topic; in arrival
     order, from the first again when they run out) decide under variant ``name``'s prompt, and
     their action distributions join the mean field (``expected`` update: no sampling noise).
@@ -150,7 +150,7 @@ def drift(model: LanguageModel, ds: Dataset, sim: SimConfig, name: str = "mf", *
         said = [x.get(dim) if x else None for x in labels]
         real = np.array([said.count(o) for o in options])
         start = real / real.sum()
-        weight = real.sum() if start_weight == 0 else (start_weight or max(sim.warmup, 1))
+        weight = start_weight or real.sum()
         counts = {d: (1,) * len(o) for d, o in ds.label_space.items()} | {
             dim: tuple(start * weight)}
         fit = fit_reference(name, unit, labels, labels_by_event, ds.label_space, sim, {}) \

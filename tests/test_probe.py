@@ -3,6 +3,7 @@ one that ignores it is not."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from mfray.data.schema import read_dataset
 from mfray.errors import ConfigError
 from mfray.llm import ScriptedModel
 from mfray.probe import probe
+from mfray.schedule import build_units
 
 
 def test_crowd_follower_versus_a_policy_that_ignores_the_mean_field(
@@ -51,16 +53,21 @@ def test_drift_of_a_deaf_policy_and_of_its_calibrated_twin(small_world_dir: Path
     ds = read_dataset(small_world_dir)
     sim = SimConfig(data=str(small_world_dir), warmup=30, round_size=8)
     deaf = ScriptedModel(lambda p, opts: np.ones(len(opts)))
-    walked = drift(deaf, ds, sim, "mf", rounds=5)
+    walked = drift(deaf, ds, sim, "mf", rounds=5, start_weight=30)
     assert set(walked.tv) == set(ds.event_ids())
     for e, tv in walked.tv.items():
         start = np.asarray(walked.start[e])
         even_tv = 0.5 * np.abs(start - 0.25).sum()
         assert tv == pytest.approx(40 / 70 * even_tv, rel=1e-9)
-    # worth all of an event's labelled replies, the same rounds move it less
-    heavy = drift(deaf, ds, sim, "mf", rounds=5, start_weight=0)
-    assert all(heavy.tv[e] < walked.tv[e] for e in walked.tv)
-    held = drift(deaf, ds, sim, "mf-cal", rounds=5)
+    # by default worth all of an event's labelled replies: W = its replies, the same rule
+    heavy = drift(deaf, ds, sim, "mf", rounds=5)
+    agents = {u.event_id: u.agents["labels"].to_pylist()
+              for u in build_units(ds, replace(sim, unit="event"))}
+    for e, tv in heavy.tv.items():
+        n = sum(1 for x in agents[e] if x and x.get("stance"))
+        even_tv = 0.5 * np.abs(np.asarray(heavy.start[e]) - 0.25).sum()
+        assert n > 30 and tv == pytest.approx(40 / (n + 40) * even_tv, rel=1e-9)
+    held = drift(deaf, ds, sim, "mf-cal", rounds=5, start_weight=30)
     assert max(held.tv.values()) < 0.5 * max(walked.tv.values())
     assert "largest move" in held.markdown() and "| event | real mix |" in held.markdown()
     with pytest.raises(ConfigError, match="does not read the numeric mean field"):
