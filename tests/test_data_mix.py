@@ -201,6 +201,11 @@ def test_topped_up_copies_keep_every_drawn_mix_and_reach_min_agents(
         assert any("~" in i for i in ids_kept)  # some replies were drawn again
         real, got = reply_mix(ds, event, "stance"), reply_mix(mixed, copy_id, "stance")
         gaps.append(np.abs(got / got.sum() - real / real.sum()).max())
+        times = mixed.posts_of(copy_id)["time"].to_pylist()
+        assert times == sorted(times)  # still in time order
+        where = {i: k for k, i in enumerate(ids_kept)}
+        apart = [abs(where[i] - where[i.split("~")[0]]) for i in ids_kept if "~" in i]
+        assert np.median(apart) > 3  # repeats spread over the copy, not next to their original
     assert max(gaps) > 0.3  # mixes far from the event's own are kept, not redrawn
     assert mix_events(ds, events, 5, seed=3, min_agents=least, top_up=True)[0].posts.equals(
         mixed.posts)

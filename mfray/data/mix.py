@@ -11,7 +11,8 @@ each option ``l``, ``round(N·p_l)`` of the event's real replies labelled ``l`` 
 replacement, original arrival order kept), with ``N`` as large as the event's counts allow.
 With ``top_up``, a copy that would fall short of ``min_agents`` is not redrawn: it keeps every
 reply of an option that runs short and draws that option's missing ones again from them (new
-post ids ``id~k``), so every drawn mix is used and a small event gives its copies too.
+post ids ``id~k``, each at the time of a reply drawn at random: repeats at their original's
+time would clump), so every drawn mix is used and a small event gives its copies too.
 Texts, personas, contexts and the time order are real; only who is in the population changes.
 A copy's topic is its event's, so the topic no longer tells the mix: the numeric mean field,
 built from the copy's own earlier replies by the simulator's code, does.
@@ -111,7 +112,8 @@ def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float 
             take = np.sort(np.concatenate([sources, *kept]))
             copy_id = _free_name(event, known)
             known.add(copy_id)
-            new_posts.append(_unique_ids(_renamed(posts.take(pa.array(take)), copy_id)))
+            new_posts.append(_spread_repeats(_renamed(posts.take(pa.array(take)), copy_id),
+                                             rng))
             new_events.append(_renamed(row, copy_id))
             ids.append(copy_id)
     if not ids:
@@ -136,19 +138,33 @@ def _take(rng: np.random.Generator, rows: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([rows, rng.choice(rows, size=size - len(rows), replace=True)])
 
 
-def _unique_ids(posts: pa.Table) -> pa.Table:
-    """Repeated posts (a topped-up copy's) get the ids ``id~1``, ``id~2``, … after the first."""
+def _spread_repeats(posts: pa.Table, rng: np.random.Generator) -> pa.Table:
+    """A topped-up copy's repeated replies: ids ``id~1``, ``id~2``, … after the first, and each
+    at the time of a reply of the copy drawn at random, so that the repeats of a short
+    option's few replies spread over the copy instead of clumping where the originals are
+    (a warm-up would then see a lump of them, or none)."""
     ids = posts["post_id"].to_pylist()
     if len(set(ids)) == len(ids):
         return posts
     seen: dict[str, int] = {}
-    renamed = []
-    for i in ids:
+    renamed, repeats = [], []
+    for row, i in enumerate(ids):
         k = seen.get(i, 0)
         seen[i] = k + 1
         renamed.append(f"{i}~{k}" if k else i)
-    k = posts.schema.get_field_index("post_id")
-    return posts.set_column(k, posts.schema.field(k), pa.array(renamed, pa.string()))
+        if k:
+            repeats.append(row)
+    replies = np.flatnonzero(pc.is_valid(posts["parent_id"]).to_numpy(zero_copy_only=False))
+    slot = np.arange(posts.num_rows)
+    slot[repeats] = rng.choice(replies, size=len(repeats))
+    for name, values in (("post_id", pa.array(renamed, pa.string())),
+                         ("time", posts["time"].take(pa.array(slot))),
+                         ("seconds_since_start", posts["seconds_since_start"].take(
+                             pa.array(slot)))):
+        k = posts.schema.get_field_index(name)
+        posts = posts.set_column(k, posts.schema.field(k), values)
+    order = sorted(range(posts.num_rows), key=lambda r: (slot[r], r))  # time order, stable
+    return posts.take(pa.array(order))
 
 
 def _free_name(event: str, known: set[str]) -> str:
