@@ -155,10 +155,11 @@ def test_overwrite_of_incomplete_round_is_atomic(tmp_path: Path) -> None:
 
 def test_duplicate_round_rejected(tmp_path: Path) -> None:
     st = new_store(tmp_path)
-    st.write_round(2, *rows_for(2))
+    for r in range(3):
+        st.write_round(r, *rows_for(r))
     with pytest.raises(StoreError, match="round 2 .* already written"):
         st.write_round(2, *rows_for(2))
-    assert st.read_decisions().num_rows == 4 and st.completed_rounds() == [2]
+    assert st.read_decisions().num_rows == 12 and st.completed_rounds() == [0, 1, 2]
 
 
 def _table_with(column: str, values: pa.Array) -> pa.Table:

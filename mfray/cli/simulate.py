@@ -78,6 +78,32 @@ def check_out(out: str) -> None:
                          f"({exc.strerror or exc})") from None
 
 
+def resumed_config(args: argparse.Namespace, stored: dict, where: Path) -> RunConfig:
+    """The stored config of a run to resume, with the command's ``resources.*`` overrides
+    (where it runs, which does not change results). Any other flag would change the run and
+    is refused, by name."""
+    from mfray.cli.shortcuts import COMMAND_SHORTCUTS, SHORTCUTS
+    from mfray.config import RunConfig, parse_override, stored_config
+
+    given = overrides(args, "simulate")
+    changing = [f"--set {o}" for o in args.set or [] if parse_override(o)[0][0] != "resources"]
+    changing += [f"{flag} {getattr(args, SHORTCUTS[flag].dest)}"
+                 for flag in COMMAND_SHORTCUTS["simulate"]
+                 if getattr(args, SHORTCUTS[flag].dest, None) is not None
+                 and not SHORTCUTS[flag].key.startswith("resources.")]
+    changing += [f"{flag} {value}" for flag, value in (("--config", args.config),
+                                                         ("--out", args.out)) if value]
+    if changing:
+        raise MfrayError(f"--resume continues {args.resume} as it began; "
+                         f"{', '.join(changing)} would change it. Drop them, or start a new "
+                         "run with --out (only resources.* may change on a resume)")
+    data = json.loads(json.dumps(stored))
+    for text in given:
+        keys, value = parse_override(text)
+        data.setdefault(keys[0], {})[keys[-1]] = value
+    return stored_config(RunConfig, data, where)
+
+
 def cmd_simulate(args: argparse.Namespace) -> None:
     # the arguments and --out first: they need nothing slow; then a line at once, since
     # reading the data and starting Ray take seconds to a minute
@@ -88,13 +114,16 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     run_dir = args.resume or args.out
     print(f"mfray simulate: {run_dir}: reading the config and the data",
           file=sys.stderr, flush=True)
-    from mfray.config import RunConfig, stored_config
-
+    data = None
     if args.resume:
         from mfray.store import RunStore
 
         store = RunStore.open(args.resume)
-        cfg = stored_config(RunConfig, store.config(), store.run_dir / "config.json")
+        cfg = resumed_config(args, store.config(), store.run_dir / "config.json")
+        data = (store.data_identity() or {}).get("path")
+        if data and not Path(data).is_dir():
+            raise MfrayError(f"{args.resume} ran on {data}, which is not there any more; "
+                             "put the dataset back there to resume")
     else:
         cfg = run_config(args)
     if not cfg.sim.data:
@@ -102,8 +131,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     from mfray.data.schema import read_dataset
     from mfray.engine import simulate
 
-    store = simulate(cfg, read_dataset(cfg.sim.data), run_dir, resume=bool(args.resume),
-                     max_rounds=args.max_rounds)
+    store = simulate(cfg, read_dataset(data or cfg.sim.data), run_dir,
+                     resume=bool(args.resume), max_rounds=args.max_rounds)
     info = store.run_info()
     print(f"run {info['run_id']} {info['status']}: {len(store.completed_rounds())} rounds "
           f"in {run_dir}")

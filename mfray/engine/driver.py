@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from mfray.config import RunConfig, stored_config
+from mfray.data.identity import differences, fingerprint
 from mfray.data.schema import Dataset
 from mfray.engine.layout import plan, shard_sims
 from mfray.engine.population import Population
@@ -100,6 +102,8 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     import ray
 
     say = _status if progress else (lambda message: None)
+    # a resumed run is checked before anything slow: its config, and that the data is its own
+    stored = _resumed(cfg, ds, run_dir) if resume else None
     n_sims, llm, total, per_shard, metas, world, references = _layout(cfg, ds, model, say)
     say("starting Ray" if cfg.resources.address is None else
         f"joining the Ray cluster at {cfg.resources.address}")
@@ -115,7 +119,6 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
     try:
         # the state actors start while the model loads (a worker process each: seconds); a
         # resumed run keeps its id
-        stored = RunStore.open(run_dir) if resume else None
         run_id = stored.run_id if stored else uuid.uuid4().hex[:12]
         population, shards = _state_actors(cfg, ds, run_id, inputs)
         model_id = _get(inference[0].model_id.remote()) if inference else "none"
@@ -253,13 +256,14 @@ def _lost(store: RunStore, exc: ActorLost, attempt: int, state: list[Any]) -> No
 def _replay(store: RunStore, population: Any) -> int:
     """Drop an incomplete round, rebuild the population state from the stored decisions and
     return the first round still to run."""
+    damaged = store.first_damaged_round()
     before = store.completed_rounds()
     store.discard_incomplete()
     done = store.completed_rounds()
-    if len(done) < len(before):
-        print(f"mfray: round {before[len(done)]} of {store.run_dir} has an unreadable file; it "
-              f"and the {len(before) - len(done) - 1} rounds after it are simulated again",
-              file=sys.stderr)
+    if damaged is not None:
+        print(f"mfray: round {damaged} of {store.run_dir} is missing or has an unreadable "
+              f"file; it and the {len(before) - len(done) - (damaged in before)} rounds after "
+              "it are simulated again", file=sys.stderr)
     if not done:
         return 0
     table = store.read_decisions()
@@ -275,15 +279,36 @@ def _replay(store: RunStore, population: Any) -> int:
 
 def _open_store(cfg: RunConfig, ds: Dataset, run_dir: str | Path, store: RunStore | None,
                 model_id: str, n_simulations: int, run_id: str) -> RunStore:
-    """A new run's store, or ``store`` (the resumed run's) once its config is checked."""
+    """A new run's store, with what it reads (``data.json``), or ``store`` (the resumed
+    run's, checked by :func:`_resumed`)."""
     if store is None:
-        return RunStore.create(run_dir, run_id=run_id, config=cfg.to_dict(),
-                               label_space=ds.label_space, model_id=model_id,
-                               n_simulations=n_simulations)
-    if stored_config(RunConfig, store.config(), store.run_dir / "config.json") != cfg:
+        store = RunStore.create(run_dir, run_id=run_id, config=cfg.to_dict(),
+                                label_space=ds.label_space, model_id=model_id,
+                                n_simulations=n_simulations)
+        store.write_data_identity({
+            "path": str(Path(cfg.sim.data).absolute()) if cfg.sim.data else None,
+            "name": ds.name, "fingerprint": fingerprint(ds)})
+        return store
+    store.mark("running")
+    return store
+
+
+def _resumed(cfg: RunConfig, ds: Dataset, run_dir: str | Path) -> RunStore:
+    """The run to resume, once its config is checked against ``cfg`` (``resources`` may
+    differ: they do not change results) and its data against ``ds``."""
+    store = RunStore.open(run_dir)
+    then = stored_config(RunConfig, store.config(), store.run_dir / "config.json")
+    if replace(then, resources=cfg.resources) != cfg:
         raise StoreError(f"{run_dir}: the stored config differs from this one; resume with the "
                          "same config (see config.json in the run directory)")
-    store.mark("running")
+    known = store.data_identity()
+    if known is None:
+        print(f"mfray: {run_dir} predates data fingerprints: the data it resumes on is not "
+              "checked", file=sys.stderr)
+    elif diff := differences(known["fingerprint"], fingerprint(ds)):
+        raise StoreError(f"{run_dir}: this is not the data the run began with "
+                         f"({known.get('path') or known.get('name')}): " + "; ".join(diff)
+                         + ". Resume on that data, or start a new run")
     return store
 
 

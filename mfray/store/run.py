@@ -65,6 +65,7 @@ class RunStore:
             d: tuple(o) for d, o in json.loads(info["label_space_json"]).items()}
         self.decisions_schema = decisions_schema(self.label_space)
         self.rounds_schema = rounds_schema(self.label_space)
+        self._checked = False  # rounds checked complete (check_rounds)
 
     @classmethod
     def create(cls, run_dir: str | os.PathLike[str], *, run_id: str, config: Mapping[str, Any],
@@ -120,15 +121,38 @@ class RunStore:
         return sorted(found)
 
     def first_damaged_round(self) -> int | None:
-        """The first complete round with a file that is not readable Parquet (truncated or
-        overwritten after it was written), or None."""
-        for r in self.completed_rounds():
+        """The first round that is missing below the last complete one (deleted after it was
+        written) or that has a file that is not readable Parquet (truncated or overwritten),
+        or None."""
+        done = self.completed_rounds()
+        missing = next(iter(self.missing_rounds()), None)
+        for r in done[:missing]:
             for table in _TABLES:
                 try:
                     pq.read_metadata(self._file(table, r))
                 except (OSError, pa.ArrowException):
                     return r
-        return None
+        return missing
+
+    def missing_rounds(self) -> list[int]:
+        """Rounds below the last complete one with no complete files (deleted after they were
+        written)."""
+        done = self.completed_rounds()
+        return sorted(set(range(done[-1] + 1)) - set(done)) if done else []
+
+    def check_rounds(self) -> None:
+        """Refuse to read a run with a missing round: its tables would be wrong without a
+        word. (An unreadable file is an error naming it when it is read.) Checked once per
+        store, before the first read."""
+        if self._checked:
+            return
+        if missing := self.missing_rounds():
+            r = missing[0]
+            raise StoreError(f"{self.run_dir}: round {r} is missing "
+                             f"({len(missing)} round(s) in all), and the rounds after it were "
+                             f"simulated from it; `mfray simulate --resume {self.run_dir}` "
+                             f"simulates round {r} and those after it again")
+        self._checked = True
 
     def discard_incomplete(self) -> list[Path]:
         """Remove what an interrupted write left: decision files of rounds that have no rounds
@@ -219,6 +243,22 @@ class RunStore:
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read {path}: {exc}") from exc
 
+    def write_data_identity(self, identity: Mapping[str, Any]) -> None:
+        """What the run reads: ``data.json``, the dataset's absolute path and fingerprint
+        (:mod:`mfray.data.identity`), written when the run starts."""
+        text = to_json(dict(identity), indent=1) + "\n"
+        write_atomic(self.run_dir / "data.json", lambda fh: fh.write(text.encode()))
+
+    def data_identity(self) -> dict[str, Any] | None:
+        """``data.json``; None for a run older than it."""
+        path = self.run_dir / "data.json"
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read {path}: {exc}") from exc
+
     def write_references(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """The references' fits (:data:`REFERENCES_SCHEMA`), written atomically at the run's
         start (again on resume: the same fits)."""
@@ -250,6 +290,7 @@ class RunStore:
         return [self._file(table, r) for r in self.completed_rounds()]
 
     def _read(self, table: str, columns: Sequence[str] | None, filter: Any) -> pa.Table:
+        self.check_rounds()
         schema = self.decisions_schema if table == "decisions" else self.rounds_schema
         if columns is not None:
             unknown = [c for c in columns if c not in schema.names]
