@@ -39,6 +39,17 @@ def test_convert_and_info(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     assert text.startswith("dataset rumoureval:") and "labels stance:" in text
 
 
+def test_convert_says_what_it_left_out(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The real 2019 release keeps Reddit "more" stubs as reply files: skipped, counted."""
+    assert main(["data", "convert", str(FIXTURES / "rumoureval" / "reddit2019"), "--format",
+                 "rumoureval", "--out", str(tmp_path / "ds")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("converted 1 events, 7 posts")
+    assert lines[1:] == [("  skipped 1 Reddit 'more' stub(s), placeholders for comments the "
+                         "release does not hold; 1 stance label(s) name one"),
+                         "  1 stance label(s) name no post and are left out"]
+
+
 def test_data_mix_adds_resampled_copies(small_world_dir: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:
     from mfray.data.schema import read_dataset

@@ -132,6 +132,11 @@ def test_2019_reddit_threads() -> None:
     assert posts["k1l2m3"]["labels"]["stance"] == "comment"
     assert (posts["n4o5p6"]["user_id"], posts["n4o5p6"]["labels"]["stance"]) == (None, None)
     assert posts["q1r2s3"]["labels"]["stance"] == "deny"
+    # a Reddit "more" stub (the API's placeholder for comments not sent; the real release
+    # keeps 71 as reply files, and its key labels some of them) is skipped and counted
+    assert "dqzw3ff" not in posts
+    assert ds.notes["reddit_more_stubs_skipped"] == 1
+    assert ds.notes["stance_labels_on_skipped_stubs"] == 1
 
 
 def test_all_layouts_under_one_root(tmp_path: Path) -> None:

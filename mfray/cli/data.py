@@ -42,6 +42,22 @@ def cmd_data_convert(args: argparse.Namespace) -> None:
     out = write_dataset(ds, args.out)
     print(f"converted {ds.events.num_rows} events, {ds.posts.num_rows} posts into {out} "
           f"in {time.perf_counter() - t0:.1f} s")
+    for line in left_out(ds.notes):
+        print(f"  {line}")
+
+
+def left_out(notes: dict) -> list[str]:
+    """What a conversion skipped or could not match, from the loader's notes, in words."""
+    out = []
+    if n := notes.get("reddit_more_stubs_skipped"):
+        out.append(f"skipped {n} Reddit 'more' stub(s), placeholders for comments the release "
+                   f"does not hold; {notes.get('stance_labels_on_skipped_stubs', 0)} stance "
+                   "label(s) name one")
+    for key, what in (("stance_labels_without_post", "stance label(s) name no post"),
+                      ("veracity_labels_without_thread", "veracity label(s) name no thread")):
+        if n := notes.get(key):
+            out.append(f"{n} {what} and are left out")
+    return out
 
 
 def cmd_data_info(args: argparse.Namespace) -> None:

@@ -96,9 +96,11 @@ def load_rumoureval(root: str | os.PathLike[str]) -> Dataset:
 
     posts: list[dict[str, Any]] = []
     threads: dict[str, list[_Thread]] = defaultdict(list)
+    stubs: list[set[str]] = []
     for thread_dir in tqdm(thread_dirs, desc="rumoureval threads", unit="thread", disable=None):
         event_id = event_ids[thread_dir.parent]
-        records, platform = _read_thread(thread_dir, event_id)
+        records, platform, more = _read_thread(thread_dir, event_id)
+        stubs += more
         for rec in records:
             label = stance.get(rec["post_id"])
             rec["labels"] = {STANCE: label.value if label else None}
@@ -114,6 +116,9 @@ def load_rumoureval(root: str | os.PathLike[str]) -> Dataset:
         "label_files": sorted({lab.file for lab in [*stance.values(), *veracity.values()]}),
         "stance_labels_without_post": sum(1 for k in stance if k not in post_ids),
         "veracity_labels_without_thread": sum(1 for k in veracity if k not in thread_ids),
+        "reddit_more_stubs_skipped": len(stubs),
+        "stance_labels_on_skipped_stubs": sum(1 for k in stance if k not in post_ids
+                                              and any(k in ids for ids in stubs)),
     }
     return build_dataset(NAME, {STANCE: STANCE_OPTIONS}, events, posts, notes=notes)
 
@@ -218,7 +223,8 @@ def _read_labels(paths: list[Path]) -> tuple[dict[str, _Label], dict[str, _Label
 # threads
 
 
-def _read_thread(thread_dir: Path, event_id: str) -> tuple[list[dict[str, Any]], str]:
+def _read_thread(thread_dir: Path, event_id: str
+                 ) -> tuple[list[dict[str, Any]], str, list[set[str]]]:
     """The post records of one thread (source first) with resolved parents, and its platform."""
     record = thread_dir.name
     sources = sorted((thread_dir / "source-tweet").glob("*.json"))
@@ -230,8 +236,13 @@ def _read_thread(thread_dir: Path, event_id: str) -> tuple[list[dict[str, Any]],
     platform = "reddit" if _looks_reddit(raw_source) else "twitter"
     parse = _reddit_record if platform == "reddit" else _tweet_record
     source = parse(raw_source, sources[0], is_source=True)
-    replies = [parse(_read_json(p, p.stem), p, is_source=False)
-               for p in sorted((thread_dir / "replies").glob("*.json"))]
+    replies, stubs = [], []
+    for p in sorted((thread_dir / "replies").glob("*.json")):
+        raw = _read_json(p, p.stem)
+        if platform == "reddit" and (more := _more_stub(raw)) is not None:
+            stubs.append(more)  # no post: a placeholder for comments the release lacks
+            continue
+        replies.append(parse(raw, p, is_source=False))
     structure = thread_dir / "structure.json"
     tree = _structure_parents(structure) if structure.exists() else {}
 
@@ -246,7 +257,21 @@ def _read_thread(thread_dir: Path, event_id: str) -> tuple[list[dict[str, Any]],
         named = rec.pop("_named_parent")
         rec["parent_id"] = None if rec is source else _parent_of(rec["post_id"], named, tree,
                                                                  by_id, source["post_id"])
-    return [source, *replies], platform
+    return [source, *replies], platform, stubs
+
+
+def _more_stub(obj: Any) -> set[str] | None:
+    """The ids a Reddit "more" stub stands for (its own and its children's), or None for
+    anything else. The API lists comments it did not send as ``{"kind": "more", "data":
+    {"id": ..., "children": [...]}}``; RumourEval-2019 keeps 71 such files as replies."""
+    while isinstance(obj, list) and obj:
+        obj = obj[0]
+    if not (isinstance(obj, Mapping) and obj.get("kind") == "more"
+            and isinstance(obj.get("data"), Mapping)):
+        return None
+    data = obj["data"]
+    children = data.get("children") if isinstance(data.get("children"), list) else []
+    return {str(i) for i in [data.get("id"), *children] if isinstance(i, str | int)}
 
 
 def _parent_of(post_id: str, named: str | None, tree: Mapping[str, str | None],
