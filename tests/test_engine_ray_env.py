@@ -47,3 +47,41 @@ def test_a_local_ray_start_does_not_show_the_hint() -> None:
     assert done.returncode == 0, done.stderr
     assert "opt out" not in done.stdout + done.stderr
     assert "mode token" in done.stdout
+
+
+def test_an_unreachable_cluster_is_refused_at_once() -> None:
+    """Ray retries an address whose head is down for minutes; mfray says so in seconds."""
+    import socket
+    import time
+
+    import pytest
+
+    from mfray.engine.ray_env import reachable
+    from mfray.errors import MfrayError
+
+    with socket.socket() as s:  # a port nobody listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        t0 = time.monotonic()
+        with pytest.raises(MfrayError, match=rf"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+            reachable(f"127.0.0.1:{port}")
+        with pytest.raises(MfrayError, match="cannot reach"):
+            reachable(f"ray://127.0.0.1:{port}")
+    assert time.monotonic() - t0 < 12
+    with pytest.raises(MfrayError, match="not host:port"):
+        reachable("127.0.0.1:http")
+    reachable("auto")  # Ray's to resolve
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        reachable(f"127.0.0.1:{s.getsockname()[1]}")  # a listening head passes
+
+
+def test_a_cluster_with_no_cpu_is_refused() -> None:
+    import pytest
+
+    from mfray.config import ResourcesConfig
+    from mfray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="resources.num_cpus must be >= 1"):
+        ResourcesConfig(num_cpus=0)

@@ -55,9 +55,37 @@ def ensure_ray(resources: ResourcesConfig) -> None:
     else:
         kwargs.update(include_dashboard=False, num_cpus=resources.num_cpus,
                       _node_ip_address="127.0.0.1")
+    if address:
+        reachable(address)
     _hide_opt_out_hint()
     try:
         ray.init(**kwargs)
     except (OSError, RuntimeError, ValueError) as exc:  # OSError includes ConnectionError
         where = address or "a local instance"
         raise MfrayError(f"cannot start or join Ray ({where}): {exc}") from None
+    if ray.cluster_resources().get("CPU", 0) < 1:
+        raise MfrayError(f"the Ray cluster ({address or 'a local instance'}) has no CPU: "
+                         "every actor needs one to start, so nothing could be placed")
+
+
+CONNECT_TIMEOUT_S = 5.0  # a head that does not answer a TCP connect in this long is down
+
+
+def reachable(address: str) -> None:
+    """Refuse at once a cluster address whose head does not take a TCP connection (Ray itself
+    retries for minutes in silence). ``auto`` and ``local`` are Ray's to resolve."""
+    import socket
+
+    host_port = address.removeprefix("ray://").rsplit("/", 1)[0]
+    if address in ("auto", "local") or ":" not in host_port:
+        return
+    host, port = host_port.rsplit(":", 1)
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), CONNECT_TIMEOUT_S):
+            return
+    except ValueError:
+        raise MfrayError(f"resources.address {address!r}: not host:port") from None
+    except OSError as exc:
+        raise MfrayError(f"cannot reach the Ray cluster at {address}: "
+                         f"{exc.strerror or exc} (is its head running? `ray start --head` "
+                         "prints the address to use)") from None
