@@ -1,12 +1,14 @@
 """The ``mfray`` command line: parse, load the config, call the library; no logic lives here.
 
-Every error mfray anticipates (bad data, bad config, a run directory in the wrong state) ends in
-one line ``mfray: error: …`` on stderr and exit code 2. The modules import only what parsing
+Every error mfray anticipates (bad data, bad config, a run directory in the wrong state, and
+any OS error: a read-only or full disk, with its path) ends in one line ``mfray: error: …`` on
+stderr and exit code 2. The modules import only what parsing
 needs; each command imports Ray, torch and the rest when it runs.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,4 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mfray: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`mfray data info DIR | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:  # a read-only or full disk, a vanished directory: one line
+        print(f"mfray: error: {exc.filename or 'a file'}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
     return 0

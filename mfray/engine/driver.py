@@ -297,6 +297,7 @@ def _resumed(cfg: RunConfig, ds: Dataset, run_dir: str | Path) -> RunStore:
     """The run to resume, once its config is checked against ``cfg`` (``resources`` may
     differ: they do not change results) and its data against ``ds``."""
     store = RunStore.open(run_dir)
+    store.check_writable()
     then = stored_config(RunConfig, store.config(), store.run_dir / "config.json")
     if replace(then, resources=cfg.resources) != cfg:
         raise StoreError(f"{run_dir}: the stored config differs from this one; resume with the "

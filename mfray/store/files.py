@@ -9,7 +9,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,8 @@ def write_tmp(final: Path, write: Any) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # a read-only disk must not hide the error that matters
+            tmp.unlink(missing_ok=True)
         raise
     return tmp
 
@@ -74,7 +75,8 @@ def write_atomic(final: Path, write: Any) -> None:
     try:
         commit(tmp, final)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
 
 

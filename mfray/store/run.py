@@ -81,10 +81,7 @@ class RunStore:
             raise StoreError(f"{root} exists and is not empty; choose another output directory")
         with os_errors("create the run directory", root):
             root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-probe{TMP_MARK}{os.getpid()}"
-        with os_errors("write into the run directory", root):
-            probe.write_bytes(b"probe")
-            probe.unlink()
+        _check_writable(root)
         space = {d: list(o) for d, o in label_space.items()}
         pretty = to_json(dict(config), indent=2) + "\n"
         write_atomic(root / "config.json", lambda fh: fh.write(pretty.encode()))
@@ -97,6 +94,11 @@ class RunStore:
         write_atomic(root / "runs.parquet",
                       parquet_writer(pa.Table.from_pylist([info], schema=RUNS_SCHEMA)))
         return cls(root, info)
+
+    def check_writable(self) -> None:
+        """A StoreError now, not after minutes of simulating, when the run cannot be written
+        (a read-only disk or directory)."""
+        _check_writable(self.run_dir)
 
     @classmethod
     def open(cls, run_dir: str | os.PathLike[str]) -> RunStore:
@@ -211,7 +213,8 @@ class RunStore:
             commit(temps[1], rnd_final)  # the round exists from this rename on
         except BaseException:
             for tmp in temps:
-                tmp.unlink(missing_ok=True)
+                with suppress(OSError):  # a read-only disk must not hide the first error
+                    tmp.unlink(missing_ok=True)
             if not rnd_final.exists():
                 with suppress(OSError):  # best effort: discard_incomplete removes it otherwise
                     dec_final.unlink(missing_ok=True)
@@ -325,6 +328,13 @@ class RunStore:
             schema = self.decisions_schema if table == "decisions" else self.rounds_schema
             return ray.data.from_arrow(schema.empty_table())
         return ray.data.read_parquet([str(p) for p in files], partitioning=None)
+
+
+def _check_writable(root: Path) -> None:
+    probe = root / f".write-probe{TMP_MARK}{os.getpid()}"
+    with os_errors("write into the run directory", root):
+        probe.write_bytes(b"probe")
+        probe.unlink()
 
 
 def _read_runs(root: Path) -> dict[str, Any]:
