@@ -35,6 +35,7 @@ from mfray.errors import MfrayError, StoreError
 from mfray.llm import LanguageModel
 from mfray.schedule import n_rounds
 from mfray.store import RunStore
+from mfray.store.lock import RunLock
 from mfray.variants import variant
 
 
@@ -94,16 +95,29 @@ def run_rounds(cfg: RunConfig, store: RunStore, population: Any, shards: list[An
 def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool = False,
              progress: bool = True, max_rounds: int | None = None,
              model: LanguageModel | None = None) -> RunStore:
-    """Run (or resume) every simulation of ``cfg`` on Ray and write each round to the store.
+    """Run (or resume) every simulation of ``cfg`` on Ray and write each round to the store,
+    as the run directory's one writer (:class:`~mfray.store.lock.RunLock`).
 
     ``max_rounds`` stops after that many rounds of this call, leaving the run resumable (an
     injected stop). ``model`` replaces the model named in ``cfg.policy`` (tests).
     """
+    lock = RunLock(run_dir)
+    try:
+        return _simulate(cfg, ds, run_dir, lock, resume, progress, max_rounds, model)
+    finally:
+        lock.release()
+
+
+def _simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, lock: RunLock, resume: bool,
+              progress: bool, max_rounds: int | None, model: LanguageModel | None
+              ) -> RunStore:
     import ray
 
     say = _status if progress else (lambda message: None)
     # a resumed run is checked before anything slow: its config, and that the data is its own
     stored = _resumed(cfg, ds, run_dir) if resume else None
+    if stored:
+        lock.acquire()
     n_sims, llm, total, per_shard, metas, world, references = _layout(cfg, ds, model, say)
     say("starting Ray" if cfg.resources.address is None else
         f"joining the Ray cluster at {cfg.resources.address}")
@@ -123,6 +137,8 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
         population, shards = _state_actors(cfg, ds, run_id, inputs)
         model_id = _get(inference[0].model_id.remote()) if inference else "none"
         store = _open_store(cfg, ds, run_dir, stored, model_id, n_sims, run_id)
+        if not lock.held:
+            lock.acquire()
         if references:
             store.write_references(references)
         for attempt in range(MAX_RECOVERIES + 1):
