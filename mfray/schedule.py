@@ -98,6 +98,10 @@ def build_units(ds: Dataset, cfg: SimConfig) -> list[Unit]:
         is_reply = pc.is_valid(posts["parent_id"])
         replies = posts.filter(is_reply)
         if replies.num_rows < max(cfg.min_replies, 1):
+            if event["event_id"] in cfg.events:  # named, so left out only with a word
+                raise ConfigError(f"sim.events names {event['event_id']}, which has "
+                                  f"{replies.num_rows} replies: fewer than "
+                                  f"{max(cfg.min_replies, 1)} (sim.min_replies)")
             continue
         contexts = dict(zip(posts["post_id"].to_pylist(), posts["text"].to_pylist(),
                             strict=True))

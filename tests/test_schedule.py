@@ -190,5 +190,7 @@ def test_unknown_event_is_a_config_error(ds: Dataset) -> None:
 
 
 def test_nothing_selected_is_a_config_error(ds: Dataset) -> None:
-    with pytest.raises(ConfigError, match="no simulation unit"):
+    with pytest.raises(ConfigError, match=r"sim.events names e3, which has 0 replies"):
         build_units(ds, SimConfig(events=("e3",)))
+    with pytest.raises(ConfigError, match="no simulation unit"):
+        build_units(ds, SimConfig(min_replies=10_000))

@@ -34,9 +34,19 @@ def id_key(post_id: str) -> tuple[int, int, str]:
     return (1, 0, post_id)
 
 
+#: the longest post text accepted: a long Reddit submission is 40,000 characters; a post of
+#: megabytes is a dump or a broken file, and as a topic it would be in every prompt
+MAX_TEXT_CHARS = 100_000
+
+
 def check_text(value: str, *, file: str | None, record: str | None, field: str) -> None:
     """Refuse text that cannot be stored as UTF-8: JSON's ``\\ud800`` escapes and file names
-    with undecodable bytes give Python strings with lone surrogates."""
+    with undecodable bytes give Python strings with lone surrogates; and text longer than
+    :data:`MAX_TEXT_CHARS`."""
+    if len(value) > MAX_TEXT_CHARS:
+        raise DataError(f"text of {len(value):,} characters, more than the {MAX_TEXT_CHARS:,} "
+                        "a post may have (is this a dump, or a broken file?)", file=file,
+                        record=record, field=field)
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:

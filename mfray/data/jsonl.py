@@ -79,7 +79,7 @@ def load_jsonl(path: str | os.PathLike[str]) -> Dataset:
     events: dict[str, dict[str, Any]] = {}
     posts: list[dict[str, Any]] = []
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:
             for n, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue

@@ -90,7 +90,7 @@ def _read_labels(file: Path) -> dict[str, bool]:
     """Event id -> is rumour, from ``Weibo.txt``."""
     out: dict[str, bool] = {}
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"unreadable label file ({exc})", file=str(file)) from None
     for n, line in enumerate(text.splitlines(), start=1):
@@ -112,7 +112,7 @@ def _read_labels(file: Path) -> dict[str, bool]:
 def _read_event(file: Path, rumour: bool | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One event file -> its event record and post records (for :func:`build_dataset`)."""
     try:
-        records = json.loads(file.read_text(encoding="utf-8"))
+        records = json.loads(file.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise DataError(f"broken JSON: {exc.msg}", file=str(file),
                         record=f"line {exc.lineno} column {exc.colno}", field="(syntax)") from None

@@ -158,7 +158,7 @@ def _event_ids(base: Path, thread_dirs: list[Path]) -> dict[Path, str]:
 
 def _read_json(path: Path, record: str | None) -> Any:
     try:
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8-sig") as fh:
             return json.load(fh)
     except json.JSONDecodeError as exc:
         raise DataError(f"broken JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
