@@ -211,6 +211,11 @@ def test_several_runs_read_as_one_with_renames(run_dir: Path, small_world_dir: P
     assert forecast(both, CFG).variants == variants
     with pytest.raises(DataError, match="already come from"):
         compare([run_dir, tmp_path / "tuned"], CFG)
+    with pytest.raises(DataError, match=r"would merge two variants of the run into \['state'\]"):
+        compare([f"{tmp_path / 'tuned'}:mf=state"], CFG)
+    swapped = {r["variant"]: r["kl"] for r in compare(
+        [f"{tmp_path / 'tuned'}:mf=state,state=mf"], CFG).rows}  # a swap merges nothing
+    assert swapped["state"] == pytest.approx(alone["mf"])
 
 
 def test_runs_of_different_events_pool_into_one_table(small_world_dir: Path,

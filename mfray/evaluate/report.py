@@ -175,6 +175,11 @@ def read_runs(runs: RunSpec | RunRead) -> RunRead:
             raise DataError(f"{path}: another label space than {specs[0]}", file=str(path))
         space = mine
         table = store.read_decisions(columns=list(RUN_COLUMNS))
+        final = [renames.get(v, v) for v in set(table["variant"].to_pylist())]
+        merged = sorted({name for name in final if final.count(name) > 1})
+        if merged:
+            raise DataError(f"{spec}: the rename(s) would merge two variants of the run into "
+                            f"{merged}; give each its own name", file=str(path))
         variants = [renames.get(v, v) for v in table["variant"].to_pylist()]
         sims = set(zip(variants, table["event_id"].to_pylist(), table["seed"].to_pylist(),
                        strict=True))
