@@ -3,6 +3,7 @@ twins in a real run."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from mfray.evaluate.effects import format_effects, intervention_effects
 from mfray.interventions import Intervention, apply
 from mfray.meanfield import NumericMeanField
 from mfray.policy import PastAction
+from mfray.schedule import build_units
 
 SPACE = {"stance": ("support", "deny", "query", "comment")}
 
@@ -49,6 +51,20 @@ def test_config_checks() -> None:
     assert cfg.sim.interventions[0] == Intervention("deny5", round=3, label="deny", count=5)
     with pytest.raises(ConfigError, match="share a name"):
         SimConfig(interventions=(cfg.sim.interventions[0],) * 2)
+
+
+def test_an_intervention_after_the_last_round_is_refused(small_world_dir: Path) -> None:
+    """It would change nothing, and its effect would read +nan: refused before the run."""
+    from mfray.engine.layout import plan
+
+    ds = read_dataset(small_world_dir)
+    sim = SimConfig(data=str(small_world_dir), variants=("mf",), warmup=20)
+    longest = max(-(-u.n_agents // sim.round_size) for u in build_units(ds, sim))
+    ok = Intervention("ok", round=longest - 2, label="deny", count=2)
+    assert plan(RunConfig(sim=replace(sim, interventions=(ok,))), ds)
+    late = Intervention("late", round=longest - 1, label="deny", count=2)
+    with pytest.raises(ConfigError, match=rf"\['late'\] act after a round >= {longest - 1}"):
+        plan(RunConfig(sim=replace(sim, interventions=(ok, late))), ds)
 
 
 def _run(data: Path, out: Path, interventions: tuple = ()):

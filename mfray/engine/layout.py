@@ -21,7 +21,7 @@ from mfray.engine.shard import ShardSim
 from mfray.errors import ConfigError
 from mfray.interventions import Intervention
 from mfray.persona import persona_for
-from mfray.schedule import Unit, build_units
+from mfray.schedule import Unit, build_units, n_rounds
 from mfray.variants import twin_label, variant
 
 #: agent columns a shard keeps: ShardSim field name -> column of the unit's agents
@@ -55,8 +55,14 @@ def plan(cfg: RunConfig, ds: Dataset) -> list[SimSpec]:
     if calibrated and cfg.policy.mode != "choice":
         raise ConfigError(f"variant {calibrated[0]!r} calibrates the option probabilities of "
                           "choice mode; text mode has none (use policy.mode = choice)")
+    units = build_units(ds, cfg.sim)
+    last = max(n_rounds(u.n_agents, cfg.sim.round_size) for u in units) - 1
+    late = [iv.name for iv in cfg.sim.interventions if iv.round >= last]
+    if late:
+        raise ConfigError(f"intervention(s) {late} act after a round >= {last}, the last "
+                          "round of the longest unit: no decision would follow them")
     specs: list[SimSpec] = []
-    for unit in build_units(ds, cfg.sim):
+    for unit in units:
         for seed in cfg.sim.seeds:
             for name in cfg.sim.variants:
                 for iv in (None, *cfg.sim.interventions):
