@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from mfray import store
@@ -246,6 +247,20 @@ def test_disk_full_during_round_cleans_up(tmp_path: Path, monkeypatch: pytest.Mo
     assert leftovers == [] and st.completed_rounds() == []
     st.write_round(0, *rows_for(0))
     assert st.completed_rounds() == [0]
+
+
+def test_a_flipped_byte_is_a_clear_error_naming_the_file(tmp_path: Path) -> None:
+    """Pages carry checksums: a byte flipped inside one fails on read, with the file's name,
+    not as impossible probabilities at evaluation."""
+    st = new_store(tmp_path)
+    st.write_round(0, *rows_for(0))
+    target = st.run_dir / "decisions" / "round=000000" / "part-0.parquet"
+    data = bytearray(target.read_bytes())
+    first_page = int(pq.read_metadata(target).row_group(0).column(0).data_page_offset)
+    data[first_page + 20] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"cannot read .*round=000000/part-0\.parquet"):
+        RunStore.open(st.run_dir).read_decisions()
 
 
 def test_truncated_parquet_is_a_clear_error(tmp_path: Path) -> None:

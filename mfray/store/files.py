@@ -81,14 +81,18 @@ def write_atomic(final: Path, write: Any) -> None:
 
 
 def parquet_writer(table: pa.Table) -> Any:
-    """A ``write(file)`` for :func:`write_tmp` / :func:`write_atomic` that writes ``table``."""
-    return lambda fh: pq.write_table(table, fh, compression="zstd")
+    """A ``write(file)`` for :func:`write_tmp` / :func:`write_atomic` that writes ``table``,
+    with page checksums, so that a flipped byte is an error naming the file when it is read
+    rather than a wrong number later."""
+    return lambda fh: pq.write_table(table, fh, compression="zstd", write_page_checksum=True)
 
 
 def read_parquet(path: Path, schema: pa.Schema | None = None, **kwargs: Any) -> pa.Table:
-    """Read one file; a missing, truncated or foreign file is a StoreError naming it."""
+    """Read one file; a missing, truncated, foreign or corrupt file (a page whose checksum
+    fails) is a StoreError naming it."""
     try:
-        table = pq.read_table(path, partitioning=None, **kwargs)
+        table = pq.read_table(path, partitioning=None, page_checksum_verification=True,
+                              **kwargs)
     except (OSError, pa.ArrowException) as exc:
         raise StoreError(f"cannot read {path}: {exc} (the file is missing, truncated or "
                          "corrupt; the run directory is damaged)") from exc
