@@ -241,9 +241,8 @@ class ResourcesConfig:
     concurrency: int = setting(16, "endpoint requests in flight (policy.url)")
 
     def __post_init__(self) -> None:
-        if self.num_cpus is not None and self.num_cpus < 1:
-            raise ConfigError(f"resources.num_cpus must be >= 1 (or null: all cores), got "
-                              f"{self.num_cpus}: every actor needs a CPU to start")
+        if self.num_cpus is not None and self.num_cpus < 1:  # every actor needs one to start
+            raise ConfigError(f"resources.num_cpus must be >= 1 (or null), got {self.num_cpus}")
         if self.num_shards < 1 or self.inference_actors < 1:
             raise ConfigError("resources.num_shards and resources.inference_actors must be "
                               f">= 1, got {self.num_shards} and {self.inference_actors}")
