@@ -59,7 +59,7 @@ def copy_sizes(counts: np.ndarray, mix: np.ndarray, least: int = 0) -> np.ndarra
     sizes = np.minimum(np.round(n * mix).astype(int), counts)
     if sizes.sum() >= least:
         return sizes
-    return np.maximum(np.ceil(least * mix).astype(int), np.minimum(sizes, counts))
+    return np.maximum(np.ceil(least * mix).astype(int), sizes)
 
 
 def mix_events(ds: Dataset, events: Sequence[str], copies: int, *, alpha: float = 1.0,

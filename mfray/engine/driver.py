@@ -272,11 +272,11 @@ def _lost(store: RunStore, exc: ActorLost, attempt: int, state: list[Any]) -> No
 def _replay(store: RunStore, population: Any) -> int:
     """Drop an incomplete round, rebuild the population state from the stored decisions and
     return the first round still to run."""
-    damaged = store.first_damaged_round()
     before = store.completed_rounds()
     store.discard_incomplete()
-    done = store.completed_rounds()
-    if damaged is not None:
+    done = store.completed_rounds()  # 0 .. the round before the first missing or damaged one
+    if done != before:
+        damaged = len(done)
         print(f"mfray: round {damaged} of {store.run_dir} is missing or has an unreadable "
               f"file; it and the {len(before) - len(done) - (damaged in before)} rounds after "
               "it are simulated again", file=sys.stderr)

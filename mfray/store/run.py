@@ -240,11 +240,7 @@ class RunStore:
 
     def config(self) -> dict[str, Any]:
         """The resolved config the run was created with."""
-        path = self.run_dir / "config.json"
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"cannot read {path}: {exc}") from exc
+        return _read_json(self.run_dir / "config.json")
 
     def write_data_identity(self, identity: Mapping[str, Any]) -> None:
         """What the run reads: ``data.json``, the dataset's absolute path and fingerprint
@@ -255,12 +251,7 @@ class RunStore:
     def data_identity(self) -> dict[str, Any] | None:
         """``data.json``; None for a run older than it."""
         path = self.run_dir / "data.json"
-        if not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"cannot read {path}: {exc}") from exc
+        return _read_json(path) if path.exists() else None
 
     def write_references(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """The references' fits (:data:`REFERENCES_SCHEMA`), written atomically at the run's
@@ -328,6 +319,13 @@ class RunStore:
             schema = self.decisions_schema if table == "decisions" else self.rounds_schema
             return ray.data.from_arrow(schema.empty_table())
         return ray.data.read_parquet([str(p) for p in files], partitioning=None)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"cannot read {path}: {exc}") from exc
 
 
 def _check_writable(root: Path) -> None:
