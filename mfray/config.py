@@ -100,10 +100,9 @@ class SimConfig:
             raise ConfigError(f"sim.tally_size must be in 1..1000, got {self.tally_size}")
         if not self.variants:
             raise ConfigError("sim.variants is empty: name at least one of " + ", ".join(VARIANTS))
-        for v in self.variants:
-            if v not in VARIANTS:
-                raise ConfigError(f"sim.variants: unknown variant {v!r}; choose from "
-                                  + ", ".join(VARIANTS))
+        if unknown := [v for v in self.variants if v not in VARIANTS]:
+            raise ConfigError(f"sim.variants: unknown variant {unknown[0]!r}; choose from "
+                              + ", ".join(VARIANTS))
         by_event = [v for v in self.variants if variant(v).needs_event_units]
         if by_event and self.unit != "event":
             raise ConfigError(f"variant {by_event[0]!r} needs sim.unit = event: it infers the "
@@ -119,9 +118,8 @@ class SimConfig:
         names = [i.name for i in self.interventions]
         if len(set(names)) != len(names):
             raise ConfigError("sim.interventions: two interventions share a name")
-        overlap = {source_event(e) for e in self.events} & {source_event(e)
-                                                              for e in self.train_events}
-        if overlap:
+        if overlap := ({source_event(e) for e in self.events}
+                       & {source_event(e) for e in self.train_events}):
             raise ConfigError(f"sim.events and sim.train_events overlap on {sorted(overlap)} "
                               "(a resampled copy E~mixK is event E): evaluate on events the "
                               "references were not fitted on")
@@ -239,6 +237,9 @@ class ResourcesConfig:
     gpu_memory_utilization: float = setting(0.85, "vLLM: the share of the GPU's memory for "
                                             "the engine")
     concurrency: int = setting(16, "endpoint requests in flight (policy.url)")
+    placement_timeout_s: float = setting(300.0, "seconds a run waits for room on the cluster "
+                                         "for its actors before it stops (raise it where "
+                                         "nodes are added on demand)")
 
     def __post_init__(self) -> None:
         if self.num_cpus is not None and self.num_cpus < 1:  # every actor needs one to start
@@ -250,8 +251,9 @@ class ResourcesConfig:
                 or self.concurrency < 1:
             raise ConfigError("resources.batch_size, resources.chunk, resources.max_batch_tokens "
                               "and resources.concurrency must be >= 1")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ConfigError("resources.gpu_memory_utilization must be in (0, 1]")
+        if not 0 < self.gpu_memory_utilization <= 1 or self.placement_timeout_s <= 0:
+            raise ConfigError("resources.gpu_memory_utilization must be in (0, 1] and "
+                              "resources.placement_timeout_s > 0")
 
 
 @dataclass(frozen=True)
@@ -396,8 +398,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 
 _EXPONENT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
-#: what yaml.safe_load raises besides YAMLError: ValueError for a date such as 2001-13-01,
-#: RecursionError for deep nesting
+#: what yaml.safe_load raises besides YAMLError (a date such as 2001-13-01, deep nesting)
 _YAML_ERRORS = (yaml.YAMLError, ValueError, OverflowError, RecursionError)
 
 
@@ -434,8 +435,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
         except (tomllib.TOMLDecodeError, *_YAML_ERRORS) as exc:
             raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: "
                               f"{_short(exc)}") from None
-        if loaded is None:
-            loaded = {}
+        loaded = {} if loaded is None else loaded
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a table of sections")
         data = loaded

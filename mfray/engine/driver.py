@@ -28,6 +28,14 @@ from mfray.config import RunConfig, stored_config
 from mfray.data.identity import differences, fingerprint
 from mfray.data.schema import Dataset
 from mfray.engine.layout import plan, shard_sims
+from mfray.engine.placement import (
+    PlacementTimeout,
+    nodes_with,
+    nth,
+    spread,
+    summary,
+    wait_placed,
+)
 from mfray.engine.population import Population
 from mfray.engine.ray_env import ensure_ray
 from mfray.engine.shard import AgentShard
@@ -132,9 +140,11 @@ def _simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, lock: RunLock, r
     population, shards, stop = None, [], None
     try:
         # the state actors start while the model loads (a worker process each: seconds); a
-        # resumed run keeps its id
+        # resumed run keeps its id. Waiting for them all keeps their start-up (2 s on a loaded
+        # 2-core CPU) out of the first round's time, as the model's load is
         run_id = stored.run_id if stored else uuid.uuid4().hex[:12]
         population, shards = _state_actors(cfg, ds, run_id, inputs)
+        where = _place(cfg, population, shards, inference, say)
         model_id = _get(inference[0].model_id.remote()) if inference else "none"
         store = _open_store(cfg, ds, run_dir, stored, model_id, n_sims, run_id)
         if not lock.held:
@@ -142,15 +152,14 @@ def _simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, lock: RunLock, r
         if references:
             store.write_references(references)
         for attempt in range(MAX_RECOVERIES + 1):
-            if attempt:
-                population, shards = _state_actors(cfg, ds, run_id, inputs)
-            # started before the first round, so that their start-up (2 s on a loaded 2-core
-            # CPU) is not counted in its time, as the model's load is not
-            _get([a.__ray_ready__.remote() for a in (population, *shards)])
-            start = _replay(store, population) if resume or attempt else 0
-            stop = stop if stop is not None else \
-                total if max_rounds is None else min(total, start + max_rounds)
             try:
+                if attempt:  # rebuilt where the cluster has room (a lost node's share too)
+                    population, shards = _state_actors(cfg, ds, run_id, inputs)
+                    where = _place(cfg, population, shards, inference, say)
+                store.record_placement(attempt, where)
+                start = _replay(store, population) if resume or attempt else 0
+                stop = stop if stop is not None else \
+                    total if max_rounds is None else min(total, start + max_rounds)
                 run_rounds(cfg, store, population, shards, inference, range(start, stop),
                            total, progress)
                 break
@@ -158,6 +167,10 @@ def _simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, lock: RunLock, r
                 _lost(store, exc, attempt, [population, *shards])
                 inference = [a if _alive(a) else _inference_actor(cfg, ds, run_dir, model, k)
                              for k, a in enumerate(inference)]
+            except PlacementTimeout as exc:
+                store.mark("failed", str(exc))
+                raise MfrayError(f"{exc}. Completed rounds are in {store.run_dir}; "
+                                 f"`mfray simulate --resume {store.run_dir}` goes on") from None
     finally:
         _kill([population, *shards, *inference])
     if stop == total:
@@ -204,9 +217,12 @@ def _state_actors(cfg: RunConfig, ds: Dataset, run_id: str, inputs: tuple[Any, .
     """The mean-field actor and the agent shards, fresh (their state is rebuilt by replay),
     being started."""
     metas, per_shard, world = inputs
-    population = _actor(Population).remote(metas, ds.label_space, cfg.sim)
-    shards = [_actor(AgentShard).remote(sims, ds.label_space, cfg.sim, run_id, world,
-                                        cfg.policy.mode) for sims in per_shard]
+    # round the nodes after the model actors' (:func:`_inference_actor`)
+    nodes, first = nodes_with("CPU"), 0 if _gpu_models(cfg) else cfg.resources.inference_actors
+    population = spread(Population, nth(nodes, first)).remote(metas, ds.label_space, cfg.sim)
+    shards = [spread(AgentShard, nth(nodes, first + 1 + i)).remote(
+        sims, ds.label_space, cfg.sim, run_id, world, cfg.policy.mode)
+        for i, sims in enumerate(per_shard)]
     return population, shards
 
 
@@ -229,13 +245,28 @@ def _kill(actors: list[Any]) -> None:
             ray.kill(actor)
 
 
-def _actor(cls: type, **options: Any) -> Any:
-    """``cls`` as a Ray actor class placed by the cluster's default scheduler, also when the
-    run is started inside a Ray Tune trial or a Train worker (whose placement group would
-    otherwise capture the run's actors and have no room for them)."""
+def _place(cfg: RunConfig, population: Any, shards: list[Any], inference: list[Any],
+           say: Any) -> list[dict[str, Any]]:
+    """Wait until the run's actors are placed and started (:func:`wait_placed`) and return
+    where each runs; said when they span several nodes."""
+    named = {"meanfield": population, **{f"shard-{i}": s for i, s in enumerate(shards)},
+             **{f"model-{k}": a for k, a in enumerate(inference)}}
+    needs = {f"model-{k}": {"GPU": 1} for k in range(len(inference)) if _gpu_models(cfg)}
+    # a run that waits for room says so, also without progress output
+    refs = wait_placed(named, needs, cfg.resources.placement_timeout_s, _status)
+    rows = [{"actor": name} | row for name, row in zip(refs, _get(list(refs.values())),
+                                                       strict=True)]
+    if len({r["node_id"] for r in rows}) > 1:
+        say(summary(rows))
+    return rows
+
+
+def _gpu_models(cfg: RunConfig) -> bool:
+    """Whether the model actors take a GPU each: a local model on a cluster with enough."""
     import ray
 
-    return ray.remote(cls).options(scheduling_strategy="DEFAULT", **options)
+    n = cfg.resources.inference_actors
+    return cfg.policy.url is None and ray.cluster_resources().get("GPU", 0) >= n
 
 
 def _inference_actor(cfg: RunConfig, ds: Dataset, run_dir: str | Path,
@@ -243,14 +274,14 @@ def _inference_actor(cfg: RunConfig, ds: Dataset, run_dir: str | Path,
     """Inference actor ``a`` of ``resources.inference_actors``: it serves the simulations
     whose ``sim_id ≡ a`` (mod their number), so a simulation's prompts, and the prefixes they
     share, always meet the same model. One GPU each where the cluster has one per actor."""
-    import ray
 
     from mfray.engine.inference import InferenceServer
 
     n = cfg.resources.inference_actors
-    gpus = cfg.policy.url is None and ray.cluster_resources().get("GPU", 0) >= n
     # (any explicit resource also makes an actor hold a CPU for its lifetime: none here)
-    actor = _actor(InferenceServer, **({"num_gpus": 1, "num_cpus": 0} if gpus else {}))
+    gpus = _gpu_models(cfg)
+    actor = spread(InferenceServer, nth(nodes_with("GPU" if gpus else "CPU"), a),
+                   **({"num_gpus": 1, "num_cpus": 0} if gpus else {}))
     name = "prompts.jsonl" if n == 1 else f"prompts-{a}.jsonl"
     log = str(Path(run_dir) / name) if cfg.policy.log_prompts else None
     return actor.remote(cfg.policy, ds.label_space, cfg.sim.data, model, log,
@@ -334,7 +365,9 @@ def _get(refs: Any) -> Any:
     lost actor (also one whose answer another actor was waiting for) as :class:`ActorLost`."""
     import ray
 
-    lost = ray.exceptions.RayActorError
+    # an actor's death, or its node's with the objects on it
+    lost = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
+            ray.exceptions.NodeDiedError)
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as exc:

@@ -18,6 +18,7 @@ from dataclasses import replace
 import numpy as np
 
 from mfray.config import PolicyConfig, ResourcesConfig
+from mfray.engine.placement import Placed
 from mfray.engine.shard import Key, Requests, Scored
 from mfray.llm.base import LanguageModel, ModelError, model_input
 from mfray.llm.build import build_model
@@ -66,7 +67,7 @@ def _empty(n: int) -> Scored:
     return Scored([None] * n, [None] * n, [0.0] * n, [None] * n, [], [])
 
 
-class InferenceServer:
+class InferenceServer(Placed):
     """Holds the model; scores every shard's requests of a round in one canonical order. With
     several actors, ``part = (a, n)``: this one answers the simulations ``sim_id ≡ a (mod n)``
     and leaves the other positions of its answers empty (:func:`mfray.engine.shard.merge`)."""

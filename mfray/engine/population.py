@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from mfray.baselines import adds_expected
 from mfray.config import SimConfig
+from mfray.engine.placement import Placed
 from mfray.interventions import Intervention, apply
 from mfray.meanfield import NumericMeanField
 from mfray.policy import PastAction, meanfield_prompt, population_text
@@ -49,7 +50,7 @@ class SimView:
     population: str | None  # the shared prompt's population block (LLM variants only)
 
 
-class Population:
+class Population(Placed):
     """Population state of all simulations of a run (the MeanField actor)."""
 
     def __init__(self, sims: Sequence[SimMeta], label_space: Mapping[str, Sequence[str]],

@@ -53,7 +53,9 @@ def ensure_ray(resources: ResourcesConfig) -> None:
     if address:
         kwargs["address"] = address
     else:
-        kwargs.update(include_dashboard=False, num_cpus=resources.num_cpus,
+        # "local": a new instance, also where `ray start` left a cluster that ray.init()
+        # would join otherwise (with this run's num_cpus refused)
+        kwargs.update(address="local", include_dashboard=False, num_cpus=resources.num_cpus,
                       _node_ip_address="127.0.0.1")
     if address:
         reachable(address)

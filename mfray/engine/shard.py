@@ -21,6 +21,7 @@ import pyarrow as pa
 from mfray.baselines import surrogate_probs
 from mfray.config import SimConfig
 from mfray.data.synthetic import SyntheticWorld
+from mfray.engine.placement import Placed
 from mfray.engine.population import SimView
 from mfray.policy import choice_distribution, prompt_parts, text_prompt_parts
 from mfray.prompts import template_hash
@@ -101,7 +102,7 @@ def merge(answers: Sequence[Scored], keys: Sequence[Key]) -> Scored:
     return Scored(**pick)
 
 
-class AgentShard:
+class AgentShard(Placed):
     """Agents of all simulations whose index ≡ shard index (mod number of shards)."""
 
     def __init__(self, sims: Sequence[ShardSim], label_space: Mapping[str, Sequence[str]],

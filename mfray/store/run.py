@@ -253,6 +253,24 @@ class RunStore:
         path = self.run_dir / "data.json"
         return _read_json(path) if path.exists() else None
 
+    def record_placement(self, attempt: int, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Add where the run's actors run (:mod:`mfray.engine.placement`) to
+        ``placement.jsonl``: one line per actor, each time they are built (``attempt`` 0, then
+        once per rebuild after a lost actor or node; a resume starts again at 0)."""
+        path = self.run_dir / "placement.jsonl"
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        text = "".join(to_json({"at": at, "attempt": attempt} | dict(r)) + "\n" for r in rows)
+        with os_errors("read", path):
+            before = path.read_text(encoding="utf-8") if path.exists() else ""
+        write_atomic(path, lambda fh: fh.write((before + text).encode()))
+
+    def placement(self) -> list[dict[str, Any]]:
+        """Every line of ``placement.jsonl`` (none for a run older than it)."""
+        path = self.run_dir / "placement.jsonl"
+        with os_errors("read", path):
+            lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        return [json.loads(line) for line in lines]
+
     def write_references(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """The references' fits (:data:`REFERENCES_SCHEMA`), written atomically at the run's
         start (again on resume: the same fits)."""

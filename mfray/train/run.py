@@ -51,9 +51,11 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = None,
           summarize: Any = None, fail_at_step: int | None = None,
-          num_threads: int | None = None) -> Path:
+          num_threads: int | None = None, hold_at_step: int | None = None) -> Path:
     """Build the examples (unless ``OUT/examples`` has them: a resumed run reuses them), run
-    the ``TorchTrainer``, and write the adapter, the history and the loss curve to ``out``."""
+    the ``TorchTrainer``, and write the adapter, the history and the loss curve to ``out``.
+    ``fail_at_step`` and ``hold_at_step`` make the workers fail, or wait two minutes, after
+    that step (the fault tests)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -71,7 +73,8 @@ def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = 
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg.to_dict(), "kind": kind, "examples": str(examples),
-                           "fail_at_step": fail_at_step, "num_threads": num_threads,
+                           "fail_at_step": fail_at_step, "hold_at_step": hold_at_step,
+                           "num_threads": num_threads,
                            "checkpoints": str(out / "checkpoints"),
                            "metrics": str(out / "metrics.jsonl"),
                            "resume_from": str(resume) if resume else None},
@@ -91,7 +94,8 @@ def train(cfg: TrainConfig, kind: str, out: str | Path, *, ds: Dataset | None = 
         with LiveProgress(out / "metrics.jsonl", total, f"train {kind}"):
             result = trainer.fit()
     except Exception as exc:  # Ray wraps the worker's error; keep its first line
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else \
+            type(exc).__name__
         raise MfrayError(f"training failed: {first}. Run the same command again to resume "
                          f"from the last checkpoint in {out / 'ray'}") from exc
     adapter = _finish(result.checkpoint, out)

@@ -108,6 +108,8 @@ def train_loop(config: dict[str, Any]) -> None:
             _checkpoint(task, opt, sched, step, history, rank, Path(config["checkpoints"]))
         if config.get("fail_at_step") == step:  # fault injection for the resume test
             raise RuntimeError(f"injected failure after step {step}")
+        if config.get("hold_at_step") == step:  # the node-loss test removes a node here
+            time.sleep(120)
 
 
 def _step(task: Any, model: Any, params: list[Any], opt: Any, sched: Any, batch: np.ndarray,
