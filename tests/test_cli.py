@@ -47,7 +47,10 @@ def test_convert_says_what_it_left_out(tmp_path: Path, capsys: pytest.CaptureFix
     assert lines[0].startswith("converted 1 events, 7 posts")
     assert lines[1:] == [("  skipped 1 Reddit 'more' stub(s), placeholders for comments the "
                          "release does not hold; 1 stance label(s) name one"),
-                         "  1 stance label(s) name no post and are left out"]
+                         "  1 stance label(s) name no post and are left out",
+                         ("  kept 2 post(s) whose text was deleted or removed ([deleted], "
+                          "[removed]) with their labels"),
+                         "  kept 2 post(s) without an author (deleted accounts)"]
 
 
 def test_data_mix_adds_resampled_copies(small_world_dir: Path, tmp_path: Path,

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from mfray.cli.data import left_out
 from mfray.data.rumoureval import load_rumoureval
 from mfray.data.schema import STANCE_OPTIONS, Dataset, dataset_info
 from mfray.errors import DataError
@@ -137,6 +138,10 @@ def test_2019_reddit_threads() -> None:
     assert "dqzw3ff" not in posts
     assert ds.notes["reddit_more_stubs_skipped"] == 1
     assert ds.notes["stance_labels_on_skipped_stubs"] == 1
+    # a comment deleted by its author and one removed by a moderator are kept and counted
+    assert posts["n4o5p6"]["text"] == "[removed]"
+    assert ds.notes["posts_deleted_or_removed"] == ds.notes["posts_without_author"] == 2
+    assert left_out(ds.notes)[-1] == "kept 2 post(s) without an author (deleted accounts)"
 
 
 def test_all_layouts_under_one_root(tmp_path: Path) -> None:
@@ -182,6 +187,14 @@ def _raises(root: Path, file: str, record: str | None, field: str | None) -> Dat
     assert err.file is not None and err.file.endswith(file), err
     assert (err.record, err.field) == (record, field), err
     return err
+
+
+def test_a_deleted_accounts_retweet_of_a_deleted_tweet_is_kept_and_counted(td: Path) -> None:
+    _edit(td, REPLY, user=None, retweeted_status=None, text="RT @gone: this tweet is gone")
+    ds = load_rumoureval(td)
+    post = _posts(ds)["102"]
+    assert (post["user_id"], post["text"]) == (None, "RT @gone: this tweet is gone")
+    assert ds.notes["posts_without_author"] == 1 and ds.notes["posts_deleted_or_removed"] == 0
 
 
 def test_broken_json(td: Path) -> None:

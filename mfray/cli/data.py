@@ -47,7 +47,8 @@ def cmd_data_convert(args: argparse.Namespace) -> None:
 
 
 def left_out(notes: dict) -> list[str]:
-    """What a conversion skipped or could not match, from the loader's notes, in words."""
+    """What a conversion skipped, could not match or kept of deleted posts, from the loader's
+    notes, in words."""
     out = []
     if n := notes.get("reddit_more_stubs_skipped"):
         out.append(f"skipped {n} Reddit 'more' stub(s), placeholders for comments the release "
@@ -57,6 +58,11 @@ def left_out(notes: dict) -> list[str]:
                       ("veracity_labels_without_thread", "veracity label(s) name no thread")):
         if n := notes.get(key):
             out.append(f"{n} {what} and are left out")
+    if n := notes.get("posts_deleted_or_removed"):
+        out.append(f"kept {n} post(s) whose text was deleted or removed ([deleted], [removed]) "
+                   "with their labels")
+    if n := notes.get("posts_without_author"):
+        out.append(f"kept {n} post(s) without an author (deleted accounts)")
     return out
 
 

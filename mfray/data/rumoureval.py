@@ -59,6 +59,8 @@ NAME = "rumoureval"
 VERACITY_OPTIONS: tuple[str, ...] = ("true", "false", "unverified")
 TOPIC_ORIGIN = EARLIEST
 DELETED_TEXT = "[deleted]"
+#: what Reddit shows for a comment its author deleted or a moderator removed
+GONE_TEXTS = (DELETED_TEXT, "[removed]")
 _PROFILE_KEYS = ("screen_name", "name", "description", "location", "verified", "followers_count",
                  "friends_count", "statuses_count", "favourites_count", "created_at")
 _REDDIT_PREFIX = re.compile(r"^t\d_")
@@ -118,6 +120,9 @@ def load_rumoureval(root: str | os.PathLike[str]) -> Dataset:
         "veracity_labels_without_thread": sum(1 for k in veracity if k not in thread_ids),
         "reddit_more_stubs_skipped": len(stubs),
         "stance_labels_on_skipped_stubs": len(set(stance) & set().union(*stubs) - post_ids),
+        # kept, with their labels: a reply's stance is labelled on what it was
+        "posts_deleted_or_removed": sum(1 for p in posts if p["text"] in GONE_TEXTS),
+        "posts_without_author": sum(1 for p in posts if p["user_id"] is None),
     }
     return build_dataset(NAME, {STANCE: STANCE_OPTIONS}, events, posts, notes=notes)
 
