@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from mfray.config import RunConfig, SimConfig
 from mfray.data.schema import read_dataset
-from mfray.engine.layout import plan, shard_sims
+from mfray.engine.layout import (
+    BASE_BYTES,
+    BYTES_PER_AGENT,
+    check_memory,
+    memory_estimate,
+    plan,
+    shard_sims,
+)
+from mfray.errors import ConfigError
 from mfray.interventions import Intervention
 
 
@@ -45,3 +56,28 @@ def test_agent_i_lives_on_shard_i_mod_s(small_world_dir: Path) -> None:
             assert part.persona == tuple(full.persona[i] for i in part.agent_index)
             assert part.real == tuple(full.real[i] for i in part.agent_index)
             assert part.label == full.label
+
+
+def test_a_run_too_large_for_the_memory_is_refused_before_it_starts(
+        small_world_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """20,000 seeds ran into many GB without a word (issue 41): now the estimate, linear in the
+    agents of all simulations, is checked against the free memory before Ray starts."""
+    from mfray.engine import driver
+
+    ds = read_dataset(small_world_dir)
+    cfg = replace(_cfg(small_world_dir), sim=replace(_cfg(small_world_dir).sim,
+                                                     seeds=tuple(range(20_000))))
+    specs = plan(cfg, ds)
+    agents = sum(s.unit.n_agents for s in specs)
+    assert memory_estimate(specs) == BASE_BYTES + BYTES_PER_AGENT * agents
+    assert memory_estimate(specs[:8]) < 2 * BASE_BYTES  # a usual run is far below
+    check_memory(specs, memory_estimate(specs))  # exactly enough passes
+    with pytest.raises(ConfigError, match=r"320,000 simulations of .* need about .* GiB of "
+                                          r"memory; 8\.0 GiB is free here"):
+        check_memory(specs, 8 << 30)
+    # simulate() refuses it at once: no Ray, no shards built, no run directory
+    monkeypatch.setattr(driver, "_free_memory", lambda: 8 << 30)
+    monkeypatch.setattr(driver, "ensure_ray", lambda *a: pytest.fail("Ray was started"))
+    with pytest.raises(ConfigError, match="a sweep runs them as trials"):
+        driver.simulate(cfg, ds, small_world_dir.parent / "never", progress=False)
+    assert not (small_world_dir.parent / "never" / "runs.parquet").exists()

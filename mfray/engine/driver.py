@@ -13,6 +13,7 @@ complete round.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import uuid
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from mfray.config import RunConfig, stored_config
 from mfray.data.identity import differences, fingerprint
 from mfray.data.schema import Dataset
-from mfray.engine.layout import plan, shard_sims
+from mfray.engine.layout import check_memory, plan, shard_sims
 from mfray.engine.placement import (
     PlacementTimeout,
     nodes_with,
@@ -193,6 +194,8 @@ def _layout(cfg: RunConfig, ds: Dataset, model: LanguageModel | None,
     from mfray.llm.build import check_model
 
     specs = plan(cfg, ds)
+    if cfg.resources.address is None and not os.environ.get("RAY_ADDRESS"):
+        check_memory(specs, _free_memory())  # a local run: all of it on this machine
     llm = any(variant(s.variant).needs_model for s in specs)
     if llm and model is None:
         check_model(cfg.policy, cfg.resources)
@@ -202,6 +205,13 @@ def _layout(cfg: RunConfig, ds: Dataset, model: LanguageModel | None,
         + ("; fitting the references on the training events" if fits else ""))
     per_shard, metas, world, references = shard_sims(specs, ds, cfg, cfg.resources.num_shards)
     return len(specs), llm, total, per_shard, metas, world, references
+
+
+def _free_memory() -> int:
+    """Bytes of memory this machine can give (its page cache included)."""
+    import psutil
+
+    return psutil.virtual_memory().available
 
 
 #: times a run rebuilds its actors after losing one, before it stops (resumable)
