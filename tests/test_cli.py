@@ -366,3 +366,22 @@ def test_train_meanfield_end_to_end(small_world_dir: Path, tiny_model_dir: Path,
                  "sim.warmup=32", "--meanfield.max_new_tokens=6", "--max-rounds", "3"]) == 0
     texts = RunStore.open(run).read_rounds()["meanfield_text"].to_pylist()
     assert len(texts) == 3 and all(texts)
+
+
+def test_convert_warns_when_no_post_has_a_label(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """Label files that match no post used to give a dataset of dashes without a word."""
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "rumoureval" / "reddit2019", src)
+    key = src / "final-eval-key.json"
+    key.write_text(json.dumps({"subtaskaenglish": {"nobody": "deny"}, "subtaskbenglish": {}}))
+    assert main(["data", "convert", str(src), "--format", "rumoureval",
+                 "--out", str(tmp_path / "ds")]) == 0
+    captured = capsys.readouterr()
+    assert "1 stance label(s) name no post and are left out" in captured.out
+    assert captured.err.startswith("mfray: warning: none of the 7 posts has a label (stance): "
+                                   "the label files name none of them")
+    # a labelled release converts without the warning
+    assert main(["data", "convert", str(FIXTURES / "rumoureval" / "reddit2019"), "--format",
+                 "rumoureval", "--out", str(tmp_path / "ok")]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +45,23 @@ def cmd_data_convert(args: argparse.Namespace) -> None:
           f"in {time.perf_counter() - t0:.1f} s")
     for line in left_out(ds.notes):
         print(f"  {line}")
+    if unlabelled := _unlabelled(ds):
+        print(f"mfray: warning: {unlabelled}", file=sys.stderr)
+
+
+def _unlabelled(ds: Dataset) -> str | None:
+    """A warning for a dataset none of whose posts has a label (label files that match no
+    post, or none found): it converts, but nothing of it can warm a run up or score one."""
+    from mfray.data.schema import dataset_info
+
+    info = dataset_info(ds)
+    if not info["posts"] or any(sum(n for o, n in counts.items() if o != "unlabelled")
+                                for counts in info["labels"].values()):
+        return None
+    return (f"none of the {info['posts']} posts has a label ({', '.join(ds.label_space)}): "
+            + ("the label files name none of them" if ds.notes.get("label_files") else
+               "no label file was found") + "; a run on it has no real actions to warm up "
+            "with or to be scored against")
 
 
 def left_out(notes: dict) -> list[str]:
