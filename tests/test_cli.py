@@ -385,3 +385,19 @@ def test_convert_warns_when_no_post_has_a_label(tmp_path: Path,
     assert main(["data", "convert", str(FIXTURES / "rumoureval" / "reddit2019"), "--format",
                  "rumoureval", "--out", str(tmp_path / "ok")]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_convert_says_when_a_post_id_is_in_two_events(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """Accepted (every table keys a post by its event; resampled copies share their event's
+    ids by design), and now said, where it was silent."""
+    src = tmp_path / "two.jsonl"
+    text = (FIXTURES / "jsonl" / "small.jsonl").read_text()
+    src.write_text(text.replace('"post_id": "q3"', '"post_id": "p3"'))
+    assert main(["data", "convert", str(src), "--format", "jsonl",
+                 "--out", str(tmp_path / "ds")]) == 0
+    assert ("  1 post id(s) appear in more than one event (first: p3 in dam, fog); each event "
+            "keeps its own copy") in capsys.readouterr().out.splitlines()
+    assert main(["data", "convert", str(FIXTURES / "jsonl" / "small.jsonl"), "--format",
+                 "jsonl", "--out", str(tmp_path / "one")]) == 0
+    assert "more than one event" not in capsys.readouterr().out

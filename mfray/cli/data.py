@@ -45,8 +45,25 @@ def cmd_data_convert(args: argparse.Namespace) -> None:
           f"in {time.perf_counter() - t0:.1f} s")
     for line in left_out(ds.notes):
         print(f"  {line}")
+    if shared := _shared_posts(ds):
+        print(f"  {shared}")
     if unlabelled := _unlabelled(ds):
         print(f"mfray: warning: {unlabelled}", file=sys.stderr)
+
+
+def _shared_posts(ds: Dataset) -> str | None:
+    """A note on post ids found in more than one event (one thread filed under two events):
+    kept, since every table keys a post by its event, and said."""
+    events: dict[str, set[str]] = {}
+    for event, post in zip(ds.posts["event_id"].to_pylist(), ds.posts["post_id"].to_pylist(),
+                           strict=True):
+        events.setdefault(post, set()).add(event)
+    shared = {p: sorted(e) for p, e in events.items() if len(e) > 1}
+    if not shared:
+        return None
+    first = min(shared)
+    return (f"{len(shared)} post id(s) appear in more than one event (first: {first} in "
+            f"{', '.join(shared[first])}); each event keeps its own copy")
 
 
 def _unlabelled(ds: Dataset) -> str | None:
