@@ -81,3 +81,20 @@ def test_the_placement_record_grows_by_attempt(tmp_path: Path) -> None:
     store.record_placement(0, [{"actor": "shard-0", "node_id": "n1"}])
     store.record_placement(1, [{"actor": "shard-0", "node_id": "n2"}])
     assert [(r["attempt"], r["node_id"]) for r in store.placement()] == [(0, "n1"), (1, "n2")]
+
+
+@pytest.mark.parametrize("error", [
+    ray.exceptions.ObjectLostError("ab" * 14, None, ""),
+    ray.exceptions.NodeDiedError("node 1f2e is dead"),
+])
+def test_an_object_or_node_lost_with_its_node_is_a_lost_actor(
+        error: Exception, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run rebuilds its actors after these (tests/test_multinode.py loses a whole node)."""
+    from mfray.engine.driver import ActorLost, _get
+
+    def get(refs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(ray, "get", get)
+    with pytest.raises(ActorLost, match="a Ray actor of the run died"):
+        _get(["ref"])
