@@ -26,7 +26,7 @@ from mfray.cli.simulate import (
     cmd_sweep,
     cmd_validate,
 )
-from mfray.cli.train import cmd_train
+from mfray.cli.train import cmd_distill, cmd_train
 from mfray.data.topics import EARLIEST
 from mfray.data.topics import RULES as TOPIC_RULES
 
@@ -122,6 +122,14 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[argparse.Namespace], None],
         arg("--out", required=True, help="the training directory (rerun to resume)"),
         arg("--config", help="a TOML or YAML config (sections sim, policy, meanfield, train, "
             "resources; `mfray config` lists them)"), SET]),
+    (("distill",), ("fit a fast policy to an LLM run's own option probabilities (a run "
+     "simulated with --set policy.log_prompts=true)"), cmd_distill, [
+        arg("run_dir", help="the teacher: a run of the LLM policy that logged its prompts"),
+        arg("--out", required=True, help="where distilled.json goes (policy.model=OUT)"),
+        arg("--heldout", type=float, default=0.2, help="the share of the distinct prompts held "
+            "out to choose the L2 weight and report the fit (default 0.2)"),
+        arg("--simulate", action="store_true", help="then simulate the teacher's run with it "
+            "(OUT/run) and print both runs' simulated distributions side by side")]),
     (("plan",), ("search interventions for the one that best moves a target share, each "
      "against its twin (see mfray/plan.py)"), cmd_plan, [
         arg("--out", required=True, help="the plan directory (rerun to resume)"), CONFIG, SET,

@@ -36,3 +36,46 @@ def cmd_train(args: argparse.Namespace) -> None:
              if skipped else ""))
     if (out / "validation.json").is_file():
         print(validation_summary(json.loads((out / "validation.json").read_text())))
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from mfray.distill import distill
+
+    path, report = distill(args.run_dir, args.out, heldout=args.heldout)
+    print(f"distilled policy: {path} (simulate with --set policy.model={args.out})")
+    for row in report:
+        print(f"  {'/'.join(row['options'])}: {row['prompts']} distinct prompts; on "
+              f"{row['heldout_prompts']} held out, KL(teacher || distilled) "
+              f"{row['heldout_kl']:.4f} per decision (the teacher's mean distribution: "
+              f"{row['heldout_kl_of_the_mean']:.4f}); L2 weight {row['l2']:g}")
+    if args.simulate:
+        _simulate_student(args.run_dir, Path(args.out))
+
+
+def _simulate_student(teacher: str, out: Path) -> None:
+    """The teacher's run again with the distilled policy (same events, variants and seeds),
+    and the two runs' simulated distributions side by side."""
+    from dataclasses import replace
+
+    from mfray.config import RunConfig, stored_config
+    from mfray.data.schema import read_dataset
+    from mfray.distill import side_by_side
+    from mfray.engine import simulate
+    from mfray.store import RunStore
+
+    store = RunStore.open(teacher)
+    cfg = stored_config(RunConfig, store.config(), store.run_dir / "config.json")
+    identity = store.data_identity() or {}
+    cfg = replace(cfg, sim=replace(cfg.sim, data=identity.get("path") or cfg.sim.data),
+                  policy=replace(cfg.policy, model=str(out.resolve()), adapter=None,
+                                 log_prompts=False))
+    simulate(cfg, read_dataset(cfg.sim.data), out / "run")
+    rows = side_by_side(teacher, out / "run")
+    (out / "side_by_side.json").write_text(json.dumps(rows, indent=1))
+    print("simulated distributions, teacher against distilled (KL of the distilled one's):")
+    for r in rows:
+        print(f"  {r['event_id']} {r['variant']} {r['dimension']}: KL {r['kl']:.4f}  "
+              f"teacher {[round(x, 3) for x in r['teacher']]}  "
+              f"distilled {[round(x, 3) for x in r['student']]}")
+    worst = max(r["kl"] for r in rows)
+    print(f"largest KL {worst:.4f} over {len(rows)} events × variants ({out / 'side_by_side.json'})")

@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -132,9 +133,11 @@ class InferenceServer(Placed):
                 self._score_chunk([rows[0] for _, rows in part], [p for p, _ in part],
                                   options, out)
                 _share([rows for _, rows in part], out)
-                if self.prompt_log:
+                if self.prompt_log:  # with the model's option scores: `mfray distill` reads them
+                    scores = [out[s].log_scores[j] for _, rows in part for s, j in rows]
                     self._log([shard_requests[s].keys[j] for _, rows in part for s, j in rows],
-                              [p for p, rows in part for _ in rows])
+                              [p for p, rows in part for _ in rows], options=options,
+                              scores=scores)
         _calibrate(shard_requests, flat, out)
         return out
 
@@ -239,12 +242,18 @@ class InferenceServer(Placed):
                                                                            strict=True)})
         return out
 
-    def _log(self, keys: list[Key], prompts: list[str], role: str = "policy") -> None:
+    def _log(self, keys: list[Key], prompts: list[str], role: str = "policy",
+             options: Sequence[str] | None = None, scores: list[Any] | None = None) -> None:
         """Append prompts to the prompt log: key (sim, agent, dimension; -1 where none), role
-        (``policy`` or ``meanfield``) and the prompt as the model read it."""
+        (``policy`` or ``meanfield``) and the prompt as the model read it; in choice mode also
+        the options and the model's scores of them (null where the call failed)."""
+        extra = [{} if scores is None else
+                 {"options": list(options or ()),
+                  "log_scores": None if sc is None else [float(v) for v in sc]}
+                 for sc in (scores if scores is not None else [None] * len(keys))]
         with open(self.prompt_log, "a", encoding="utf-8") as f:
-            f.writelines(json.dumps({"key": list(key), "role": role, "prompt": prompt}) + "\n"
-                         for key, prompt in zip(keys, prompts, strict=True))
+            f.writelines(json.dumps({"key": list(key), "role": role, "prompt": prompt} | x)
+                         + "\n" for key, prompt, x in zip(keys, prompts, extra, strict=True))
 
     def _token_counts(self, prompts: list[str]) -> list[int] | None:
         encode = getattr(self.model, "encode", None)

@@ -2,7 +2,7 @@
 driver (:func:`check_model`) and built where it runs (:func:`build_model`).
 
 ``policy.model`` names a scripted model (:data:`SCRIPTED`), a prompt classifier (a ``mfray train
-classifier`` run), a transformers directory or a ``.gguf`` file (None: SmolLM2); ``policy.url``
+classifier`` run), a distilled policy (a ``mfray distill`` directory), a transformers directory or a ``.gguf`` file (None: SmolLM2); ``policy.url``
 serves it over an OpenAI-compatible endpoint and ``policy.engine`` picks transformers or vLLM.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from mfray.config import PolicyConfig, ResourcesConfig
 from mfray.llm.base import LanguageModel, ModelError, ScriptedModel
 from mfray.llm.classifier import classifier_path, load_classifier
+from mfray.llm.distill import DISTILLED_FILE, load_distilled
 from mfray.llm.load import check_bf16, default_gguf, load_model
 
 #: the model names that need no weights: a hashed model, and the synthetic world's own rule
@@ -25,9 +26,9 @@ def check_model(cfg: PolicyConfig, resources: ResourcesConfig | None = None) -> 
     on stderr when ``policy.bf16 = on`` would emulate bfloat16 on this machine's CPU."""
     if cfg.adapter and not (Path(cfg.adapter).expanduser() / "adapter_config.json").is_file():
         raise ModelError(f"no LoRA adapter at {cfg.adapter} (adapter_config.json missing)")
-    if (path := classifier_path(cfg.model)) is not None and (cfg.mode != "choice" or cfg.adapter):
-        raise ModelError(f"{path} is a prompt classifier: it takes policy.mode=choice and no "
-                         "adapter")
+    if (path := _fitted(cfg.model)) is not None and (cfg.mode != "choice" or cfg.adapter):
+        raise ModelError(f"{path} is a fitted policy ({path.stem}): it takes "
+                         "policy.mode=choice and no adapter")
     if cfg.model in SCRIPTED or cfg.url or path is not None:
         return
     path = default_gguf() if cfg.model is None else Path(cfg.model).expanduser()
@@ -37,6 +38,11 @@ def check_model(cfg: PolicyConfig, resources: ResourcesConfig | None = None) -> 
                          "'scripted' or 'scripted-world'")
     if cfg.engine == "transformers":  # vLLM chooses its own dtype
         check_bf16(cfg.bf16, (resources or ResourcesConfig()).device, "policy.bf16")
+
+
+def _fitted(model: str | None) -> Path | None:
+    """The prompt classifier or distilled policy ``policy.model`` names, if it names one."""
+    return classifier_path(model) or classifier_path(model, DISTILLED_FILE)
 
 
 def build_model(cfg: PolicyConfig, data_dir: str | None = None,
@@ -55,8 +61,8 @@ def build_model(cfg: PolicyConfig, data_dir: str | None = None,
                                      requests_per_s=cfg.requests_per_s)
     if cfg.model == "scripted":
         return ScriptedModel()
-    if (path := classifier_path(cfg.model)) is not None:
-        return load_classifier(path)
+    if (path := _fitted(cfg.model)) is not None:
+        return load_distilled(path) if path.name == DISTILLED_FILE else load_classifier(path)
     if cfg.model == "scripted-world":
         from mfray.baselines import load_world, world_rule_model
         from mfray.data.schema import read_dataset

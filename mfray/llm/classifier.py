@@ -159,14 +159,15 @@ class ClassifierModel:
         return path
 
 
-def classifier_path(model: str | None) -> Path | None:
-    """The classifier file ``policy.model`` names (the file, or the directory of a ``mfray
-    train classifier`` run), or None when it names something else."""
+def classifier_path(model: str | None, name: str = CLASSIFIER_FILE) -> Path | None:
+    """The file ``name`` that ``policy.model`` names (the file, or the directory of a ``mfray
+    train classifier`` run, or of a ``mfray distill``), or None when it names something
+    else."""
     if not model:
         return None
     p = Path(model).expanduser()
-    for cand in (p, p / CLASSIFIER_FILE):
-        if cand.name == CLASSIFIER_FILE and cand.is_file():
+    for cand in (p, p / name):
+        if cand.name == name and cand.is_file():
             return cand
     return None
 

@@ -1,0 +1,194 @@
+"""A distilled policy: a small model fitted to the LLM policy's own option probabilities on the
+simulator's own prompts, to stand in for it at a fraction of the cost (issue 42).
+
+Where the prompt classifier (:mod:`mfray.llm.classifier`) learns the real labels, this one
+learns what the LLM answers: its targets are the option distributions a run logged
+(``policy.log_prompts``: every scored prompt with the model's option scores, any adapter
+included), so it reproduces that policy, its reading of the mean field included.
+
+Features: the classifier's counts of words and word pairs of the prompt, and the mean field by
+value: each option's share as the ``shares`` form writes it (``comment 65%``), which a count of
+words reads only as a name. Model: multinomial logistic regression fitted by L-BFGS to the
+LLM's distributions (soft targets: the cross-entropy to them, i.e. their KL up to a constant),
+with its L2 weight chosen by the KL on held-out prompts. One model per option set; saved as
+JSON (no pickle), and read by ``policy.model=DIR`` like a classifier.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.special import log_softmax
+
+from mfray.llm.classifier import _vectorizer
+
+DISTILLED_FILE = "distilled.json"
+KIND = "mfray-distilled-policy"
+L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4)
+MIN_DF = 2
+_SHARE = re.compile(r"\b([a-z][\w-]*) (\d{1,3})%")
+
+
+def shares(prompt: str, options: Sequence[str]) -> np.ndarray:
+    """Each option's share in ``prompt``'s mean-field line (0 where it shows none)."""
+    found = {name: int(pct) / 100 for name, pct in _SHARE.findall(prompt.lower())}
+    return np.array([found.get(o, 0.0) for o in options])
+
+
+@dataclass(frozen=True)
+class DistilledOptionModel:
+    """One option set's model: ``softmax([counts, shares] @ coef.T + intercept)``."""
+
+    options: tuple[str, ...]
+    vocabulary: dict[str, int]
+    coef: np.ndarray  # (len(options), len(vocabulary) + len(options))
+    intercept: np.ndarray  # (len(options),)
+    l2: float
+
+    @cached_property
+    def _vectorizer(self) -> Any:
+        return _vectorizer(self.vocabulary)
+
+    def features(self, prompts: Sequence[str]) -> Any:
+        return _features(self._vectorizer.transform(prompts), prompts, self.options)
+
+    def log_probs(self, prompts: Sequence[str]) -> np.ndarray:
+        return log_softmax(np.asarray(self.features(prompts) @ self.coef.T) + self.intercept,
+                           axis=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"options": list(self.options), "vocabulary": self.vocabulary,
+                "coef": self.coef.tolist(), "intercept": self.intercept.tolist(), "l2": self.l2}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DistilledOptionModel:
+        return cls(tuple(d["options"]), dict(d["vocabulary"]), np.asarray(d["coef"], float),
+                   np.asarray(d["intercept"], float), float(d["l2"]))
+
+
+def _features(counts: Any, prompts: Sequence[str], options: Sequence[str]) -> Any:
+    from scipy.sparse import csr_matrix, hstack
+
+    dense = np.stack([shares(p, options) for p in prompts]) if len(prompts) else \
+        np.zeros((0, len(options)))
+    return hstack([counts, csr_matrix(dense)], format="csr")
+
+
+def kl_rows(target: np.ndarray, log_q: np.ndarray) -> np.ndarray:
+    """KL(target ‖ q) of each row (``target`` probabilities, ``log_q`` log-probabilities)."""
+    p = np.clip(target, 1e-12, 1.0)
+    return (target * (np.log(p) - log_q)).sum(axis=1)
+
+
+def _fit(x: Any, target: np.ndarray, l2: float, start: np.ndarray | None) -> np.ndarray:
+    """Weights (coef and intercept, flat) minimising the mean cross-entropy to ``target`` plus
+    ``l2`` times the squared weights (the intercept unpenalised)."""
+    from scipy.optimize import minimize
+
+    n, d = x.shape
+    k = target.shape[1]
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        coef, icpt = w[:k * d].reshape(k, d), w[k * d:]
+        logq = log_softmax(np.asarray(x @ coef.T) + icpt, axis=1)
+        diff = np.exp(logq) - target  # the gradient of the cross-entropy by the logits
+        grad = np.concatenate([(np.asarray(x.T @ diff).T / n + 2 * l2 * coef).ravel(),
+                               diff.mean(axis=0)])
+        return float(-(target * logq).sum() / n + l2 * (coef ** 2).sum()), grad
+
+    w0 = np.zeros(k * d + k) if start is None else start
+    return minimize(loss, w0, jac=True, method="L-BFGS-B", options={"maxiter": 500}).x
+
+
+def fit_distilled(prompts: Sequence[str], probs: np.ndarray, options: Sequence[str], *,
+                  heldout: float = 0.2, seed: int = 0, l2_grid: Sequence[float] = L2_GRID
+                  ) -> tuple[DistilledOptionModel, dict[str, Any]]:
+    """Fit one option set's model to the LLM's distributions ``probs`` (rows summing to 1) on
+    ``prompts``. A ``heldout`` share of the distinct prompts chooses the L2 weight and gives
+    the report (mean KL per prompt of the LLM's distribution from the model's, and from the
+    mean distribution: what a constant would get); the model is then refitted on all."""
+    probs = np.asarray(probs, dtype=float)
+    if probs.ndim != 2 or probs.shape != (len(prompts), len(options)) or len(prompts) < 2:
+        raise ValueError("need at least two prompts, each with one probability per option")
+    vec = _vectorizer(min_df=min(MIN_DF, len(prompts)))
+    x = _features(vec.fit_transform(prompts), prompts, options)
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    n_test = min(len(prompts) - 1, max(1, round(heldout * len(prompts))))
+    test, train = order[:n_test], order[n_test:]
+    kls, w = [], None
+    for l2 in l2_grid:  # from the strongest weight down, each fit starting from the last
+        w = _fit(x[train], probs[train], l2, w)
+        kls.append(_kl(x[test], probs[test], w).mean())
+    best = l2_grid[int(np.argmin(kls))]
+    mean = probs[train].mean(axis=0)
+    report = {"options": list(options), "prompts": len(prompts), "heldout_prompts": int(n_test),
+              "l2": best, "heldout_kl": float(min(kls)),
+              "heldout_kl_of_the_mean": float(kl_rows(probs[test],
+                                                      np.log(np.clip(mean, 1e-12, 1))).mean())}
+    w = _fit(x, probs, best, None)
+    k, d = len(options), x.shape[1]
+    vocab = {str(t): int(i) for t, i in vec.vocabulary_.items()}
+    return DistilledOptionModel(tuple(options), vocab, w[:k * d].reshape(k, d), w[k * d:],
+                                best), report
+
+
+def _kl(x: Any, target: np.ndarray, w: np.ndarray) -> np.ndarray:
+    k = target.shape[1]
+    d = x.shape[1]
+    logq = log_softmax(np.asarray(x @ w[:k * d].reshape(k, d).T) + w[k * d:], axis=1)
+    return kl_rows(target, logq)
+
+
+class DistilledModel:
+    """A :class:`mfray.llm.base.LanguageModel` that scores options with distilled option
+    models; choice mode only."""
+
+    def __init__(self, models: Sequence[DistilledOptionModel], teacher: str = "",
+                 model_id: str = "distilled") -> None:
+        self.models = {m.options: m for m in models}
+        self.teacher, self.model_id = teacher, model_id
+
+    def score(self, prompts: Sequence[str], options: Sequence[str]) -> np.ndarray:
+        from mfray.llm.base import ModelError
+
+        model = self.models.get(tuple(options))
+        if model is None:
+            raise ModelError(f"the distilled policy was fitted on the options "
+                             f"{[list(o) for o in self.models]}, not {list(options)}")
+        return model.log_probs(prompts)
+
+    def generate(self, prompts: Sequence[str], **_: Any) -> list[str]:
+        from mfray.llm.base import ModelError
+
+        raise ModelError("a distilled policy writes no text: use policy.mode=choice")
+
+    def close(self) -> None:
+        pass
+
+    def save(self, path: str | Path, report: Any = None) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps({"kind": KIND, "teacher": self.teacher, "report": report,
+                                    "models": [m.to_dict() for m in self.models.values()]}))
+        return path
+
+
+def load_distilled(path: str | Path) -> DistilledModel:
+    from mfray.llm.base import ModelError
+
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+        if d.get("kind") != KIND:
+            raise ValueError("not a distilled policy")
+        models = [DistilledOptionModel.from_dict(m) for m in d["models"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"cannot read the distilled policy {path}: {e}") from e
+    return DistilledModel(models, d.get("teacher", ""),
+                          model_id=f"distilled:{path.resolve().parent.name}")
