@@ -64,6 +64,11 @@ def test_the_command_reports_the_fit_and_refuses_a_run_without_a_prompt_log(
     out = capsys.readouterr().out
     assert f"simulate with --set policy.model={tmp_path / 's'}" in out
     assert "support/deny/query/comment:" in out and "KL(teacher || distilled)" in out
+    # --simulate over an earlier fit's simulation is refused before fitting again
+    (tmp_path / "s" / "run").mkdir()
+    assert main(["distill", str(tmp_path / "t"), "--out", str(tmp_path / "s"),
+                 "--simulate"]) == 2
+    assert "holds the simulation of an earlier fit" in capsys.readouterr().err
     (tmp_path / "t" / "prompts.jsonl").unlink()
     with pytest.raises(MfrayError, match="policy.log_prompts=true"):
         distill(tmp_path / "t", tmp_path / "never")

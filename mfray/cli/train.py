@@ -41,6 +41,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_distill(args: argparse.Namespace) -> None:
     from mfray.distill import distill
 
+    if args.simulate and (Path(args.out) / "run").exists():  # said before the fit, not after
+        raise MfrayError(f"{Path(args.out) / 'run'} holds the simulation of an earlier fit: "
+                         "remove it, or distill into another --out")
     path, report = distill(args.run_dir, args.out, heldout=args.heldout)
     print(f"distilled policy: {path} (simulate with --set policy.model={args.out})")
     for row in report:
