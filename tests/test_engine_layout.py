@@ -12,6 +12,7 @@ from mfray.data.schema import read_dataset
 from mfray.engine.layout import (
     BASE_BYTES,
     BYTES_PER_AGENT,
+    BYTES_PER_DISTINCT_AGENT,
     check_memory,
     memory_estimate,
     plan,
@@ -69,7 +70,10 @@ def test_a_run_too_large_for_the_memory_is_refused_before_it_starts(
                                                      seeds=tuple(range(20_000))))
     specs = plan(cfg, ds)
     agents = sum(s.unit.n_agents for s in specs)
-    assert memory_estimate(specs) == BASE_BYTES + BYTES_PER_AGENT * agents
+    distinct = sum({s.unit.key(): s.unit.n_agents for s in specs}.values())
+    assert distinct * 20_000 * 4 == agents  # 20,000 seeds × 2 variants × 2 (twin, boost)
+    assert memory_estimate(specs) == (BASE_BYTES + BYTES_PER_AGENT * agents
+                                      + BYTES_PER_DISTINCT_AGENT * distinct)
     assert memory_estimate(specs[:8]) < 2 * BASE_BYTES  # a usual run is far below
     check_memory(specs, memory_estimate(specs))  # exactly enough passes
     with pytest.raises(ConfigError, match=r"320,000 simulations of .* need about .* GiB of "

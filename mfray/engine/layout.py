@@ -70,18 +70,23 @@ def plan(cfg: RunConfig, ds: Dataset) -> list[SimSpec]:
     return specs
 
 
-#: memory a run holds per agent of each simulation, on its actors and its driver (the shard's
-#: columns, the population's state, a round's requests and decisions, the inputs in Ray's
-#: object store), and besides them (Ray, the processes). Measured with the scripted model on
-#: the dev data (8 events, 9,418 agents per seed): private memory peaked at 787, 1,128 and
-#: 2,071 MiB for 10, 100 and 400 seeds, 350-420 bytes per agent, plus 47 in the object store
+#: memory a run holds per agent of each simulation (the population's state, a round's
+#: requests and decisions, the shards' references to the agent's columns, the inputs in Ray's
+#: object store), per distinct agent (its columns: persona, texts, ids, held once whatever the
+#: seeds and variants), and besides them (Ray, the processes). Measured with the scripted
+#: model (results/faults.md): the dev data's 9,418 agent-simulations per seed peaked at 787,
+#: 1,128 and 2,071 MiB for 10, 100 and 400 seeds (350-420 bytes each); synthetic worlds of
+#: 20,000, 80,000 and 320,000 distinct agents at 803, 1,013 and 1,823 MiB (3.5 kB each)
 BYTES_PER_AGENT = 500
+BYTES_PER_DISTINCT_AGENT = 3_500
 BASE_BYTES = 768 << 20
 
 
 def memory_estimate(specs: list[SimSpec]) -> int:
     """Bytes a run of ``specs`` needs at its peak (the model's own memory not counted)."""
-    return BASE_BYTES + BYTES_PER_AGENT * sum(s.unit.n_agents for s in specs)
+    distinct = {s.unit.key(): s.unit.n_agents for s in specs}
+    return (BASE_BYTES + BYTES_PER_AGENT * sum(s.unit.n_agents for s in specs)
+            + BYTES_PER_DISTINCT_AGENT * sum(distinct.values()))
 
 
 def check_memory(specs: list[SimSpec], free: int) -> None:
