@@ -71,3 +71,16 @@ def test_a_broken_file_and_bad_targets_are_refused(tmp_path: Path) -> None:
         load_distilled(tmp_path / "distilled.json")
     with pytest.raises(ValueError, match="one probability per option"):
         fit_distilled(["a", "b"], np.ones((2, 3)) / 3, OPTIONS)
+
+
+def test_the_teachers_chat_template_is_not_learnt(tmp_path: Path) -> None:
+    """The teacher's log holds its prompts inside its chat template; the distilled policy reads
+    them bare. Terms found in every prompt are left out, so the template moves nothing (with
+    them, the intercept shifted and a simulation drifted towards uniform: results/distill.md)."""
+    prompts, probs = _prompts(600, seed=0)
+    wrapped = [f"<|im_start|>system\nYou are a helpful AI assistant<|im_end|>\n"
+               f"<|im_start|>user\n{p}<|im_end|>\n<|im_start|>assistant\n" for p in prompts]
+    model, report = fit_distilled(wrapped, probs, OPTIONS)
+    assert not any("im_start" in term for term in model.vocabulary)
+    fresh, target = _prompts(200, seed=1)
+    assert kl_rows(target, model.log_probs(fresh)).mean() < 0.01

@@ -117,8 +117,8 @@ def fit_distilled(prompts: Sequence[str], probs: np.ndarray, options: Sequence[s
     probs = np.asarray(probs, dtype=float)
     if probs.ndim != 2 or probs.shape != (len(prompts), len(options)) or len(prompts) < 2:
         raise ValueError("need at least two prompts, each with one probability per option")
-    vec = _vectorizer(min_df=min(MIN_DF, len(prompts)))
-    x = _features(vec.fit_transform(prompts), prompts, options)
+    vec = _fit_vectorizer(prompts)
+    x = _features(vec.transform(prompts), prompts, options)
     order = np.random.default_rng(seed).permutation(len(prompts))
     n_test = min(len(prompts) - 1, max(1, round(heldout * len(prompts))))
     test, train = order[:n_test], order[n_test:]
@@ -137,6 +137,25 @@ def fit_distilled(prompts: Sequence[str], probs: np.ndarray, options: Sequence[s
     vocab = {str(t): int(i) for t, i in vec.vocabulary_.items()}
     return DistilledOptionModel(tuple(options), vocab, w[:k * d].reshape(k, d), w[k * d:],
                                 best), report
+
+
+def _fit_vectorizer(prompts: Sequence[str]) -> Any:
+    """The word and word-pair counts of the classifier, without the terms found in every
+    prompt: the teacher's chat template (``<|im_start|>`` …, which the logged prompts carry and
+    the distilled policy's own do not) and the fixed text of the template. They tell the
+    prompts nothing apart, and their weights would share the intercept's, which then shifts
+    where they are missing."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    from mfray.llm.classifier import NGRAM, TOKEN_PATTERN
+
+    n = len(prompts)
+    vec = CountVectorizer(token_pattern=TOKEN_PATTERN, ngram_range=NGRAM, lowercase=True,
+                          min_df=min(MIN_DF, n), max_df=n - 1 if n > MIN_DF else 1.0)
+    try:
+        return vec.fit(prompts)
+    except ValueError:  # every term in every prompt (or in too few): keep them all
+        return _vectorizer().fit(prompts)
 
 
 def _kl(x: Any, target: np.ndarray, w: np.ndarray) -> np.ndarray:
