@@ -80,7 +80,7 @@ def test_the_teachers_chat_template_is_not_learnt(tmp_path: Path) -> None:
     prompts, probs = _prompts(600, seed=0)
     wrapped = [f"<|im_start|>system\nYou are a helpful AI assistant<|im_end|>\n"
                f"<|im_start|>user\n{p}<|im_end|>\n<|im_start|>assistant\n" for p in prompts]
-    model, report = fit_distilled(wrapped, probs, OPTIONS)
+    model, _ = fit_distilled(wrapped, probs, OPTIONS)
     assert not any("im_start" in term for term in model.vocabulary)
     fresh, target = _prompts(200, seed=1)
     assert kl_rows(target, model.log_probs(fresh)).mean() < 0.01

@@ -135,26 +135,28 @@ class ClassifierModel:
     """A :class:`mfray.llm.base.LanguageModel` that scores options with fitted option models. It
     writes no text: choice mode only."""
 
-    def __init__(self, models: Sequence[OptionModel], model_id: str = "classifier") -> None:
+    what, kind = "the classifier", "mfray-prompt-classifier"  # in messages; in the file
+
+    def __init__(self, models: Sequence[Any], model_id: str = "classifier") -> None:
         self.models = {m.options: m for m in models}
         self.model_id = model_id
 
     def score(self, prompts: Sequence[str], options: Sequence[str]) -> np.ndarray:
         model = self.models.get(tuple(options))
         if model is None:
-            raise ModelError(f"the classifier was fitted on the options "
+            raise ModelError(f"{self.what} was fitted on the options "
                              f"{[list(o) for o in self.models]}, not {list(options)}")
         return model.log_probs(prompts)
 
     def generate(self, prompts: Sequence[str], **_: Any) -> list[str]:
-        raise ModelError("a prompt classifier writes no text: use policy.mode=choice")
+        raise ModelError(f"{self.what} writes no text: use policy.mode=choice")
 
     def close(self) -> None:
         pass
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, **extra: Any) -> Path:
         path = Path(path)
-        path.write_text(json.dumps({"kind": "mfray-prompt-classifier",
+        path.write_text(json.dumps({"kind": self.kind, **extra,
                                     "models": [m.to_dict() for m in self.models.values()]}))
         return path
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from scipy.special import log_softmax
 
-from mfray.llm.classifier import _vectorizer
+from mfray.llm.classifier import ClassifierModel, _vectorizer
 
 DISTILLED_FILE = "distilled.json"
 KIND = "mfray-distilled-policy"
@@ -165,37 +165,19 @@ def _kl(x: Any, target: np.ndarray, w: np.ndarray) -> np.ndarray:
     return kl_rows(target, logq)
 
 
-class DistilledModel:
+class DistilledModel(ClassifierModel):
     """A :class:`mfray.llm.base.LanguageModel` that scores options with distilled option
-    models; choice mode only."""
+    models (choice mode only); ``teacher`` is the model it was distilled from."""
+
+    what, kind = "the distilled policy", KIND
 
     def __init__(self, models: Sequence[DistilledOptionModel], teacher: str = "",
                  model_id: str = "distilled") -> None:
-        self.models = {m.options: m for m in models}
-        self.teacher, self.model_id = teacher, model_id
+        super().__init__(models, model_id)
+        self.teacher = teacher
 
-    def score(self, prompts: Sequence[str], options: Sequence[str]) -> np.ndarray:
-        from mfray.llm.base import ModelError
-
-        model = self.models.get(tuple(options))
-        if model is None:
-            raise ModelError(f"the distilled policy was fitted on the options "
-                             f"{[list(o) for o in self.models]}, not {list(options)}")
-        return model.log_probs(prompts)
-
-    def generate(self, prompts: Sequence[str], **_: Any) -> list[str]:
-        from mfray.llm.base import ModelError
-
-        raise ModelError("a distilled policy writes no text: use policy.mode=choice")
-
-    def close(self) -> None:
-        pass
-
-    def save(self, path: str | Path, report: Any = None) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps({"kind": KIND, "teacher": self.teacher, "report": report,
-                                    "models": [m.to_dict() for m in self.models.values()]}))
-        return path
+    def save(self, path: str | Path, report: Any = None, **extra: Any) -> Path:
+        return super().save(path, teacher=self.teacher, report=report, **extra)
 
 
 def load_distilled(path: str | Path) -> DistilledModel:
