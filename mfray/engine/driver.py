@@ -261,7 +261,8 @@ def _place(cfg: RunConfig, population: Any, shards: list[Any], inference: list[A
     where each runs; said when they span several nodes."""
     named = {"meanfield": population, **{f"shard-{i}": s for i, s in enumerate(shards)},
              **{f"model-{k}": a for k, a in enumerate(inference)}}
-    needs = {f"model-{k}": {"GPU": 1} for k in range(len(inference)) if _gpu_models(cfg)}
+    needs = {f"model-{k}": {"GPU": 1} for k in range(len(inference))} if inference and \
+        _gpu_models(cfg) else {}
     # a run that waits for room says so, also without progress output
     refs = wait_placed(named, needs, cfg.resources.placement_timeout_s, _status)
     rows = [{"actor": name} | row for name, row in zip(refs, _get(list(refs.values())),

@@ -247,10 +247,9 @@ class InferenceServer(Placed):
         """Append prompts to the prompt log: key (sim, agent, dimension; -1 where none), role
         (``policy`` or ``meanfield``) and the prompt as the model read it; in choice mode also
         the options and the model's scores of them (null where the call failed)."""
-        extra = [{} if scores is None else
-                 {"options": list(options or ()),
-                  "log_scores": None if sc is None else [float(v) for v in sc]}
-                 for sc in (scores if scores is not None else [None] * len(keys))]
+        extra = [{}] * len(keys) if scores is None else [
+            {"options": list(options or ()),
+             "log_scores": None if sc is None else [float(v) for v in sc]} for sc in scores]
         with open(self.prompt_log, "a", encoding="utf-8") as f:
             f.writelines(json.dumps({"key": list(key), "role": role, "prompt": prompt} | x)
                          + "\n" for key, prompt, x in zip(keys, prompts, extra, strict=True))

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import log_softmax
 
-from mfray.llm.classifier import ClassifierModel, _vectorizer
+from mfray.llm.classifier import ClassifierModel, _log_probs, _vectorizer
 
 DISTILLED_FILE = "distilled.json"
 KIND = "mfray-distilled-policy"
@@ -60,8 +59,7 @@ class DistilledOptionModel:
         return _features(self._vectorizer.transform(prompts), prompts, self.options)
 
     def log_probs(self, prompts: Sequence[str]) -> np.ndarray:
-        return log_softmax(np.asarray(self.features(prompts) @ self.coef.T) + self.intercept,
-                           axis=1)
+        return _log_probs(self.features(prompts), self.coef, self.intercept)
 
     def to_dict(self) -> dict[str, Any]:
         return {"options": list(self.options), "vocabulary": self.vocabulary,
@@ -96,8 +94,8 @@ def _fit(x: Any, target: np.ndarray, l2: float, start: np.ndarray | None) -> np.
     k = target.shape[1]
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        coef, icpt = w[:k * d].reshape(k, d), w[k * d:]
-        logq = log_softmax(np.asarray(x @ coef.T) + icpt, axis=1)
+        coef, icpt = _unpack(w, k)
+        logq = _log_probs(x, coef, icpt)
         diff = np.exp(logq) - target  # the gradient of the cross-entropy by the logits
         grad = np.concatenate([(np.asarray(x.T @ diff).T / n + 2 * l2 * coef).ravel(),
                                diff.mean(axis=0)])
@@ -132,11 +130,9 @@ def fit_distilled(prompts: Sequence[str], probs: np.ndarray, options: Sequence[s
               "l2": best, "heldout_kl": float(min(kls)),
               "heldout_kl_of_the_mean": float(kl_rows(probs[test],
                                                       np.log(np.clip(mean, 1e-12, 1))).mean())}
-    w = _fit(x, probs, best, None)
-    k, d = len(options), x.shape[1]
     vocab = {str(t): int(i) for t, i in vec.vocabulary_.items()}
-    return DistilledOptionModel(tuple(options), vocab, w[:k * d].reshape(k, d), w[k * d:],
-                                best), report
+    return DistilledOptionModel(tuple(options), vocab, *_unpack(_fit(x, probs, best, None),
+                                                                len(options)), best), report
 
 
 def _fit_vectorizer(prompts: Sequence[str]) -> Any:
@@ -158,11 +154,13 @@ def _fit_vectorizer(prompts: Sequence[str]) -> Any:
         return _vectorizer().fit(prompts)
 
 
+def _unpack(w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The flat weights of :func:`_fit` as ``coef`` (k × features) and ``intercept`` (k)."""
+    return w[:-k].reshape(k, -1), w[-k:]
+
+
 def _kl(x: Any, target: np.ndarray, w: np.ndarray) -> np.ndarray:
-    k = target.shape[1]
-    d = x.shape[1]
-    logq = log_softmax(np.asarray(x @ w[:k * d].reshape(k, d).T) + w[k * d:], axis=1)
-    return kl_rows(target, logq)
+    return kl_rows(target, _log_probs(x, *_unpack(w, target.shape[1])))
 
 
 class DistilledModel(ClassifierModel):
