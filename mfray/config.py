@@ -240,6 +240,9 @@ class ResourcesConfig:
     placement_timeout_s: float = setting(300.0, "seconds a run waits for room on the cluster "
                                          "for its actors before it stops (raise it where "
                                          "nodes are added on demand)")
+    wave_agents: int = setting(1_000_000, "agent-simulations in memory at once: a run with more "
+                               "simulates them in waves, one after another (a resumed run "
+                               "keeps its own)")
 
     def __post_init__(self) -> None:
         if self.num_cpus is not None and self.num_cpus < 1:  # every actor needs one to start
@@ -247,10 +250,10 @@ class ResourcesConfig:
         if self.num_shards < 1 or self.inference_actors < 1:
             raise ConfigError("resources.num_shards and resources.inference_actors must be "
                               f">= 1, got {self.num_shards} and {self.inference_actors}")
-        if self.batch_size < 1 or self.chunk < 1 or self.max_batch_tokens < 1 \
-                or self.concurrency < 1:
-            raise ConfigError("resources.batch_size, resources.chunk, resources.max_batch_tokens "
-                              "and resources.concurrency must be >= 1")
+        if min(self.batch_size, self.chunk, self.max_batch_tokens, self.concurrency,
+               self.wave_agents) < 1:
+            raise ConfigError("resources.batch_size, chunk, max_batch_tokens, concurrency and "
+                              "wave_agents must be >= 1")
         if not 0 < self.gpu_memory_utilization <= 1 or self.placement_timeout_s <= 0:
             raise ConfigError("resources.gpu_memory_utilization must be in (0, 1] and "
                               "resources.placement_timeout_s > 0")

@@ -56,16 +56,16 @@ def test_write_refuses_a_foreign_directory(tmp_path: Path) -> None:
 
 
 def failing_second_write(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = pq.write_table
+    real = pq.ParquetWriter.write_table
     calls = []
 
-    def write_table(table: Any, where: Any, *args: Any, **kwargs: Any) -> None:
-        calls.append(where)
-        if len(calls) == 2:
+    def write_table(self: Any, table: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append(table)
+        if len(calls) == 2:  # the posts, after the events
             raise OSError("disk full")
-        real(table, where, *args, **kwargs)
+        real(self, table, *args, **kwargs)
 
-    monkeypatch.setattr(pq, "write_table", write_table)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", write_table)
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

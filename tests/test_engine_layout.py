@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,9 +18,11 @@ from mfray.engine.layout import (
     memory_estimate,
     plan,
     shard_sims,
+    waves,
 )
 from mfray.errors import ConfigError
 from mfray.interventions import Intervention
+from mfray.schedule import n_rounds
 
 
 def _cfg(data: Path) -> RunConfig:
@@ -59,10 +62,12 @@ def test_agent_i_lives_on_shard_i_mod_s(small_world_dir: Path) -> None:
             assert part.label == full.label
 
 
-def test_a_run_too_large_for_the_memory_is_refused_before_it_starts(
+def test_a_run_too_large_for_the_memory_runs_in_waves_or_is_refused_before_it_starts(
         small_world_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """20,000 seeds ran into many GB without a word (issue 41): now the estimate, linear in the
-    agents of all simulations, is checked against the free memory before Ray starts."""
+    """20,000 seeds ran into many GB without a word (issue 41): the estimate, linear in the
+    agents held at once, is checked against the free memory before Ray starts; since issue 42
+    a run holds at most resources.wave_agents of them at once (its waves), and only a wave
+    too large is refused."""
     from mfray.engine import driver
 
     ds = read_dataset(small_world_dir)
@@ -75,13 +80,27 @@ def test_a_run_too_large_for_the_memory_is_refused_before_it_starts(
     assert memory_estimate(specs) == (BASE_BYTES + BYTES_PER_AGENT * agents
                                       + BYTES_PER_DISTINCT_AGENT * distinct)
     assert memory_estimate(specs[:8]) < 2 * BASE_BYTES  # a usual run is far below
-    check_memory(specs, memory_estimate(specs))  # exactly enough passes
-    with pytest.raises(ConfigError, match=r"320,000 simulations of .* need about .* GiB of "
-                                          r"memory; 8\.0 GiB is free here"):
-        check_memory(specs, 8 << 30)
+    # in waves of at most a million agents, each wave fits in 8 GiB
+    split = waves(specs, 1_000_000, cfg.sim.round_size)
+    assert [s for w in split for s in w.specs] == specs
+    assert all(sum(s.unit.n_agents for s in w.specs) <= 1_000_000 for w in split)
+    assert len(split) >= agents / 1_000_000
+    for before, after in itertools.pairwise(split):  # steps numbered on
+        assert after.first_step == before.steps.stop
+        assert before.rounds == max(n_rounds(s.unit.n_agents, 16) for s in before.specs)
+    check_memory(split, 8 << 30)
+    # as one wave it would not
+    whole = waves(specs, agents, cfg.sim.round_size)
+    assert len(whole) == 1
+    check_memory(whole, memory_estimate(specs))  # exactly enough passes
+    with pytest.raises(ConfigError, match=r"320,000 simulations of .* held at once need about "
+                                          r".* GiB of memory; 8\.0 GiB is free here\. Lower "
+                                          r"resources\.wave_agents"):
+        check_memory(whole, 8 << 30)
     # simulate() refuses it at once: no Ray, no shards built, no run directory
     monkeypatch.setattr(driver, "_free_memory", lambda: 8 << 30)
     monkeypatch.setattr(driver, "ensure_ray", lambda *a: pytest.fail("Ray was started"))
-    with pytest.raises(ConfigError, match="a sweep runs them as trials"):
+    cfg = replace(cfg, resources=replace(cfg.resources, wave_agents=agents))
+    with pytest.raises(ConfigError, match="Lower resources.wave_agents"):
         driver.simulate(cfg, ds, small_world_dir.parent / "never", progress=False)
     assert not (small_world_dir.parent / "never" / "runs.parquet").exists()

@@ -84,3 +84,30 @@ def test_the_teachers_chat_template_is_not_learnt(tmp_path: Path) -> None:
     assert not any("im_start" in term for term in model.vocabulary)
     fresh, target = _prompts(200, seed=1)
     assert kl_rows(target, model.log_probs(fresh)).mean() < 0.01
+
+
+def test_scoring_by_parts_equals_scoring_whole_prompts() -> None:
+    """The fast path (each distinct part scored once, issue 42's 10^7 agents) gives the model's
+    own answer on the whole prompt: real policy prompts, a word pair across the split, shares
+    in the agent part (the later part's win) and a prompt with no agent part."""
+    from mfray.llm.distill import _log_probs
+    from mfray.policy import prompt_parts
+
+    rng = np.random.default_rng(0)
+    prompts, probs = [], []
+    for n in range(400):
+        pct = np.round(rng.dirichlet(np.ones(4)) * 100).astype(int)
+        population = ("How the other users have reacted so far:\nstance: " + ", ".join(
+            f"{o} {p}%" for o, p in zip(OPTIONS, pct, strict=True)) + "\n\n") if n % 3 else ""
+        context = WORDS[n % 5] + (f" deny {n % 90}%" if n % 7 == 0 else "")
+        shared, agent = prompt_parts(topic="a bridge fell", population=population,
+                                     context=context, persona=WORDS[(n * 3) % 5],
+                                     dimension="stance", options=OPTIONS)
+        prompts.append(shared + agent)
+        probs.append(softmax(4 * pct / 100 + rng.normal(size=4)))
+    model, _ = fit_distilled(prompts, np.array(probs), OPTIONS)
+    odd = ["no agent part at all: support 50%", prompts[1].replace("\nThe user", " The user")]
+    for batch in (prompts, odd, prompts):  # the third from the cache
+        whole = _log_probs(model.features(batch), model.coef, model.intercept)
+        np.testing.assert_allclose(model.log_probs(batch), whole, rtol=0, atol=1e-12)
+    assert len(model._parts.cache) < len(prompts)  # the shared parts were read once each

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from mfray.data.schema import STANCE, STANCE_OPTIONS, Dataset, read_dataset, write_dataset
+from mfray.data.schema import (
+    STANCE,
+    STANCE_OPTIONS,
+    Dataset,
+    read_dataset,
+    write_dataset,
+    write_dataset_parts,
+)
 from mfray.data.synthetic import (
     BASE_SHARES,
     SCEPTIC_DESCRIPTION,
@@ -17,6 +26,7 @@ from mfray.data.synthetic import (
     _draw,
     _pick,
     generate,
+    generate_parts,
 )
 
 SMALL = WorldParams(n_events=4, min_agents=60, max_agents=90, seed=3)
@@ -109,6 +119,23 @@ def test_round_trip_through_write_and_read(small: tuple[SyntheticWorld, Dataset]
     back = read_dataset(write_dataset(ds, tmp_path / "world"))
     assert SyntheticWorld.from_dataset(back) == world
     assert back.notes["effect"] == ds.notes["effect"]
+
+
+def test_a_world_written_part_by_part_is_the_whole_world(small: tuple[SyntheticWorld, Dataset],
+                                                         tmp_path: Path) -> None:
+    """A world of 10^7 agents is generated and written a few events at a time (issue 42): the
+    same draws, so the same dataset, however it is cut; the notes come once all is drawn."""
+    world, ds = small
+    again, parts, notes = generate_parts(SMALL, events_per_part=3)
+    first = next(parts)
+    assert again == world and first.events.num_rows == 3
+    with pytest.raises(RuntimeError, match="once every part is generated"):
+        notes()
+    back = read_dataset(write_dataset_parts([first, *parts], tmp_path / "w", notes))
+    assert back.posts.equals(ds.posts) and back.events.equals(ds.events)
+    assert back.notes == json.loads(json.dumps(ds.notes))
+    wide = generate_parts(replace(SMALL, n_events=101, min_agents=51, max_agents=51))[0]
+    assert sorted(wide.event_logits) == list(wide.event_logits)  # ids sort in event order
 
 
 def test_from_dataset_rejects_other_datasets(small: tuple[SyntheticWorld, Dataset]) -> None:

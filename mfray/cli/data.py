@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,8 +110,8 @@ def cmd_data_info(args: argparse.Namespace) -> None:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
-    from mfray.data.schema import write_dataset
-    from mfray.data.synthetic import WorldParams, generate
+    from mfray.data.schema import write_dataset_parts
+    from mfray.data.synthetic import WorldParams, generate_parts
 
     try:
         params = WorldParams(n_events=args.events, herding=args.herding,
@@ -119,9 +120,20 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
                              warmup=args.warmup)
     except ValueError as exc:
         raise MfrayError(f"synthetic world: {exc}") from None
-    _, ds = generate(params)
-    out = write_dataset(ds, args.out)
-    print(f"synthetic world: {ds.events.num_rows} events, {ds.posts.num_rows} posts in {out}")
+    from tqdm import tqdm
+
+    _, parts, notes = generate_parts(params)
+    agents = params.n_events * (params.min_agents + params.max_agents) // 2
+    # a world of a million agents takes a minute or more: say how far it is
+    with tqdm(total=params.n_events, desc="events", disable=agents < 1_000_000) as bar:
+        def counted() -> Iterator[Dataset]:
+            for part in parts:
+                bar.update(part.events.num_rows)
+                yield part
+
+        out = write_dataset_parts(counted(), args.out, notes)
+    n_posts = json.loads((out / "dataset.json").read_text())["posts"]
+    print(f"synthetic world: {params.n_events} events, {n_posts} posts in {out}")
 
 
 def cmd_data_mix(args: argparse.Namespace) -> None:

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +140,14 @@ def write_dataset(ds: Dataset, out_dir: str | os.PathLike[str]) -> Path:
     interrupted conversion leaves nothing partial. An existing non-empty ``out_dir`` is replaced
     only if it holds a converted dataset (``dataset.json``); anything else is an error.
     """
+    return write_dataset_parts([ds], out_dir, lambda: ds.notes)
+
+
+def write_dataset_parts(parts: Iterable[Dataset], out_dir: str | os.PathLike[str],
+                        notes: Callable[[], Mapping[str, Any]]) -> Path:
+    """:func:`write_dataset` for a dataset made part by part, each part some of its events
+    (a large synthetic world): only one part is in memory at a time. ``notes`` is called once
+    the parts are written."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError("output path exists and is not a directory", file=str(out))
@@ -149,14 +157,25 @@ def write_dataset(ds: Dataset, out_dir: str | os.PathLike[str]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        pq.write_table(ds.events, tmp / "events.parquet")
-        pq.write_table(ds.posts, tmp / "posts.parquet")
+        writers: dict[str, pq.ParquetWriter] = {}
+        first, n_events, n_posts = None, 0, 0
+        for ds in parts:
+            first = first or ds
+            for name, table in (("events", ds.events), ("posts", ds.posts)):
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(tmp / f"{name}.parquet", table.schema)
+                writers[name].write_table(table)
+            n_events, n_posts = n_events + ds.events.num_rows, n_posts + ds.posts.num_rows
+        for w in writers.values():
+            w.close()
+        if first is None:
+            raise DataError("a dataset has at least one event", file=str(out))
         manifest = {
-            "name": ds.name,
-            "label_space": {d: list(o) for d, o in ds.label_space.items()},
-            "events": ds.events.num_rows,
-            "posts": ds.posts.num_rows,
-            "notes": ds.notes,
+            "name": first.name,
+            "label_space": {d: list(o) for d, o in first.label_space.items()},
+            "events": n_events,
+            "posts": n_posts,
+            "notes": dict(notes()),
         }
         (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         if out.exists():

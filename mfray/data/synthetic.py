@@ -26,7 +26,7 @@ given the real mean field, and to the base rate of the other events. Everything 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -226,26 +226,59 @@ def shares_seen(labels: np.ndarray, round_size: int) -> np.ndarray:
 
 def generate(params: WorldParams = WorldParams()) -> tuple[SyntheticWorld, Dataset]:
     """Generate the world and its events as a canonical :class:`Dataset` (stance labels only)."""
+    world, parts, notes = generate_parts(params)
+    parts = list(parts)  # every event first: the notes are complete after the last
+    return world, concat_parts(parts, notes())
+
+
+def generate_parts(params: WorldParams = WorldParams(), events_per_part: int = 64
+                   ) -> tuple[SyntheticWorld, Iterator[Dataset], Callable[[], dict[str, Any]]]:
+    """The world, its events as datasets of ``events_per_part`` events each, generated one
+    part at a time (so that a world of 10⁷ agents is never in memory at once), and its notes,
+    complete once the parts are exhausted. The draws are those of one whole world: a world is
+    the same however it is cut."""
     rng = np.random.default_rng(params.seed)
     k = len(STANCE_OPTIONS)
+    width = max(2, len(str(params.n_events - 1)))  # ids sort in event order
     event_logits = {
-        f"synth-{e:02d}": tuple(float(v) for v in rng.normal(0.0, params.event_spread, size=k))
+        f"synth-{e:0{width}d}": tuple(float(v) for v in rng.normal(0.0, params.event_spread,
+                                                                    size=k))
         for e in range(params.n_events)
     }
     world = SyntheticWorld(params, event_logits)
-    events, posts, effects = [], [], []
-    start = datetime(2015, 1, 1, tzinfo=UTC)
-    for e, event_id in enumerate(event_logits):
-        claim = CLAIMS[e % len(CLAIMS)]
-        events.append({"event_id": event_id, "topic": f"Reports say that {claim}.",
-                       "topic_origin": "given", "source": "synthetic", "split": None,
-                       "metadata": json.dumps({"event_logits": event_logits[event_id]})})
-        event_posts, effect = _simulate_event(world, event_id, claim, start, rng)
-        posts.extend(event_posts)
-        effects.append(effect)
-        start += timedelta(days=3)
-    notes = {"world": json.loads(world.to_json()), "effect": _summarise(effects)}
-    return world, build_dataset("synthetic", {STANCE: STANCE_OPTIONS}, events, posts, notes)
+    effects: list[dict[str, Any]] = []
+
+    def parts() -> Iterator[Dataset]:
+        start = datetime(2015, 1, 1, tzinfo=UTC)
+        ids = list(event_logits)
+        for first in range(0, len(ids), events_per_part):
+            events, posts = [], []
+            for e, event_id in enumerate(ids[first:first + events_per_part], start=first):
+                claim = CLAIMS[e % len(CLAIMS)]
+                events.append({"event_id": event_id, "topic": f"Reports say that {claim}.",
+                               "topic_origin": "given", "source": "synthetic", "split": None,
+                               "metadata": json.dumps({"event_logits": event_logits[event_id]})})
+                event_posts, effect = _simulate_event(world, event_id, claim, start, rng)
+                posts.extend(event_posts)
+                effects.append(effect)
+                start += timedelta(days=3)
+            yield build_dataset("synthetic", {STANCE: STANCE_OPTIONS}, events, posts)
+
+    def notes() -> dict[str, Any]:
+        if len(effects) != params.n_events:
+            raise RuntimeError("the world's notes are complete once every part is generated")
+        return {"world": json.loads(world.to_json()), "effect": _summarise(effects)}
+
+    return world, parts(), notes
+
+
+def concat_parts(parts: Sequence[Dataset], notes: dict[str, Any]) -> Dataset:
+    """One dataset of the parts of :func:`generate_parts`."""
+    import pyarrow as pa
+
+    return Dataset(parts[0].name, parts[0].label_space,
+                   pa.concat_tables([p.events for p in parts]),
+                   pa.concat_tables([p.posts for p in parts]), notes)
 
 
 def _profile(rng: np.random.Generator, params: WorldParams) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from mfray.config import RunConfig, stored_config
 from mfray.data.identity import differences, fingerprint
 from mfray.data.schema import Dataset
-from mfray.engine.layout import check_memory, plan, shard_sims
+from mfray.engine.layout import SimSpec, Wave, check_memory, plan, shard_sims, waves
 from mfray.engine.placement import (
     PlacementTimeout,
     nodes_with,
@@ -42,20 +42,21 @@ from mfray.engine.ray_env import ensure_ray
 from mfray.engine.shard import AgentShard
 from mfray.errors import MfrayError, StoreError
 from mfray.llm import LanguageModel
-from mfray.schedule import n_rounds
 from mfray.store import RunStore
 from mfray.store.lock import RunLock
 from mfray.variants import variant
 
 
 def run_rounds(cfg: RunConfig, store: RunStore, population: Any, shards: list[Any],
-               inference: list[Any], rounds: range, total: int, progress: bool) -> None:
+               inference: list[Any], rounds: range, total: int, progress: bool,
+               first_step: int = 0, desc: str = "rounds") -> None:
     """The MF-LLM round loop: broadcast → decide → aggregate → record → stop check, once per
-    round of ``rounds``, for every simulation of the run at once. ``population`` is the
+    round of ``rounds``, for every simulation of the wave at once. ``population`` is the
     mean-field actor, ``shards`` the agent shards, ``inference`` the model actors (none for a
-    run without a model); each round is committed to ``store`` before the next starts."""
+    run without a model); each round is committed to ``store`` (as step ``first_step + r``)
+    before the next starts."""
     text_mf = any(variant(v).keeps_text for v in cfg.sim.variants)
-    bar = tqdm(rounds, desc="rounds", total=total, initial=rounds.start, disable=not progress)
+    bar = tqdm(rounds, desc=desc, total=total, initial=rounds.start, disable=not progress)
     made = 0
     t_start = time.perf_counter()
     for r in bar:
@@ -94,7 +95,8 @@ def run_rounds(cfg: RunConfig, store: RunStore, population: Any, shards: list[An
         timing = {"t_policy_s": t_policy, "t_meanfield_s": t_mf,
                   "t_total_s": time.perf_counter() - t0}
         run_id = store.run_id
-        store.write_round(r, decisions, [row | timing | {"run_id": run_id} for row in rows])
+        store.write_round(r, decisions, [row | timing | {"run_id": run_id} for row in rows],
+                          step=first_step + r)
         made += decisions.num_rows
         bar.set_postfix(decisions_per_s=f"{made / (time.perf_counter() - t_start):.0f}")
         # stop check: too many failed model calls end the run with a clear message
@@ -120,63 +122,89 @@ def simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, *, resume: bool =
 def _simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, lock: RunLock, resume: bool,
               progress: bool, max_rounds: int | None, model: LanguageModel | None
               ) -> RunStore:
-    import ray
-
     say = _status if progress else (lambda message: None)
     # a resumed run is checked before anything slow: its config, and that the data is its own
     stored = _resumed(cfg, ds, run_dir) if resume else None
     if stored:
         lock.acquire()
-    n_sims, llm, total, per_shard, metas, world, references = _layout(cfg, ds, model, say)
+    # a resumed run keeps its waves (their steps are its files)
+    wave_agents = (_stored(stored).resources if stored else cfg.resources).wave_agents
+    specs, llm, run_waves = _layout(cfg, ds, model, say, wave_agents)
+    total = run_waves[-1].steps.stop
     say("starting Ray" if cfg.resources.address is None else
         f"joining the Ray cluster at {cfg.resources.address}")
     ensure_ray(cfg.resources)
-    # the actors' inputs live in the object store, so that lost actors can be rebuilt
-    inputs = (ray.put(metas), [ray.put(sims) for sims in per_shard], ray.put(world))
-    del per_shard, metas
     if llm:
         say("loading the model" + ("" if model else f" ({cfg.policy.model or 'SmolLM2-135M-Instruct'})"))
     inference = [_inference_actor(cfg, ds, run_dir, model, a)
                  for a in range(cfg.resources.inference_actors if llm else 0)]
-    population, shards, stop = None, [], None
+    stop = None
     try:
-        # the state actors start while the model loads (a worker process each: seconds); a
-        # resumed run keeps its id. Waiting for them all keeps their start-up (2 s on a loaded
-        # 2-core CPU) out of the first round's time, as the model's load is
         run_id = stored.run_id if stored else uuid.uuid4().hex[:12]
-        population, shards = _state_actors(cfg, ds, run_id, inputs)
-        where = _place(cfg, population, shards, inference, say)
         model_id = _get(inference[0].model_id.remote()) if inference else "none"
-        store = _open_store(cfg, ds, run_dir, stored, model_id, n_sims, run_id)
+        store = _open_store(cfg, ds, run_dir, stored, model_id, len(specs), run_id)
         if not lock.held:
             lock.acquire()
-        if references:
-            store.write_references(references)
+        start = _resume_point(store) if resume else 0
+        stop = total if max_rounds is None else min(total, start + max_rounds)
+        for wave in run_waves:
+            steps = range(max(start, wave.first_step), min(stop, wave.steps.stop))
+            if steps:
+                inference = _run_wave(cfg, ds, store, wave, len(run_waves), steps, inference,
+                                      (run_dir, model), progress, say)
+    finally:
+        _kill(inference)
+    if stop == total:
+        store.mark("complete")
+    return store
+
+
+def _run_wave(cfg: RunConfig, ds: Dataset, store: RunStore, wave: Wave, n_waves: int,
+              steps: range, inference: list[Any], source: tuple[str | Path, Any],
+              progress: bool, say: Any) -> list[Any]:
+    """Simulate ``steps`` of one wave: its agents laid out on fresh state actors, rebuilt from
+    the store after a lost actor (at most :data:`MAX_RECOVERIES` times); returns the model
+    actors (replaced where lost)."""
+    import ray
+
+    per_shard, metas, world, references = shard_sims(wave.specs, ds, cfg,
+                                                     cfg.resources.num_shards)
+    if references:
+        store.add_references(references)
+    # the actors' inputs live in the object store, so that lost actors can be rebuilt
+    inputs = (ray.put(metas), [ray.put(sims) for sims in per_shard], ray.put(world))
+    del per_shard, metas
+    population, shards = None, []
+    desc = "rounds" if n_waves == 1 else f"wave {wave.index + 1}/{n_waves}"
+    try:
         for attempt in range(MAX_RECOVERIES + 1):
             try:
-                if attempt:  # rebuilt where the cluster has room (a lost node's share too)
-                    population, shards = _state_actors(cfg, ds, run_id, inputs)
-                    where = _place(cfg, population, shards, inference, say)
-                store.record_placement(attempt, where)
-                start = _replay(store, population) if resume or attempt else 0
-                stop = stop if stop is not None else \
-                    total if max_rounds is None else min(total, start + max_rounds)
-                run_rounds(cfg, store, population, shards, inference, range(start, stop),
-                           total, progress)
-                break
+                # rebuilt where the cluster has room (a lost node's share too)
+                population, shards = _state_actors(cfg, ds, store.run_id, inputs)
+                where = _place(cfg, population, shards, inference, say)
+                store.record_placement(attempt, [row | ({"wave": wave.index} if n_waves > 1
+                                                        else {}) for row in where])
+                start = steps.start
+                if attempt:
+                    start = max(_resume_point(store), wave.first_step)
+                if start > wave.first_step:
+                    start = _replay(store, population, wave)
+                run_rounds(cfg, store, population, shards, inference,
+                           range(start - wave.first_step, steps.stop - wave.first_step),
+                           wave.rounds, progress, wave.first_step, desc)
+                return inference
             except ActorLost as exc:
                 _lost(store, exc, attempt, [population, *shards])
-                inference = [a if _alive(a) else _inference_actor(cfg, ds, run_dir, model, k)
+                inference = [a if _alive(a) else _inference_actor(cfg, ds, source[0],
+                                                                  source[1], k)
                              for k, a in enumerate(inference)]
             except PlacementTimeout as exc:
                 store.mark("failed", str(exc))
                 raise MfrayError(f"{exc}. Completed rounds are in {store.run_dir}; "
                                  f"`mfray simulate --resume {store.run_dir}` goes on") from None
     finally:
-        _kill([population, *shards, *inference])
-    if stop == total:
-        store.mark("complete")
-    return store
+        _kill([population, *shards])
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _status(message: str) -> None:
@@ -185,26 +213,26 @@ def _status(message: str) -> None:
     print(f"mfray: {message}", file=sys.stderr, flush=True)
 
 
-def _layout(cfg: RunConfig, ds: Dataset, model: LanguageModel | None,
-            say: Any) -> tuple[int, bool, int, list[Any], list[Any], Any, list[dict[str, Any]]]:
-    """The run's simulations laid out on the shards, before Ray starts: their number, whether
-    they need a model (checked here, in the driver, so that a missing one fails at once), the
-    rounds, each shard's simulations, their metadata, the synthetic world and the references'
-    fits."""
+def _layout(cfg: RunConfig, ds: Dataset, model: LanguageModel | None, say: Any,
+            wave_agents: int) -> tuple[list[SimSpec], bool, list[Wave]]:
+    """The run's simulations and their waves, before Ray starts, and whether they need a model
+    (checked here, in the driver, so that a missing one fails at once)."""
     from mfray.llm.build import check_model
 
     specs = plan(cfg, ds)
+    run_waves = waves(specs, wave_agents, cfg.sim.round_size)
     if cfg.resources.address is None and not os.environ.get("RAY_ADDRESS"):
-        check_memory(specs, _free_memory())  # a local run: all of it on this machine
+        check_memory(run_waves, _free_memory())  # a local run: all of it on this machine
     llm = any(variant(s.variant).needs_model for s in specs)
     if llm and model is None:
         check_model(cfg.policy, cfg.resources)
-    total = max(n_rounds(s.unit.n_agents, cfg.sim.round_size) for s in specs)
+    rounds = max(w.rounds for w in run_waves)
     fits = any(variant(s.variant).needs_fit for s in specs)
-    say(f"{len(specs)} simulations of {total} rounds at most"
+    say(f"{len(specs)} simulations of {rounds} rounds at most"
+        + (f", in {len(run_waves)} waves of at most {wave_agents:,} agents (resources."
+           "wave_agents)" if len(run_waves) > 1 else "")
         + ("; fitting the references on the training events" if fits else ""))
-    per_shard, metas, world, references = shard_sims(specs, ds, cfg, cfg.resources.num_shards)
-    return len(specs), llm, total, per_shard, metas, world, references
+    return specs, llm, run_waves
 
 
 def _free_memory() -> int:
@@ -311,9 +339,9 @@ def _lost(store: RunStore, exc: ActorLost, attempt: int, state: list[Any]) -> No
     _kill(state)
 
 
-def _replay(store: RunStore, population: Any) -> int:
-    """Drop an incomplete round, rebuild the population state from the stored decisions and
-    return the first round still to run."""
+def _resume_point(store: RunStore) -> int:
+    """Drop an incomplete round (and a damaged one with those after it) and return the first
+    step still to run."""
     before = store.completed_rounds()
     store.discard_incomplete()
     done = store.completed_rounds()  # 0 .. the round before the first missing or damaged one
@@ -322,16 +350,24 @@ def _replay(store: RunStore, population: Any) -> int:
         print(f"mfray: round {damaged} of {store.run_dir} is missing or has an unreadable "
               f"file; it and the {len(before) - len(done) - (damaged in before)} rounds after "
               "it are simulated again", file=sys.stderr)
+    return max(done) + 1 if done else 0
+
+
+def _replay(store: RunStore, population: Any, wave: Wave) -> int:
+    """Rebuild the wave's population state from its stored decisions and return the first
+    step still to run."""
+    done = [s for s in store.completed_rounds() if s in wave.steps]
     if not done:
-        return 0
-    table = store.read_decisions()
-    rows = store.read_rounds(columns=["sim_id", "round", "meanfield_text"])
+        return wave.first_step
+    table = store.read_decisions(steps=done)
+    rows = store.read_rounds(columns=["sim_id", "round", "meanfield_text"], steps=done)
     # every simulation's last stored mean field: the population restores the text mean field
     # of the simulations that keep one from it
     last = {r["sim_id"]: r["meanfield_text"]
             for r in sorted(rows.to_pylist(), key=lambda r: r["round"])}
+    rounds = [s - wave.first_step for s in done]
     _get(population.replay.remote([(r, table.filter(pc.equal(table["round"], r)))
-                                   for r in done], last))
+                                   for r in rounds], last))
     return max(done) + 1
 
 
@@ -356,7 +392,7 @@ def _resumed(cfg: RunConfig, ds: Dataset, run_dir: str | Path) -> RunStore:
     differ: they do not change results) and its data against ``ds``."""
     store = RunStore.open(run_dir)
     store.check_writable()
-    then = stored_config(RunConfig, store.config(), store.run_dir / "config.json")
+    then = _stored(store)
     if replace(then, resources=cfg.resources) != cfg:
         raise StoreError(f"{run_dir}: the stored config differs from this one; resume with the "
                          "same config (see config.json in the run directory)")
@@ -369,6 +405,11 @@ def _resumed(cfg: RunConfig, ds: Dataset, run_dir: str | Path) -> RunStore:
                          f"({known.get('path') or known.get('name')}): " + "; ".join(diff)
                          + ". Resume on that data, or start a new run")
     return store
+
+
+def _stored(store: RunStore) -> RunConfig:
+    """The config a run was started with."""
+    return stored_config(RunConfig, store.config(), store.run_dir / "config.json")
 
 
 def _get(refs: Any) -> Any:

@@ -89,16 +89,55 @@ def memory_estimate(specs: list[SimSpec]) -> int:
             + BYTES_PER_DISTINCT_AGENT * sum(distinct.values()))
 
 
-def check_memory(specs: list[SimSpec], free: int) -> None:
-    """Refuse, before anything starts, a run that would need more than ``free`` bytes."""
+def check_memory(waves: list[Wave], free: int) -> None:
+    """Refuse, before anything starts, a run whose largest wave would need more than ``free``
+    bytes."""
+    specs = max((w.specs for w in waves), key=memory_estimate)
     need = memory_estimate(specs)
     if need > free:
         agents = sum(s.unit.n_agents for s in specs)
+        lower = ("Lower resources.wave_agents, or run" if len(specs) > 1 else
+                 "Run a smaller unit (sim.unit = thread), or")
         raise ConfigError(
-            f"{len(specs):,} simulations of {agents:,} agents in all need about "
-            f"{need / 2**30:.1f} GiB of memory; {free / 2**30:.1f} GiB is free here. Run fewer "
-            "seeds, events or variants per run (a sweep runs them as trials), or on a cluster "
-            "(resources.address)")
+            f"{len(specs):,} simulations of {agents:,} agents held at once need about "
+            f"{need / 2**30:.1f} GiB of memory; {free / 2**30:.1f} GiB is free here. {lower} "
+            "on a cluster (resources.address)")
+
+
+@dataclass(frozen=True)
+class Wave:
+    """Simulations that run together, round by round; a run's waves run one after another,
+    its steps (the store's rounds) numbered on from one wave to the next."""
+
+    index: int
+    specs: list[SimSpec]
+    first_step: int
+    rounds: int
+
+    @property
+    def steps(self) -> range:
+        return range(self.first_step, self.first_step + self.rounds)
+
+
+def waves(specs: list[SimSpec], wave_agents: int, round_size: int) -> list[Wave]:
+    """The run's simulations in waves of at most ``wave_agents`` agents (a simulation larger
+    than that is a wave of its own), in plan order: a run that fits is one wave. Simulations
+    are independent, so a simulation's decisions are the same in any wave (bit for bit, but
+    for an LLM's last bits in other batches)."""
+    groups: list[list[SimSpec]] = []
+    held = 0
+    for spec in specs:
+        if not groups or held + spec.unit.n_agents > wave_agents:
+            groups.append([])
+            held = 0
+        groups[-1].append(spec)
+        held += spec.unit.n_agents
+    out, step = [], 0
+    for i, group in enumerate(groups):
+        rounds = max(n_rounds(s.unit.n_agents, round_size) for s in group)
+        out.append(Wave(i, group, step, rounds))
+        step += rounds
+    return out
 
 
 def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int

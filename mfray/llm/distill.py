@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,17 @@ class DistilledOptionModel:
     def _vectorizer(self) -> Any:
         return _vectorizer(self.vocabulary)
 
+    @cached_property
+    def _parts(self) -> PartScorer:
+        return PartScorer(self)
+
     def features(self, prompts: Sequence[str]) -> Any:
         return _features(self._vectorizer.transform(prompts), prompts, self.options)
 
     def log_probs(self, prompts: Sequence[str]) -> np.ndarray:
-        return _log_probs(self.features(prompts), self.coef, self.intercept)
+        """The same as ``_log_probs(self.features(prompts), ...)`` (tests/test_llm_distill.py
+        checks it), from the prompts' two parts, each scored once (:class:`PartScorer`)."""
+        return self._parts.log_probs(prompts)
 
     def to_dict(self) -> dict[str, Any]:
         return {"options": list(self.options), "vocabulary": self.vocabulary,
@@ -77,6 +84,71 @@ def _features(counts: Any, prompts: Sequence[str], options: Sequence[str]) -> An
     dense = np.stack([shares(p, options) for p in prompts]) if len(prompts) else \
         np.zeros((0, len(options)))
     return hstack([counts, csr_matrix(dense)], format="csr")
+
+
+class PartScorer:
+    """Scores prompts by their two parts, each part scored once.
+
+    The model is linear in word and word-pair counts, and a prompt's counts are its shared
+    part's (instructions, topic, mean field: the same for a simulation's whole round) plus its
+    agent part's (context, persona: few distinct ones where personas are bucketed) plus the
+    one word pair across the split; the shares are read from both, the later part's winning as
+    in the whole prompt. So each distinct part is read once and the rest is a few additions:
+    where every agent's prompt is read whole, this reads the shared part once a round. A prompt
+    is split before the template's agent head (``The user replies …``) where a line ends there,
+    which no word and no ``name NN%`` crosses; one without it is scored as one part."""
+
+    MAX_CACHED = 200_000  # parts kept (about 1 kB each); the cache starts over past it
+
+    def __init__(self, model: DistilledOptionModel) -> None:
+        from mfray.prompts import AGENT_MARKER, template
+
+        vec = model._vectorizer
+        self.lower, self.tokens = vec.build_preprocessor(), vec.build_tokenizer()
+        self.vocabulary, self.options = model.vocabulary, model.options
+        n_words = len(model.vocabulary)
+        self.word_coef = np.ascontiguousarray(model.coef[:, :n_words].T)  # (words, options)
+        self.share_coef, self.intercept = model.coef[:, n_words:], model.intercept
+        agent = template("policy").split(AGENT_MARKER)[1]
+        self.head = "\n" + agent[:agent.index("{")].split("\n")[0]
+        self.cache: dict[str, tuple[np.ndarray, str | None, str | None, dict[str, float]]] = {}
+
+    def log_probs(self, prompts: Sequence[str]) -> np.ndarray:
+        from scipy.special import log_softmax
+
+        k = len(self.options)
+        logits = np.tile(self.intercept, (len(prompts), 1))
+        for n, prompt in enumerate(prompts):
+            cut = prompt.find(self.head) + 1  # after the line's end: 0 where there is none
+            found: dict[str, float] = {}
+            last = None
+            for part in (prompt[:cut], prompt[cut:]) if cut else (prompt,):
+                vec, first, end, shares_ = self._part(part)
+                logits[n] += vec
+                if last is not None and first is not None:
+                    logits[n] += self._weights([f"{last} {first}"])
+                last = end if end is not None else last
+                found.update(shares_)
+            logits[n] += self.share_coef @ np.array([found.get(o, 0.0) for o in self.options])
+        return log_softmax(logits, axis=1) if k else logits
+
+    def _part(self, part: str) -> tuple[np.ndarray, str | None, str | None, dict[str, float]]:
+        hit = self.cache.get(part)
+        if hit is None:
+            lowered = self.lower(part)
+            words = self.tokens(lowered)
+            grams = words + [f"{a} {b}" for a, b in pairwise(words)]
+            found = {name: int(pct) / 100 for name, pct in _SHARE.findall(lowered)}
+            hit = (self._weights(grams), words[0] if words else None,
+                   words[-1] if words else None, found)
+            if len(self.cache) >= self.MAX_CACHED:
+                self.cache.clear()
+            self.cache[part] = hit
+        return hit
+
+    def _weights(self, grams: Sequence[str]) -> np.ndarray:
+        idx = [i for g in grams if (i := self.vocabulary.get(g)) is not None]
+        return self.word_coef[idx].sum(axis=0)
 
 
 def kl_rows(target: np.ndarray, log_q: np.ndarray) -> np.ndarray:

@@ -182,19 +182,24 @@ class RunStore:
     # ---- writing
 
     def write_round(self, round: int, decisions: pa.Table | Sequence[Mapping[str, Any]],
-                    rounds: pa.Table | Sequence[Mapping[str, Any]]) -> None:
+                    rounds: pa.Table | Sequence[Mapping[str, Any]], step: int | None = None
+                    ) -> None:
         """Write one global round: the decisions and rounds rows of all simulations.
+
+        ``step`` numbers the files where a run simulates in waves (one after another, their
+        steps numbered on): the rows hold their round within the wave. Without it, the round.
 
         Rows are validated against the declared schemas (a StoreError names the column at
         fault) and sorted by (sim_id, agent_index). Both files go to temporary names, are
         fsynced, and are renamed decisions first, rounds last, so a crash at any point leaves
         the round either complete or absent. Rewriting a complete round is an error.
         """
-        if round < 0:
-            raise StoreError(f"round must be >= 0, got {round}")
-        if self._file("rounds", round).exists():
-            raise StoreError(f"round {round} of run {self.run_id} is already written "
-                             f"({self._file('rounds', round)}); rows are never duplicated")
+        at = round if step is None else step
+        if min(round, at) < 0:
+            raise StoreError(f"round and step must be >= 0, got {round} and {at}")
+        if self._file("rounds", at).exists():
+            raise StoreError(f"round {at} of run {self.run_id} is already written "
+                             f"({self._file('rounds', at)}); rows are never duplicated")
         what = f"round {round}"
         dec = as_table(decisions, self.decisions_schema, f"{what} decisions")
         rnd = as_table(rounds, self.rounds_schema, f"{what} rounds")
@@ -204,7 +209,7 @@ class RunStore:
                            f"{what} decisions")
         rnd = sort_unique(rnd, ["sim_id"], round, self.run_id, f"{what} rounds")
 
-        dec_final, rnd_final = self._file("decisions", round), self._file("rounds", round)
+        dec_final, rnd_final = self._file("decisions", at), self._file("rounds", at)
         temps: list[Path] = []
         try:
             temps.append(write_tmp(dec_final, parquet_writer(dec)))
@@ -277,6 +282,12 @@ class RunStore:
         table = pa.Table.from_pylist(list(rows), schema=REFERENCES_SCHEMA)
         write_atomic(self.run_dir / "references.parquet", parquet_writer(table))
 
+    def add_references(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Add fits to those stored (a run in waves fits each wave's units in turn; a fit
+        stored already, as on resume, is kept once)."""
+        old = self.read_references().to_pylist()
+        self.write_references(old + [r for r in map(dict, rows) if r not in old])
+
     def read_references(self) -> pa.Table:
         """The references' fits; an empty table for a run without model-free references."""
         path = self.run_dir / "references.parquet"
@@ -295,13 +306,18 @@ class RunStore:
             raise StoreError(f"{path} does not have the declared schema:\n{table.schema}"
                              ) from None
 
-    def files(self, table: str = "decisions") -> list[Path]:
-        """The files of ``table`` ("decisions" or "rounds") for the complete rounds, in order."""
+    def files(self, table: str = "decisions", steps: Sequence[int] | None = None
+              ) -> list[Path]:
+        """The files of ``table`` ("decisions" or "rounds") for the complete rounds (those of
+        ``steps`` only, where given), in order."""
         if table not in _TABLES:
             raise StoreError(f"unknown table {table!r}; expected one of {list(_TABLES)}")
-        return [self._file(table, r) for r in self.completed_rounds()]
+        wanted = None if steps is None else set(steps)
+        return [self._file(table, r) for r in self.completed_rounds()
+                if wanted is None or r in wanted]
 
-    def _read(self, table: str, columns: Sequence[str] | None, filter: Any) -> pa.Table:
+    def _read(self, table: str, columns: Sequence[str] | None, filter: Any,
+              steps: Sequence[int] | None = None) -> pa.Table:
         self.check_rounds()
         schema = self.decisions_schema if table == "decisions" else self.rounds_schema
         if columns is not None:
@@ -310,19 +326,22 @@ class RunStore:
                 raise StoreError(f"unknown {table} columns {unknown}")
             schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
         parts = [read_parquet(p, schema, columns=None if columns is None else list(columns),
-                               filters=filter) for p in self.files(table)]
+                               filters=filter) for p in self.files(table, steps)]
         # files are sorted by (sim_id, agent_index) and read in round order: no sort needed
         return pa.concat_tables(parts) if parts else schema.empty_table()
 
-    def read_decisions(self, columns: Sequence[str] | None = None,
-                       filter: Any = None) -> pa.Table:
-        """Decisions of all complete rounds, sorted by (round, sim_id, agent_index). ``filter``
-        is a ``pyarrow.compute`` expression (or DNF list) as ``pyarrow.parquet.read_table`` takes."""
-        return self._read("decisions", columns, filter)
+    def read_decisions(self, columns: Sequence[str] | None = None, filter: Any = None,
+                       steps: Sequence[int] | None = None) -> pa.Table:
+        """Decisions of all complete rounds (of ``steps`` only, where given), sorted by (step,
+        sim_id, agent_index): the step is the round but in a run of several waves
+        (``resources.wave_agents``). ``filter`` is a ``pyarrow.compute`` expression (or DNF
+        list) as ``pyarrow.parquet.read_table`` takes."""
+        return self._read("decisions", columns, filter, steps)
 
-    def read_rounds(self, columns: Sequence[str] | None = None, filter: Any = None) -> pa.Table:
-        """Rounds rows of all complete rounds, sorted by (round, sim_id)."""
-        return self._read("rounds", columns, filter)
+    def read_rounds(self, columns: Sequence[str] | None = None, filter: Any = None,
+                    steps: Sequence[int] | None = None) -> pa.Table:
+        """Rounds rows of all complete rounds (of ``steps`` only), sorted by (step, sim_id)."""
+        return self._read("rounds", columns, filter, steps)
 
     def to_ray_dataset(self, table: str = "decisions") -> Any:
         """A Ray Data dataset over the complete rounds' files of ``table``. Needs ``ray.init()``
