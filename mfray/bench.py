@@ -80,25 +80,33 @@ def _world(out: Path, events: int, agents: int, warmup: int) -> Path:
 
 
 def _loop_seconds(store: Any) -> float:
-    """Time spent in the round loop: the rounds table repeats each round's timing on every
-    simulation's row, so take it once per round."""
-    rounds = store.read_rounds(columns=["round", "t_total_s"]).to_pydict()
-    return sum(dict(zip(rounds["round"], rounds["t_total_s"], strict=True)).values())
+    """Time spent in the round loop: each step's rounds file repeats its timing on every
+    simulation's row, so take it once per step (a round of one wave)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_table(f, columns=["t_total_s"])["t_total_s"][0].as_py()
+               for f in store.files("rounds"))
 
 
 def bench_scripted(simulations: int = 1000, agents: int = 160, warmup: int = 50,
-                   shards: int = 1, round_size: int = 16, workdir: Path | None = None
-                   ) -> dict[str, Any]:
-    """``simulations`` events × 1 variant (``mf``) × 1 seed with the scripted model."""
+                   shards: int = 1, round_size: int = 16, workdir: Path | None = None,
+                   model: str = "scripted", data: Path | None = None,
+                   wave_agents: int = ResourcesConfig.wave_agents) -> dict[str, Any]:
+    """``simulations`` events × 1 variant (``mf``) × 1 seed with the scripted model, or with
+    ``model``, a fast policy such as a distilled one (``distilled`` workload), on a synthetic
+    world made for it or on ``data``, a world of that many events of ``agents`` each."""
     from mfray.engine import simulate
 
     work = Path(workdir or tempfile.mkdtemp(prefix="mfray-bench-"))
-    data = _world(work / "data", simulations, agents, warmup)
+    data = Path(data) if data else _world(work / "data", simulations, agents, warmup)
     cfg = RunConfig(sim=SimConfig(data=str(data), variants=("mf",), warmup=warmup,
                                   round_size=round_size),
-                    policy=PolicyConfig(model="scripted"),
-                    resources=ResourcesConfig(num_shards=shards))
+                    policy=PolicyConfig(model=model),
+                    resources=ResourcesConfig(num_shards=shards, wave_agents=wave_agents))
     ds = read_dataset(data)
+    if ds.events.num_rows != simulations or ds.posts.num_rows != simulations * (agents + 4):
+        raise MfrayError(f"bench: {data} is not a world of {simulations} events of {agents} "
+                         "agents (mfray data synth --events N --min-agents A --max-agents A)")
     with PeakMemory() as mem:
         t0 = time.perf_counter()
         store = simulate(cfg, ds, work / "run", progress=True)
@@ -106,9 +114,10 @@ def bench_scripted(simulations: int = 1000, agents: int = 160, warmup: int = 50,
     loop_s = _loop_seconds(store)
     dec = store.read_decisions(columns=["template_hash", "sim_id", "agent_index"])
     n_model = pc.sum(pc.is_valid(dec["template_hash"])).as_py()
-    unique = len(set(zip(dec["sim_id"].to_pylist(), dec["agent_index"].to_pylist(),
-                         strict=True)))
-    return {"workload": "scripted", "simulations": simulations, "agents_per_simulation": agents,
+    unique = dec.group_by(["sim_id", "agent_index"]).aggregate([]).num_rows
+    return {"workload": "scripted" if model == "scripted" else "distilled",
+            "model": store.run_info()["model_id"], "simulations": simulations,
+            "agents_per_simulation": agents, "wave_agents": wave_agents,
             "shards": shards, "decisions": dec.num_rows, "distinct_agents": unique,
             "rounds": len(store.completed_rounds()), "model_decisions": n_model,
             "wall_s": round(wall, 2), "round_loop_s": round(loop_s, 3),

@@ -83,6 +83,17 @@ def sample_indices(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum(idx, c.shape[1] - 1)
 
 
+def _replies(posts: pa.Table) -> pa.Table:
+    """An event's replies (posts with a parent): a slice, not a copy, where they lie together
+    after the thread sources (as in a synthetic world of millions of agents)."""
+    is_reply = pc.is_valid(posts["parent_id"]).combine_chunks()
+    n = pc.sum(is_reply).as_py() or 0
+    first = pc.index(is_reply, True).as_py() if n else 0
+    if n and pc.all(is_reply.slice(first, n)).as_py():
+        return posts.slice(first, n)
+    return posts.filter(is_reply)
+
+
 def build_units(ds: Dataset, cfg: SimConfig) -> list[Unit]:
     """The simulation units of a dataset under a config, in a stable order."""
     known = ds.event_ids()
@@ -95,15 +106,16 @@ def build_units(ds: Dataset, cfg: SimConfig) -> list[Unit]:
         if cfg.events and event["event_id"] not in cfg.events:
             continue
         posts = ds.posts_of(event["event_id"])
-        is_reply = pc.is_valid(posts["parent_id"])
-        replies = posts.filter(is_reply)
+        replies = _replies(posts)
         if replies.num_rows < max(cfg.min_replies, 1):
             if event["event_id"] in cfg.events:  # named, so left out only with a word
                 raise ConfigError(f"sim.events names {event['event_id']}, which has "
                                   f"{replies.num_rows} replies: fewer than "
                                   f"{max(cfg.min_replies, 1)} (sim.min_replies)")
             continue
-        contexts = dict(zip(posts["post_id"].to_pylist(), posts["text"].to_pylist(),
+        # the texts of the posts that are replied to, not of every post (10^7 in large worlds)
+        sources = posts.filter(pc.is_in(posts["post_id"], pc.unique(replies["context_post_id"])))
+        contexts = dict(zip(sources["post_id"].to_pylist(), sources["text"].to_pylist(),
                             strict=True))
         if cfg.unit == "event":
             units.append(Unit(event["event_id"], None, event["topic"], event["source"],

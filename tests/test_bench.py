@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from mfray.bench import bench_model, bench_scripted, format_model_bench
+from mfray.errors import MfrayError
 
 
 def test_scripted_bench_reports_consistent_figures(tmp_path: Path) -> None:
@@ -14,6 +15,33 @@ def test_scripted_bench_reports_consistent_figures(tmp_path: Path) -> None:
     assert r["model_decisions"] == 12 * (60 - 20)
     assert r["decisions_per_s"] >= r["decisions_per_s_incl_startup"] > 0
     assert 0 < r["peak_memory_gib"] < 16
+
+
+def test_distilled_bench_in_waves_on_a_given_world(tmp_path: Path) -> None:
+    """The distilled workload (issue 42): a fast policy's run, in two waves, on a world made
+    beforehand; every agent decides once, and a world of another size is refused."""
+    import numpy as np
+    from scipy.special import softmax
+
+    from mfray.cli import main
+    from mfray.llm.distill import DistilledModel, fit_distilled
+
+    options = ("support", "deny", "query", "comment")
+    prompts = [f"persona {w} and a line comment {p}%" for w in "abcd" for p in range(0, 100, 9)]
+    probs = softmax(np.random.default_rng(0).normal(size=(len(prompts), 4)), axis=1)
+    model, report = fit_distilled(prompts, probs, options)
+    (tmp_path / "student").mkdir()
+    DistilledModel([model]).save(tmp_path / "student" / "distilled.json", report)
+    assert main(["data", "synth", "--out", str(tmp_path / "w"), "--events", "6",
+                 "--min-agents", "60", "--max-agents", "60", "--warmup", "20"]) == 0
+    r = bench_scripted(simulations=6, agents=60, warmup=20, workdir=tmp_path / "b",
+                       model=str(tmp_path / "student"), data=tmp_path / "w", wave_agents=200)
+    assert r["workload"] == "distilled" and r["model"] == "distilled:student"
+    assert r["decisions"] == r["distinct_agents"] == 6 * 60
+    assert r["model_decisions"] == 6 * (60 - 20)
+    assert r["rounds"] == 2 * 4  # two waves of three simulations, 4 rounds each
+    with pytest.raises(MfrayError, match="is not a world of 7 events of 60 agents"):
+        bench_scripted(simulations=7, agents=60, workdir=tmp_path / "c", data=tmp_path / "w")
 
 
 def test_model_bench_curve_efficiency_and_simple_way(tmp_path: Path,

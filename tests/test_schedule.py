@@ -194,3 +194,27 @@ def test_nothing_selected_is_a_config_error(ds: Dataset) -> None:
         build_units(ds, SimConfig(events=("e3",)))
     with pytest.raises(ConfigError, match="no simulation unit"):
         build_units(ds, SimConfig(min_replies=10_000))
+
+
+def test_units_are_the_same_from_slices_and_from_filters(ds: Dataset) -> None:
+    """Events whose posts lie together are sliced, not copied (a world of 10^7 agents would
+    be held twice); interleaved events and a thread source among the replies are filtered,
+    with the same units."""
+    import pyarrow as pa
+
+    from mfray.data.build import build_dataset
+
+    cfg = SimConfig(min_replies=1)
+    sliced = build_units(ds, cfg)
+    assert ds._event_rows == {"e1": (0, 6), "e2": (6, 8), "e3": (8, 9)}
+    order = [0, 6, 1, 7, 2, 8, 3, 4, 5]  # e1 and e2 interleaved, each in time order
+    mixed = Dataset(ds.name, ds.label_space, ds.events, ds.posts.take(pa.array(order)))
+    assert mixed._event_rows is None
+    for a, b in zip(sliced, build_units(mixed, cfg), strict=True):
+        assert a.agents.equals(b.agents) and a.contexts == b.contexts
+    assert sliced[0].contexts == {"a0": "text of a0", "b0": "text of b0"}  # sources only
+    late = build_dataset("toy", SPACE, [event("e4")], [  # a source between the replies
+        post("e4", "A", "a0", None, 0), post("e4", "A", "a1", "a0", 1),
+        post("e4", "B", "b0", None, 2), post("e4", "B", "b1", "b0", 3)])
+    (unit,) = build_units(late, cfg)
+    assert unit.agents["post_id"].to_pylist() == ["a1", "b1"]

@@ -166,12 +166,16 @@ COMMANDS: list[tuple[tuple[str, ...], str, Callable[[argparse.Namespace], None],
         arg("--events", help="comma-separated event ids (default: all)"),
         arg("--dimension", default="stance")]),
     (("bench",), "measure end-to-end throughput (see mfray/bench.py)", cmd_bench, [
-        arg("workload", choices=("scripted", "model")),
+        arg("workload", choices=("scripted", "distilled", "model")),
         arg("--simulations", help="concurrent simulations; for 'model' a comma list, the "
             "scaling curve (default 1,10,100)"),
         arg("--agents", type=int, help="agents per simulation (rounds of 16)"),
         arg("--shards", type=int, default=1),
-        arg("--model", help="for 'model': the policy model (default SmolLM2)"),
+        arg("--model", help="for 'model': the policy model (default SmolLM2); for "
+            "'distilled': the distilled policy's directory (mfray distill)"),
+        arg("--data", help="scripted, distilled: a synthetic world of --simulations events "
+            "of --agents each, instead of generating one"),
+        arg("--wave-agents", type=int, help="scripted, distilled: resources.wave_agents"),
         arg("--batch-size", type=int, default=64),
         arg("--max-batch-tokens", type=int,
             help="padded tokens per model batch (default: resources.max_batch_tokens's)"),

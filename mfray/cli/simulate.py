@@ -228,10 +228,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
     )
 
     sims = ints(args.simulations, "--simulations") if args.simulations else None
-    if args.workload == "scripted":
+    if args.workload in ("scripted", "distilled"):
         if args.reference:
             raise MfrayError("bench: --reference goes with the 'model' workload")
-        result = bench_scripted(max(sims or [1000]), args.agents or 160, shards=args.shards)
+        if (args.workload == "distilled") != bool(args.model):
+            raise MfrayError("bench: --model names the distilled policy's directory, for the "
+                             "'distilled' workload only")
+        result = bench_scripted(max(sims or [1000]), args.agents or 160, shards=args.shards,
+                                model=args.model or "scripted", data=args.data,
+                                **({"wave_agents": args.wave_agents} if args.wave_agents else {}))
     else:
         # the reference first, alone on the machine, then mfray
         ref = reference_loop(Path(args.reference), args.model, args.reference_rounds) \

@@ -12,6 +12,7 @@ is written, read and summarised. Loaders only produce plain records (dicts);
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -123,10 +124,27 @@ class Dataset:
         return self.events.column("event_id").to_pylist()
 
     def posts_of(self, event_id: str) -> pa.Table:
-        """The posts of one event, in time order."""
+        """The posts of one event, in time order: a slice of the posts table, not a copy,
+        where each event's posts lie together (as every dataset mfray writes has them)."""
         import pyarrow.compute as pc
 
-        return self.posts.filter(pc.equal(self.posts["event_id"], event_id))
+        where = self._event_rows
+        if where is None:
+            return self.posts.filter(pc.equal(self.posts["event_id"], event_id))
+        start, stop = where.get(event_id, (0, 0))
+        return self.posts.slice(start, stop - start)
+
+    @functools.cached_property
+    def _event_rows(self) -> dict[str, tuple[int, int]] | None:
+        """Each event's first and last row + 1, where each event's rows are contiguous."""
+        import pyarrow.compute as pc
+
+        runs = pc.run_end_encode(self.posts["event_id"].combine_chunks())
+        ends, ids = runs.run_ends.to_pylist(), runs.values.to_pylist()
+        if len(set(ids)) != len(ids):
+            return None
+        return {e: (start, stop) for e, start, stop in zip(ids, [0, *ends[:-1]], ends,
+                                                           strict=True)}
 
 
 # --------------------------------------------------------------------------------------------
