@@ -53,7 +53,8 @@ class SimConfig:
     variants: tuple[str, ...] = setting(
         ("mf", "base-rate", "persistence"),
         "the variants to simulate, each on every event and seed: the LLM variants "
-        f"({_names('llm')}) need a policy model (policy.model; default SmolLM2); the "
+        f"({_names('llm')}) need a policy model (policy.model; default SmolLM2), "
+        f"{_names('distilled')} a distilled one (policy.distilled); the "
         f"references ({_names('reference')}) need none; "
         f"{_names('surrogate')} run on a synthetic world only")
     seeds: tuple[int, ...] = setting((0,), "the seeds: every simulation runs once per seed")
@@ -161,6 +162,8 @@ class PolicyConfig:
         "support, a CPU with AVX512-BF16 or AMX), float32 elsewhere; 'on' forces it (emulated "
         "and over 10x slower on other CPUs); log-probs differ by ~0.05 from float32")
     log_prompts: bool = setting(False, "write every scored prompt to RUN_DIR/prompts.jsonl")
+    distilled: str | None = setting(None, "a distilled policy (`mfray distill`'s directory): "
+                                    "the mf-distilled variant decides with it, in the shards")
 
     def __post_init__(self) -> None:
         if self.url is not None and (not self.model or self.model in ("scripted",
@@ -310,45 +313,6 @@ MOVED_TO_RESOURCES = {
     "train": ("num_workers", "use_gpu"),
 }
 _MOVED_KEYS = {f"{s}.{k}" for s, keys in MOVED_TO_RESOURCES.items() for k in keys}
-
-
-def migrate(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored config of an older mfray in this version's keys: the hardware and parallelism
-    keys of ``policy`` and ``train`` (:data:`MOVED_TO_RESOURCES`) move to ``resources``, and a
-    removed experiment switch (``train.tally_orders``) is dropped where it was off. A current
-    config comes back unchanged."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"expected a table of sections, got {type(data).__name__}")
-    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
-    for name, keys in MOVED_TO_RESOURCES.items():
-        old = out.get(name)
-        if not isinstance(old, dict):
-            continue
-        for key in (k for k in keys if k in old):
-            value = old.pop(key)
-            resources = out.setdefault("resources", {})
-            if not isinstance(resources, dict):
-                raise ConfigError("resources: expected a table of keys")
-            if resources.setdefault(key, value) != value:
-                raise ConfigError(f"{name}.{key} = {value!r} and resources.{key} = "
-                                  f"{resources[key]!r} contradict each other")
-    train = out.get("train")
-    if isinstance(train, dict) and train.get("tally_orders", 0) in (0, None):
-        train.pop("tally_orders", None)  # removed in issue 38: a run that used it stays refused
-    return out
-
-
-def stored_config(cls: type[T], data: Mapping[str, Any], source: str | Path) -> T:
-    """The config of class ``cls`` stored at ``source`` (a run's config.json, a training's
-    train_config.json), migrated from an older mfray's keys; one that cannot be read is
-    refused with a message that says how to migrate it."""
-    try:
-        return from_dict(cls, migrate(data))
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: a config this mfray cannot read ({exc}). To migrate it, "
-                          "edit it into this version's keys (`mfray config` lists them, "
-                          "docs/configuration.md too), or resume with the mfray version that "
-                          "wrote it") from None
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:

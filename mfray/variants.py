@@ -14,8 +14,9 @@ from mfray.errors import ConfigError
 
 #: ``llm``: a language model decides, shown the prompt; ``reference``: a statistical reference
 #: fitted on the training events; ``surrogate``: one of a synthetic world's own rules;
-#: ``training``: a name only training and comparison tables know (``sft``)
-Kind = Literal["llm", "reference", "surrogate", "training"]
+#: ``training``: a name only training and comparison tables know (``sft``); ``distilled``: a
+#: distilled policy (``policy.distilled``) decides in the shards, shown an LLM variant's prompt
+Kind = Literal["llm", "reference", "surrogate", "training", "distilled"]
 #: which mean field a variant's decisions read: none, the numeric shares, the text summary,
 #: or both (the numeric mean field is kept for every simulation, for the rounds table)
 MeanFieldUse = Literal["none", "numeric", "text", "both"]
@@ -49,6 +50,11 @@ class Variant:
     def needs_model(self) -> bool:
         """Its decisions come from a language model (``sft``: a tuned one)."""
         return self.kind in ("llm", "training")
+
+    @property
+    def reads_prompt(self) -> bool:
+        """Its decisions read the policy prompt (an LLM's or a distilled policy's)."""
+        return self.kind in ("llm", "training", "distilled")
 
     @property
     def simulated(self) -> bool:
@@ -96,6 +102,9 @@ TABLE: tuple[Variant, ...] = (
     Variant("mf-hybrid", "llm", "both", shows=("text", "numeric")),
     # mf calibrated in closed loop to the shift-robust crowd forecast: the recommended variant
     Variant("mf-cal", "llm", "numeric", shows=("numeric",), calibrated=True),
+    # mf decided by a policy distilled from an LLM's answers (mfray distill): fast, for large
+    # populations, in the same run as the LLM's own variants
+    Variant("mf-distilled", "distilled", "numeric", shows=("numeric",)),
     Variant("sft", "training", trains_as="state"),  # the no-mean-field fine-tuning baseline
     Variant("base-rate", "reference", rule="base-rate"),
     Variant("warmup", "reference", rule="warmup"),

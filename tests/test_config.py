@@ -18,10 +18,9 @@ from mfray.config import (
     SimConfig,
     from_dict,
     load_config,
-    migrate,
     parse_override,
-    stored_config,
 )
+from mfray.config_migrate import migrate, stored_config
 from mfray.errors import ConfigError
 from mfray.train.config import TrainConfig, TrainResources
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pytest
 
 from mfray.cli import main
@@ -15,7 +16,7 @@ from mfray.config import PolicyConfig, ResourcesConfig, RunConfig, SimConfig
 from mfray.data.schema import read_dataset
 from mfray.distill import distill, side_by_side
 from mfray.engine import simulate
-from mfray.errors import MfrayError
+from mfray.errors import ConfigError, MfrayError
 from mfray.store import RunStore
 
 VOLATILE = ("run_id", "latency_s")
@@ -54,6 +55,20 @@ def test_a_distilled_policy_simulates_like_its_teacher(small_world_dir: Path,
     rows = side_by_side(teacher.run_dir, one.run_dir)
     assert len(rows) == ds.events.num_rows  # every event, the one variant, stance
     assert max(r["kl"] for r in rows) < 0.01, rows
+    # as its own variant, mf-distilled, in the teacher's run: the student's own decisions
+    both = replace(_cfg(small_world_dir, "scripted-world"),
+                   policy=PolicyConfig(model="scripted-world", distilled=str(tmp_path / "student")))
+    both = replace(both, sim=replace(both.sim, variants=("mf", "mf-distilled")))
+    run = simulate(both, ds, tmp_path / "both", progress=False)
+    keep = ["event_id", "seed", "agent_index", "action", "probs", "nll", "template_hash"]
+    table = run.read_decisions()
+    assert set(table["variant"].to_pylist()) == {"mf", "mf-distilled"}
+    own = table.filter(pc.equal(table["variant"], "mf-distilled")).select(keep)
+    assert own.sort_by([(k, "ascending") for k in keep[:3]]).to_pylist() == \
+        one.read_decisions(columns=keep).sort_by([(k, "ascending") for k in keep[:3]]).to_pylist()
+    with pytest.raises(ConfigError, match="name its directory .* in policy.distilled"):
+        simulate(replace(both, policy=PolicyConfig(model="scripted-world")), ds,
+                 tmp_path / "never", progress=False)
 
 
 def test_the_command_reports_the_fit_and_refuses_a_run_without_a_prompt_log(

@@ -39,12 +39,13 @@ def test_lookup_and_unknown_names() -> None:
 
 def test_traits_are_consistent() -> None:
     for v in TABLE:
-        if v.kind == "llm":  # what the prompt shows is the mean field the variant reads
+        if v.kind in ("llm", "distilled"):  # the prompt shows the mean field the variant reads
             assert ("numeric" in v.shows, "text" in v.shows) == (
                 v.meanfield in ("numeric", "both"), v.meanfield in ("text", "both")), v.name
         else:
             assert v.shows == (), v.name
-        assert (v.rule is None) == v.needs_model, v.name
+        assert (v.rule is None) == v.reads_prompt, v.name
+        assert v.reads_prompt or not v.needs_model, v.name
         assert v.prompt_variant == (v.trains_as or v.name)
         assert variant(v.prompt_variant).kind == "llm" or not v.needs_model
 
@@ -58,7 +59,7 @@ def test_the_prompt_shows_what_the_table_says(name: str) -> None:
         return population_text(name, meanfield=NumericMeanField({"stance": [1, 2, 0, 0]}),
                                history=history, label_space=SPACE, summary="a summary")
 
-    if v.kind != "llm":
+    if v.kind not in ("llm", "distilled"):
         with pytest.raises(ConfigError, match="no population block"):
             render()
         return
@@ -98,12 +99,21 @@ def test_configs_ask_the_table() -> None:
         TrainParams(variant="base-rate")
 
 
-def test_the_engine_does_what_the_table_says(small_world_dir: Path) -> None:
-    """In process: which simulations get model requests, a text mean field, the synthetic
-    world, fitted references, a prior weight and the event latent."""
+def test_the_engine_does_what_the_table_says(small_world_dir: Path, tmp_path: Path) -> None:
+    """In process: which simulations get model requests, a population block, a text mean
+    field, the synthetic world, fitted references, a prior weight and the event latent."""
+    from scipy.special import softmax
+
+    from mfray.llm.distill import DistilledModel, fit_distilled
+
+    prompts = [f"a {w} says comment {p}%" for w in ("x", "y") for p in range(0, 90, 10)]
+    fit = fit_distilled(prompts, softmax(np.arange(4.0) + np.zeros((18, 1)), axis=1),
+                        ("support", "deny", "query", "comment"))[0]
+    DistilledModel([fit]).save(tmp_path / "distilled.json")
     ds = read_dataset(small_world_dir)
     cfg = RunConfig(sim=SimConfig(data=str(small_world_dir), variants=VARIANTS, seeds=(0,),
-                                  warmup=0, round_size=16), policy=PolicyConfig(model="scripted"))
+                                  warmup=0, round_size=16),
+                    policy=PolicyConfig(model="scripted", distilled=str(tmp_path)))
     cfg = replace(cfg, sim=replace(cfg.sim, events=(plan(cfg, ds)[0].unit.event_id,)))
     specs = plan(cfg, ds)
     per_shard, metas, world, references = shard_sims(specs, ds, cfg, 1)
@@ -120,13 +130,18 @@ def test_the_engine_does_what_the_table_says(small_world_dir: Path) -> None:
             v.rule == "persistence" or v.meanfield != "none")), v.name
         assert (sim.features is not None) == v.needs_world, v.name
         assert (sim.latent is not None) == v.needs_event_units, v.name
-    shard = AgentShard(per_shard[0], ds.label_space, cfg.sim, "test", world)
+    shard = AgentShard(per_shard[0], ds.label_space, cfg.sim, "test", world,
+                       distilled=str(tmp_path))
     population = Population(metas, ds.label_space, cfg.sim)
     views = population.publish()
     assert {k for k, view in views.items() if view.population is not None} == \
-        {k for k, v in by_sim.items() if v.needs_model}
+        {k for k, v in by_sim.items() if v.reads_prompt}
     requests = shard.requests(0, views)
     assert {k for k, _, _ in requests.keys} == {k for k, v in by_sim.items() if v.needs_model}
+    # the model-free variants decide in the shard, the distilled one from its prompts
+    for sim in (s for s in per_shard[0] if not by_sim[s.sim_id].needs_model):
+        probs = shard._model_free(sim, shard.round_agents(sim, 0), views[sim.sim_id])
+        assert np.allclose(probs["stance"].sum(axis=1), 1), sim.variant
     real = list(per_shard[0])
     population.update(0, pa.table({
         "sim_id": [s.sim_id for s in real for _ in range(2)],

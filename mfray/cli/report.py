@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 def run_eval_config(run_dir: str | Path, source: str | None) -> EvalConfig:
     """The ``eval`` section stored with the run (resamples, level, seed, source); ``--from``
     replaces only its source."""
-    from mfray.config import RunConfig, stored_config
+    from mfray.config import RunConfig
+    from mfray.config_migrate import stored_config
     from mfray.store import RunStore
 
     store = RunStore.open(run_dir)

@@ -39,7 +39,7 @@ def check_adapter_form(cfg: RunConfig) -> None:
     saved = Path(tuned_by).parent / "train_config.json"
     if not saved.is_file():
         return
-    from mfray.config import stored_config
+    from mfray.config_migrate import stored_config
     from mfray.train.config import TrainConfig
     from mfray.variants import variant
 
@@ -83,7 +83,8 @@ def resumed_config(args: argparse.Namespace, stored: dict, where: Path) -> RunCo
     (where it runs, which does not change results). Any other flag would change the run and
     is refused, by name."""
     from mfray.cli.shortcuts import COMMAND_SHORTCUTS, SHORTCUTS
-    from mfray.config import RunConfig, parse_override, stored_config
+    from mfray.config import RunConfig, parse_override
+    from mfray.config_migrate import stored_config
 
     given = overrides(args, "simulate")
     changing = [f"--set {o}" for o in args.set or [] if parse_override(o)[0][0] != "resources"]

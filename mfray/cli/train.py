@@ -60,7 +60,8 @@ def _simulate_student(teacher: str, out: Path) -> None:
     and the two runs' simulated distributions side by side."""
     from dataclasses import replace
 
-    from mfray.config import RunConfig, stored_config
+    from mfray.config import RunConfig
+    from mfray.config_migrate import stored_config
     from mfray.data.schema import read_dataset
     from mfray.distill import side_by_side
     from mfray.engine import simulate

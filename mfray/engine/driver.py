@@ -8,7 +8,8 @@ the prompts of all shards in a canonical order; the driver runs the loop and wri
 to the store. All simulations of a run (units × seeds × variants) advance round by round
 together, so that one round's model requests form one large batch. A lost actor is rebuilt
 from the store (at most :data:`MAX_RECOVERIES` times), and a run resumes from its last
-complete round.
+complete round. A run of more than ``resources.wave_agents`` agent-simulations runs its
+simulations in waves, one after another (:func:`_run_wave`), so that its memory stays bounded.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from mfray.config import RunConfig, stored_config
-from mfray.data.identity import differences, fingerprint
+from mfray.config import PolicyConfig, RunConfig
 from mfray.data.schema import Dataset
 from mfray.engine.layout import SimSpec, Wave, check_memory, plan, shard_sims, waves
 from mfray.engine.placement import (
@@ -39,8 +38,9 @@ from mfray.engine.placement import (
 )
 from mfray.engine.population import Population
 from mfray.engine.ray_env import ensure_ray
+from mfray.engine.resume import open_store, resume_point, resumed, stored_run_config
 from mfray.engine.shard import AgentShard
-from mfray.errors import MfrayError, StoreError
+from mfray.errors import MfrayError
 from mfray.llm import LanguageModel
 from mfray.store import RunStore
 from mfray.store.lock import RunLock
@@ -124,11 +124,11 @@ def _simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, lock: RunLock, r
               ) -> RunStore:
     say = _status if progress else (lambda message: None)
     # a resumed run is checked before anything slow: its config, and that the data is its own
-    stored = _resumed(cfg, ds, run_dir) if resume else None
+    stored = resumed(cfg, ds, run_dir) if resume else None
     if stored:
         lock.acquire()
     # a resumed run keeps its waves (their steps are its files)
-    wave_agents = (_stored(stored).resources if stored else cfg.resources).wave_agents
+    wave_agents = (stored_run_config(stored).resources if stored else cfg.resources).wave_agents
     specs, llm, run_waves = _layout(cfg, ds, model, say, wave_agents)
     total = run_waves[-1].steps.stop
     say("starting Ray" if cfg.resources.address is None else
@@ -142,10 +142,10 @@ def _simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, lock: RunLock, r
     try:
         run_id = stored.run_id if stored else uuid.uuid4().hex[:12]
         model_id = _get(inference[0].model_id.remote()) if inference else "none"
-        store = _open_store(cfg, ds, run_dir, stored, model_id, len(specs), run_id)
+        store = open_store(cfg, ds, run_dir, stored, model_id, len(specs), run_id)
         if not lock.held:
             lock.acquire()
-        start = _resume_point(store) if resume else 0
+        start = resume_point(store) if resume else 0
         stop = total if max_rounds is None else min(total, start + max_rounds)
         for wave in run_waves:
             steps = range(max(start, wave.first_step), min(stop, wave.steps.stop))
@@ -186,7 +186,7 @@ def _run_wave(cfg: RunConfig, ds: Dataset, store: RunStore, wave: Wave, n_waves:
                                                         else {}) for row in where])
                 start = steps.start
                 if attempt:
-                    start = max(_resume_point(store), wave.first_step)
+                    start = max(resume_point(store), wave.first_step)
                 if start > wave.first_step:
                     start = _replay(store, population, wave)
                 run_rounds(cfg, store, population, shards, inference,
@@ -204,7 +204,7 @@ def _run_wave(cfg: RunConfig, ds: Dataset, store: RunStore, wave: Wave, n_waves:
                                  f"`mfray simulate --resume {store.run_dir}` goes on") from None
     finally:
         _kill([population, *shards])
-    raise AssertionError("unreachable: the last attempt returns or raises")
+    raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
 
 def _status(message: str) -> None:
@@ -226,6 +226,8 @@ def _layout(cfg: RunConfig, ds: Dataset, model: LanguageModel | None, say: Any,
     llm = any(variant(s.variant).needs_model for s in specs)
     if llm and model is None:
         check_model(cfg.policy, cfg.resources)
+    if cfg.policy.distilled:  # mf-distilled's, loaded by the shards
+        check_model(PolicyConfig(model=cfg.policy.distilled), cfg.resources)
     rounds = max(w.rounds for w in run_waves)
     fits = any(variant(s.variant).needs_fit for s in specs)
     say(f"{len(specs)} simulations of {rounds} rounds at most"
@@ -259,7 +261,7 @@ def _state_actors(cfg: RunConfig, ds: Dataset, run_id: str, inputs: tuple[Any, .
     nodes, first = nodes_with("CPU"), 0 if _gpu_models(cfg) else cfg.resources.inference_actors
     population = spread(Population, nth(nodes, first)).remote(metas, ds.label_space, cfg.sim)
     shards = [spread(AgentShard, nth(nodes, first + 1 + i)).remote(
-        sims, ds.label_space, cfg.sim, run_id, world, cfg.policy.mode)
+        sims, ds.label_space, cfg.sim, run_id, world, cfg.policy.mode, cfg.policy.distilled)
         for i, sims in enumerate(per_shard)]
     return population, shards
 
@@ -339,20 +341,6 @@ def _lost(store: RunStore, exc: ActorLost, attempt: int, state: list[Any]) -> No
     _kill(state)
 
 
-def _resume_point(store: RunStore) -> int:
-    """Drop an incomplete round (and a damaged one with those after it) and return the first
-    step still to run."""
-    before = store.completed_rounds()
-    store.discard_incomplete()
-    done = store.completed_rounds()  # 0 .. the round before the first missing or damaged one
-    if done != before:
-        damaged = len(done)
-        print(f"mfray: round {damaged} of {store.run_dir} is missing or has an unreadable "
-              f"file; it and the {len(before) - len(done) - (damaged in before)} rounds after "
-              "it are simulated again", file=sys.stderr)
-    return max(done) + 1 if done else 0
-
-
 def _replay(store: RunStore, population: Any, wave: Wave) -> int:
     """Rebuild the wave's population state from its stored decisions and return the first
     step still to run."""
@@ -369,47 +357,6 @@ def _replay(store: RunStore, population: Any, wave: Wave) -> int:
     _get(population.replay.remote([(r, table.filter(pc.equal(table["round"], r)))
                                    for r in rounds], last))
     return max(done) + 1
-
-
-def _open_store(cfg: RunConfig, ds: Dataset, run_dir: str | Path, store: RunStore | None,
-                model_id: str, n_simulations: int, run_id: str) -> RunStore:
-    """A new run's store, with what it reads (``data.json``), or ``store`` (the resumed
-    run's, checked by :func:`_resumed`)."""
-    if store is None:
-        store = RunStore.create(run_dir, run_id=run_id, config=cfg.to_dict(),
-                                label_space=ds.label_space, model_id=model_id,
-                                n_simulations=n_simulations)
-        store.write_data_identity({
-            "path": str(Path(cfg.sim.data).absolute()) if cfg.sim.data else None,
-            "name": ds.name, "fingerprint": fingerprint(ds)})
-        return store
-    store.mark("running")
-    return store
-
-
-def _resumed(cfg: RunConfig, ds: Dataset, run_dir: str | Path) -> RunStore:
-    """The run to resume, once its config is checked against ``cfg`` (``resources`` may
-    differ: they do not change results) and its data against ``ds``."""
-    store = RunStore.open(run_dir)
-    store.check_writable()
-    then = _stored(store)
-    if replace(then, resources=cfg.resources) != cfg:
-        raise StoreError(f"{run_dir}: the stored config differs from this one; resume with the "
-                         "same config (see config.json in the run directory)")
-    known = store.data_identity()
-    if known is None:
-        print(f"mfray: {run_dir} predates data fingerprints: the data it resumes on is not "
-              "checked", file=sys.stderr)
-    elif diff := differences(known["fingerprint"], fingerprint(ds)):
-        raise StoreError(f"{run_dir}: this is not the data the run began with "
-                         f"({known.get('path') or known.get('name')}): " + "; ".join(diff)
-                         + ". Resume on that data, or start a new run")
-    return store
-
-
-def _stored(store: RunStore) -> RunConfig:
-    """The config a run was started with."""
-    return stored_config(RunConfig, store.config(), store.run_dir / "config.json")
 
 
 def _get(refs: Any) -> Any:

@@ -10,6 +10,7 @@ agent's own hash-seeded uniform, so decisions never depend on the number of shar
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -107,13 +108,30 @@ class AgentShard(Placed):
 
     def __init__(self, sims: Sequence[ShardSim], label_space: Mapping[str, Sequence[str]],
                  cfg: SimConfig, run_id: str, world: SyntheticWorld | None = None,
-                 mode: str = "choice") -> None:
+                 mode: str = "choice", distilled: str | None = None) -> None:
         self.sims = list(sims)
         self.space = {d: tuple(o) for d, o in label_space.items()}
         self.dims = list(self.space)
         self.cfg, self.run_id, self.world, self.mode = cfg, run_id, world, mode
         self.schema = decisions_schema(self.space)
         self.policy_hash = template_hash("policy" if mode == "choice" else "policy_text")
+        self.distilled = distilled  # mf-distilled's policy (policy.distilled)
+
+    @functools.cached_property
+    def _distilled(self) -> Any:
+        """The distilled policy, loaded on first use: a few MB, scored in this process."""
+        from mfray.config import PolicyConfig
+        from mfray.llm.build import build_model
+
+        return build_model(PolicyConfig(model=self.distilled))
+
+    def _prompt(self, sim: ShardSim, view: SimView, pos: int, d: int) -> str:
+        """The choice-mode policy prompt of the agent at ``pos`` for dimension ``d``."""
+        dim = self.dims[d]
+        shared, agent = prompt_parts(topic=sim.topic, population=view.population or "",
+                                     context=sim.context_text[pos], persona=sim.persona[pos],
+                                     dimension=dim, options=self.space[dim])
+        return shared + agent
 
     def round_agents(self, sim: ShardSim, round_index: int) -> range:
         """Positions (in the shard's lists) of the simulation's agents in this round."""
@@ -144,13 +162,9 @@ class AgentShard(Placed):
                     out.seeds.append(stable_hash(f"{sim.seed}|{sim.unit_key}|{i}"))
                     out.contexts.append(sim.context_text[pos])
                     continue
-                for d, dim in enumerate(self.dims):
-                    shared, agent = prompt_parts(
-                        topic=sim.topic, population=view.population or "",
-                        context=sim.context_text[pos], persona=sim.persona[pos],
-                        dimension=dim, options=self.space[dim])
+                for d in range(len(self.dims)):
                     out.keys.append((sim.sim_id, i, d))
-                    out.prompts.append(shared + agent)
+                    out.prompts.append(self._prompt(sim, view, pos, d))
         return out
 
     def decide(self, round_index: int, views: Mapping[int, SimView],
@@ -178,6 +192,10 @@ class AgentShard(Placed):
 
     def _model_free(self, sim: ShardSim, positions: range, view: SimView
                     ) -> dict[str, np.ndarray] | None:
+        if variant(sim.variant).kind == "distilled":  # the prompts an LLM's agents get
+            return {dim: choice_distribution(self._distilled.score(
+                [self._prompt(sim, view, pos, d) for pos in positions], self.space[dim]))
+                for d, dim in enumerate(self.dims)}
         if variant(sim.variant).needs_world:
             x = sim.features[positions.start:positions.stop]
             return {"stance": surrogate_probs(sim.variant, self.world, sim.event_id, x,
@@ -227,7 +245,7 @@ class AgentShard(Placed):
         agents = list(sim.agent_index[sl])
         n = len(agents)
         warm = np.array([is_warmup(i, self.cfg.warmup) for i in agents])
-        llm = variant(sim.variant).needs_model
+        llm, prompted = variant(sim.variant).needs_model, variant(sim.variant).reads_prompt
         real = list(sim.real[sl])
         cols: dict[str, list[Any]] = {
             "sim_id": [sim.sim_id] * n, "event_id": [sim.event_id] * n,
@@ -237,7 +255,7 @@ class AgentShard(Placed):
             "thread_id": list(sim.thread_id[sl]),
             "context_post_id": list(sim.context_post_id[sl]), "persona": list(sim.persona[sl]),
             "is_warmup": warm.tolist(), "meanfield_id": [view.meanfield_id] * n,
-            "template_hash": [None if w or not llm else self.policy_hash for w in warm],
+            "template_hash": [None if w or not prompted else self.policy_hash for w in warm],
             # warm-up agents act with their real actions
             "action_text": [t if w else None for t, w in zip(sim.real_text[sl], warm,
                                                               strict=True)],

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from mfray.config import EvalConfig, RunConfig, stored_config
+from mfray.config import EvalConfig, RunConfig
+from mfray.config_migrate import stored_config
 from mfray.errors import ConfigError
 from mfray.evaluate import metrics as M
 from mfray.store import RunStore

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mfray.config import stored_config
+from mfray.config_migrate import stored_config
 from mfray.data.schema import Dataset, read_dataset
 from mfray.engine.ray_env import ensure_ray
 from mfray.errors import ConfigError, MfrayError
