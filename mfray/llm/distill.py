@@ -87,16 +87,16 @@ def _features(counts: Any, prompts: Sequence[str], options: Sequence[str]) -> An
 
 
 class PartScorer:
-    """Scores prompts by their two parts, each part scored once.
+    """Scores prompts by their parts, each distinct part scored once.
 
-    The model is linear in word and word-pair counts, and a prompt's counts are its shared
-    part's (instructions, topic, mean field: the same for a simulation's whole round) plus its
-    agent part's (context, persona: few distinct ones where personas are bucketed) plus the
-    one word pair across the split; the shares are read from both, the later part's winning as
-    in the whole prompt. So each distinct part is read once and the rest is a few additions:
-    where every agent's prompt is read whole, this reads the shared part once a round. A prompt
-    is split before the template's agent head (``The user replies …``) where a line ends there,
-    which no word and no ``name NN%`` crosses; one without it is scored as one part."""
+    The model is linear in word and word-pair counts, and a prompt's counts are the sum of its
+    parts' counts plus the word pair across each cut; its shares are read from every part, a
+    later part's winning as in the whole prompt. A prompt is cut after the line end before each
+    line head of the template's agent part (``The user replies …``, ``About the user:`` …),
+    where no word and no ``name NN%`` can cross. So the shared part (instructions, topic, mean
+    field) is read once a round for a whole simulation, a context once for its thread and a
+    persona once for all who share it; the rest is a few additions. A prompt without the heads
+    is one part. The answer is the model's own (tests/test_llm_distill.py)."""
 
     MAX_CACHED = 200_000  # parts kept (about 1 kB each); the cache starts over past it
 
@@ -109,42 +109,84 @@ class PartScorer:
         n_words = len(model.vocabulary)
         self.word_coef = np.ascontiguousarray(model.coef[:, :n_words].T)  # (words, options)
         self.share_coef, self.intercept = model.coef[:, n_words:], model.intercept
-        agent = template("policy").split(AGENT_MARKER)[1]
-        self.head = "\n" + agent[:agent.index("{")].split("\n")[0]
-        self.cache: dict[str, tuple[np.ndarray, str | None, str | None, dict[str, float]]] = {}
+        lines = template("policy").split(AGENT_MARKER)[1].split("\n")
+        self.heads = ["\n" + line.split("{")[0] for line in lines
+                      if line[:1].isalpha() and len(line.split("{")[0]) >= 5]
+        # a part's entry: its row of ``table`` (its words' logits), its first and last word,
+        # the shares it shows and the row of their logits; a word pair's and shares' rows
+        self.cache: dict[str, tuple[int, str | None, str | None, dict[str, float], int]] = {}
+        self.pairs: dict[str, int] = {}
+        self.table = np.zeros((1024, len(self.options)))  # row 0: nothing; grown by doubling
+        self.n_rows = 1
 
     def log_probs(self, prompts: Sequence[str]) -> np.ndarray:
         from scipy.special import log_softmax
 
-        k = len(self.options)
-        logits = np.tile(self.intercept, (len(prompts), 1))
-        for n, prompt in enumerate(prompts):
-            cut = prompt.find(self.head) + 1  # after the line's end: 0 where there is none
-            found: dict[str, float] = {}
-            last = None
-            for part in (prompt[:cut], prompt[cut:]) if cut else (prompt,):
-                vec, first, end, shares_ = self._part(part)
-                logits[n] += vec
-                if last is not None and first is not None:
-                    logits[n] += self._weights([f"{last} {first}"])
-                last = end if end is not None else last
-                found.update(shares_)
-            logits[n] += self.share_coef @ np.array([found.get(o, 0.0) for o in self.options])
-        return log_softmax(logits, axis=1) if k else logits
+        if self.n_rows > self.MAX_CACHED:  # start over between calls, never within one
+            self.cache.clear(), self.pairs.clear()
+            self.n_rows = 1
+        ids = [self._rows(prompt) for prompt in prompts]
+        width = max(map(len, ids), default=0)
+        index = np.array([r + [0] * (width - len(r)) for r in ids], dtype=np.int64)
+        logits = self.intercept + self.table[index].sum(axis=1) if width else \
+            np.tile(self.intercept, (len(prompts), 1))
+        return log_softmax(logits, axis=1)
 
-    def _part(self, part: str) -> tuple[np.ndarray, str | None, str | None, dict[str, float]]:
+    def _rows(self, prompt: str) -> list[int]:
+        """The rows of ``self.table`` whose sum is the prompt's logits, less the intercept."""
+        out, last, shown = [], None, []
+        for part in self._split(prompt):
+            row, first, end, found, share_row = self._part(part)
+            out.append(row)
+            if last is not None and first is not None:
+                out.append(self._key(self.pairs, f"{last} {first}", lambda g: [g]))
+            last = end if end is not None else last
+            if found:
+                shown.append((found, share_row))
+        if len(shown) == 1:
+            out.append(shown[0][1])
+        elif shown:  # several parts show shares: the later ones win, as in the whole
+            merged = {name: v for found, _ in shown for name, v in found.items()}
+            out.append(self._add(self._share_logits(merged)))
+        return out
+
+    def _split(self, prompt: str) -> list[str]:
+        cuts, at = [0], 0
+        for head in self.heads:
+            i = prompt.find(head, at)
+            if i >= 0:
+                at = i + 1  # after the line's end
+                cuts.append(at)
+        return [prompt[a:b] for a, b in zip(cuts, [*cuts[1:], len(prompt)], strict=True)]
+
+    def _part(self, part: str) -> tuple[int, str | None, str | None, dict[str, float], int]:
         hit = self.cache.get(part)
         if hit is None:
             lowered = self.lower(part)
             words = self.tokens(lowered)
             grams = words + [f"{a} {b}" for a, b in pairwise(words)]
             found = {name: int(pct) / 100 for name, pct in _SHARE.findall(lowered)}
-            hit = (self._weights(grams), words[0] if words else None,
-                   words[-1] if words else None, found)
-            if len(self.cache) >= self.MAX_CACHED:
-                self.cache.clear()
-            self.cache[part] = hit
+            hit = self.cache[part] = (self._add(self._weights(grams)),
+                                      words[0] if words else None,
+                                      words[-1] if words else None, found,
+                                      self._add(self._share_logits(found)) if found else 0)
         return hit
+
+    def _key(self, cache: dict[str, int], key: str, grams: Any) -> int:
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = self._add(self._weights(grams(key)))
+        return hit
+
+    def _add(self, row: np.ndarray) -> int:
+        if self.n_rows == len(self.table):
+            self.table = np.concatenate([self.table, np.zeros_like(self.table)])
+        self.table[self.n_rows] = row
+        self.n_rows += 1
+        return self.n_rows - 1
+
+    def _share_logits(self, found: dict[str, float]) -> np.ndarray:
+        return self.share_coef @ np.array([found.get(o, 0.0) for o in self.options])
 
     def _weights(self, grams: Sequence[str]) -> np.ndarray:
         idx = [i for g in grams if (i := self.vocabulary.get(g)) is not None]
