@@ -92,16 +92,19 @@ def bench_scripted(simulations: int = 1000, agents: int = 160, warmup: int = 50,
                    shards: int = 1, round_size: int = 16, workdir: Path | None = None,
                    model: str = "scripted", data: Path | None = None,
                    wave_agents: int = ResourcesConfig.wave_agents) -> dict[str, Any]:
-    """``simulations`` events × 1 variant (``mf``) × 1 seed with the scripted model, or with
-    ``model``, a fast policy such as a distilled one (``distilled`` workload), on a synthetic
-    world made for it or on ``data``, a world of that many events of ``agents`` each."""
+    """``simulations`` events × 1 variant × 1 seed: ``mf`` with the scripted model, or
+    ``mf-distilled`` with ``model``, a distilled policy's directory (the ``distilled``
+    workload), on a synthetic world made for it or on ``data``, a world of that many events of
+    ``agents`` each."""
     from mfray.engine import simulate
 
     work = Path(workdir or tempfile.mkdtemp(prefix="mfray-bench-"))
     data = Path(data) if data else _world(work / "data", simulations, agents, warmup)
-    cfg = RunConfig(sim=SimConfig(data=str(data), variants=("mf",), warmup=warmup,
-                                  round_size=round_size),
-                    policy=PolicyConfig(model=model),
+    scripted = model == "scripted"  # else mf-distilled, decided in the shards
+    cfg = RunConfig(sim=SimConfig(data=str(data), variants=("mf" if scripted else "mf-distilled",),
+                                  warmup=warmup, round_size=round_size),
+                    policy=PolicyConfig(model="scripted") if scripted else
+                    PolicyConfig(distilled=model),
                     resources=ResourcesConfig(num_shards=shards, wave_agents=wave_agents))
     ds = read_dataset(data)
     if ds.events.num_rows != simulations or ds.posts.num_rows != simulations * (agents + 4):
@@ -115,8 +118,8 @@ def bench_scripted(simulations: int = 1000, agents: int = 160, warmup: int = 50,
     dec = store.read_decisions(columns=["template_hash", "sim_id", "agent_index"])
     n_model = pc.sum(pc.is_valid(dec["template_hash"])).as_py()
     unique = dec.group_by(["sim_id", "agent_index"]).aggregate([]).num_rows
-    return {"workload": "scripted" if model == "scripted" else "distilled",
-            "model": store.run_info()["model_id"], "simulations": simulations,
+    return {"workload": "scripted" if scripted else "distilled",
+            "model": model, "simulations": simulations,
             "agents_per_simulation": agents, "wave_agents": wave_agents,
             "shards": shards, "decisions": dec.num_rows, "distinct_agents": unique,
             "rounds": len(store.completed_rounds()), "model_decisions": n_model,

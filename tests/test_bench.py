@@ -36,7 +36,7 @@ def test_distilled_bench_in_waves_on_a_given_world(tmp_path: Path) -> None:
                  "--min-agents", "60", "--max-agents", "60", "--warmup", "20"]) == 0
     r = bench_scripted(simulations=6, agents=60, warmup=20, workdir=tmp_path / "b",
                        model=str(tmp_path / "student"), data=tmp_path / "w", wave_agents=200)
-    assert r["workload"] == "distilled" and r["model"] == "distilled:student"
+    assert r["workload"] == "distilled" and r["model"] == str(tmp_path / "student")
     assert r["decisions"] == r["distinct_agents"] == 6 * 60
     assert r["model_decisions"] == 6 * (60 - 20)
     assert r["rounds"] == 2 * 4  # two waves of three simulations, 4 rounds each
