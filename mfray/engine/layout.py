@@ -199,9 +199,19 @@ def shard_sims(specs: list[SimSpec], ds: Dataset, cfg: RunConfig, n_shards: int
 
 
 def _columns(unit: Unit) -> dict[str, list[Any]]:
-    """The unit's agent columns, with each agent's persona, context text and real action."""
+    """The unit's agent columns, with each agent's persona, context text and real action; equal
+    personas, texts and labels are one object each (a large synthetic world has few distinct
+    ones, and the shards, the object store and the driver each hold them)."""
     col = unit.agents.to_pydict()
-    col["persona"] = [persona_for(unit.source, p) for p in col["profile"]]
+    col["persona"] = _one_each([persona_for(unit.source, p) for p in col["profile"]])
     col["context_text"] = [unit.contexts.get(c or "", "") for c in col["context_post_id"]]
-    col["real_text"], col["real"] = col["text"], col["labels"]
+    col["real_text"] = _one_each(col["text"])
+    col["real"] = _one_each(col["labels"], key=lambda d: d and tuple(d.items()))
     return col
+
+
+def _one_each(values: list[Any], key: Any = None) -> list[Any]:
+    """``values`` with equal ones the same object (never changed: the shards copy a label dict
+    before they change it)."""
+    seen: dict[Any, Any] = {}
+    return [seen.setdefault(v if key is None else key(v), v) for v in values]
