@@ -16,7 +16,7 @@ VOLATILE = ("run_id", "latency_s", "t_policy_s", "t_meanfield_s", "t_total_s")
 
 
 def _cfg(data: Path, wave_agents: int, shards: int = 1) -> RunConfig:
-    return RunConfig(sim=SimConfig(data=str(data), variants=("mf", "crowd"), seeds=(0, 1),
+    return RunConfig(sim=SimConfig(data=str(data), variants=("mf", "crowd"), seeds=(0,),
                                    round_size=16, warmup=32),
                      policy=PolicyConfig(model="scripted"),
                      resources=ResourcesConfig(num_shards=shards, wave_agents=wave_agents))
