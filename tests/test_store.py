@@ -406,3 +406,21 @@ def test_references_of_a_run_before_like_training_still_read(tmp_path: Path) -> 
     pq.write_table(pa.table({"x": [1]}), s.run_dir / "references.parquet")
     with pytest.raises(StoreError, match="declared schema"):
         s.read_references()
+
+
+def test_references_added_wave_by_wave_are_kept_once(tmp_path: Path) -> None:
+    """A run in waves adds each wave's fits, and a resumed or rebuilt wave adds them again:
+    each is stored once (a NaN, a missing nullable key and another key order alike)."""
+    s = new_store(tmp_path)
+    s.add_references([])
+    assert not (s.run_dir / "references.parquet").exists()
+    a = {"unit_key": "e", "event_id": "e", "variant": "crowd", "dimension": "stance",
+         "options": ["a", "b"], "probs": [0.4, 0.6], "crowd_prior": float("nan"),
+         "n_train_events": 3}
+    b = a | {"unit_key": "f", "event_id": "f"}
+    s.add_references([a])
+    s.add_references([dict(reversed(list(b.items()))), a])
+    s.add_references([b, a])
+    got = s.read_references().to_pylist()
+    assert [r["unit_key"] for r in got] == ["e", "f"]
+    assert got[0]["like_training"] is None and got[0]["crowd_prior"] != got[0]["crowd_prior"]

@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,63 +139,97 @@ def _simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, lock: RunLock, r
         say("loading the model" + ("" if model else f" ({cfg.policy.model or 'SmolLM2-135M-Instruct'})"))
     inference = [_inference_actor(cfg, ds, run_dir, model, a)
                  for a in range(cfg.resources.inference_actors if llm else 0)]
-    stop = None
+    # where the run goes on (a resumed run's incomplete or damaged rounds dropped first)
+    start = resume_point(stored) if stored else 0
+    stop = total if max_rounds is None else min(total, start + max_rounds)
+    todo = [(w, steps) for w in run_waves
+            if (steps := range(max(start, w.first_step), min(stop, w.steps.stop)))]
+    first = None
     try:
         run_id = stored.run_id if stored else uuid.uuid4().hex[:12]
+        # the first wave's actors start while the model loads and are placed with it, so a run
+        # with no room for them stops after resources.placement_timeout_s
+        first = _wave_actors(cfg, ds, todo[0][0], run_id, inference, say) if todo else None
         model_id = _get(inference[0].model_id.remote()) if inference else "none"
         store = open_store(cfg, ds, run_dir, stored, model_id, len(specs), run_id)
         if not lock.held:
             lock.acquire()
-        start = resume_point(store) if resume else 0
-        stop = total if max_rounds is None else min(total, start + max_rounds)
-        for wave in run_waves:
-            steps = range(max(start, wave.first_step), min(stop, wave.steps.stop))
-            if steps:
-                inference = _run_wave(cfg, ds, store, wave, len(run_waves), steps, inference,
-                                      (run_dir, model), progress, say)
+        for wave, steps in todo:
+            inference = _run_wave(cfg, ds, store, wave, len(run_waves), steps, inference,
+                                  (run_dir, model), progress, say,
+                                  first if wave is todo[0][0] else None)
     finally:
-        _kill(inference)
+        _kill([*(first.state if first else []), *inference])
     if stop == total:
         store.mark("complete")
     return store
 
 
-def _run_wave(cfg: RunConfig, ds: Dataset, store: RunStore, wave: Wave, n_waves: int,
-              steps: range, inference: list[Any], source: tuple[str | Path, Any],
-              progress: bool, say: Any) -> list[Any]:
-    """Simulate ``steps`` of one wave: its agents laid out on fresh state actors, rebuilt from
-    the store after a lost actor (at most :data:`MAX_RECOVERIES` times); returns the model
-    actors (replaced where lost)."""
+@dataclass(frozen=True)
+class WaveActors:
+    """A wave's inputs in the object store, its references' fits, and its state actors
+    (placed), with where each runs."""
+
+    inputs: tuple[Any, ...]
+    references: list[dict[str, Any]]
+    population: Any
+    shards: list[Any]
+    where: list[dict[str, Any]]
+
+    @property
+    def state(self) -> list[Any]:
+        return [self.population, *self.shards]
+
+
+def _wave_actors(cfg: RunConfig, ds: Dataset, wave: Wave, run_id: str, inference: list[Any],
+                 say: Any, inputs: tuple[Any, ...] | None = None,
+                 references: list[dict[str, Any]] | None = None) -> WaveActors:
+    """The wave's state actors, fresh, on the wave's ``inputs`` (laid out and put in the
+    object store here when not given, so that lost actors can be rebuilt from them)."""
     import ray
 
-    per_shard, metas, world, references = shard_sims(wave.specs, ds, cfg,
-                                                     cfg.resources.num_shards)
-    if references:
-        store.add_references(references)
-    # the actors' inputs live in the object store, so that lost actors can be rebuilt
-    inputs = (ray.put(metas), [ray.put(sims) for sims in per_shard], ray.put(world))
-    del per_shard, metas
-    population, shards = None, []
+    if inputs is None:
+        per_shard, metas, world, references = shard_sims(wave.specs, ds, cfg,
+                                                         cfg.resources.num_shards)
+        inputs = (ray.put(metas), [ray.put(sims) for sims in per_shard], ray.put(world))
+        del per_shard, metas
+    population, shards = _state_actors(cfg, ds, run_id, inputs)
+    actors = WaveActors(inputs, references or [], population, shards, [])
+    try:  # rebuilt where the cluster has room (a lost node's share too)
+        return replace(actors, where=_place(cfg, population, shards, inference, say))
+    except BaseException:
+        _kill(actors.state)
+        raise
+
+
+def _run_wave(cfg: RunConfig, ds: Dataset, store: RunStore, wave: Wave, n_waves: int,
+              steps: range, inference: list[Any], source: tuple[str | Path, Any],
+              progress: bool, say: Any, actors: WaveActors | None) -> list[Any]:
+    """Simulate ``steps`` of one wave on its state actors (``actors``, or fresh ones), rebuilt
+    from the store after a lost actor (at most :data:`MAX_RECOVERIES` times); returns the model
+    actors (replaced where lost)."""
     desc = "rounds" if n_waves == 1 else f"wave {wave.index + 1}/{n_waves}"
+    inputs, references = (actors.inputs, actors.references) if actors else (None, None)
     try:
         for attempt in range(MAX_RECOVERIES + 1):
             try:
-                # rebuilt where the cluster has room (a lost node's share too)
-                population, shards = _state_actors(cfg, ds, store.run_id, inputs)
-                where = _place(cfg, population, shards, inference, say)
+                if actors is None:
+                    actors = _wave_actors(cfg, ds, wave, store.run_id, inference, say, inputs,
+                                          references)
+                    inputs, references = actors.inputs, actors.references
+                store.add_references(actors.references)  # once each, however often
                 store.record_placement(attempt, [row | ({"wave": wave.index} if n_waves > 1
-                                                        else {}) for row in where])
-                start = steps.start
-                if attempt:
-                    start = max(resume_point(store), wave.first_step)
+                                                        else {}) for row in actors.where])
+                start = max(resume_point(store), wave.first_step) if attempt else steps.start
                 if start > wave.first_step:
-                    start = _replay(store, population, wave)
-                run_rounds(cfg, store, population, shards, inference,
+                    start = _replay(store, actors.population, wave)
+                run_rounds(cfg, store, actors.population, actors.shards, inference,
                            range(start - wave.first_step, steps.stop - wave.first_step),
                            wave.rounds, progress, wave.first_step, desc)
                 return inference
             except ActorLost as exc:
-                _lost(store, exc, attempt, [population, *shards])
+                _lost(store, exc, attempt, actors.state if actors else [])
+                actors = None
                 inference = [a if _alive(a) else _inference_actor(cfg, ds, source[0],
                                                                   source[1], k)
                              for k, a in enumerate(inference)]
@@ -203,7 +238,7 @@ def _run_wave(cfg: RunConfig, ds: Dataset, store: RunStore, wave: Wave, n_waves:
                 raise MfrayError(f"{exc}. Completed rounds are in {store.run_dir}; "
                                  f"`mfray simulate --resume {store.run_dir}` goes on") from None
     finally:
-        _kill([population, *shards])
+        _kill(actors.state if actors else [])
     raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
 

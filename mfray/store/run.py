@@ -285,8 +285,14 @@ class RunStore:
     def add_references(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Add fits to those stored (a run in waves fits each wave's units in turn; a fit
         stored already, as on resume, is kept once)."""
+        def key(row: Mapping[str, Any]) -> str:  # as text: a NaN equals itself
+            return json.dumps(row, sort_keys=True, default=str)
+
         old = self.read_references().to_pylist()
-        self.write_references(old + [r for r in map(dict, rows) if r not in old])
+        seen = {key(r) for r in old}
+        rows = pa.Table.from_pylist(list(rows), schema=REFERENCES_SCHEMA).to_pylist()
+        if new := [r for r in rows if key(r) not in seen]:
+            self.write_references(old + new)
 
     def read_references(self) -> pa.Table:
         """The references' fits; an empty table for a run without model-free references."""
