@@ -69,6 +69,10 @@ def test_a_distilled_policy_simulates_like_its_teacher(small_world_dir: Path,
     with pytest.raises(ConfigError, match="name its directory .* in policy.distilled"):
         simulate(replace(both, policy=PolicyConfig(model="scripted-world")), ds,
                  tmp_path / "never", progress=False)
+    with pytest.raises(MfrayError, match="cannot read the distilled policy .*nowhere"):
+        simulate(replace(both, policy=PolicyConfig(model="scripted-world",
+                                                   distilled=str(tmp_path / "nowhere"))),
+                 ds, tmp_path / "never", progress=False)
 
 
 def test_the_command_reports_the_fit_and_refuses_a_run_without_a_prompt_log(

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from mfray.config import PolicyConfig, RunConfig
+from mfray.config import RunConfig
 from mfray.data.schema import Dataset
 from mfray.engine.layout import SimSpec, Wave, check_memory, plan, shard_sims, waves
 from mfray.engine.placement import (
@@ -253,6 +253,7 @@ def _layout(cfg: RunConfig, ds: Dataset, model: LanguageModel | None, say: Any,
     """The run's simulations and their waves, before Ray starts, and whether they need a model
     (checked here, in the driver, so that a missing one fails at once)."""
     from mfray.llm.build import check_model
+    from mfray.llm.distill import load_distilled
 
     specs = plan(cfg, ds)
     run_waves = waves(specs, wave_agents, cfg.sim.round_size)
@@ -261,8 +262,8 @@ def _layout(cfg: RunConfig, ds: Dataset, model: LanguageModel | None, say: Any,
     llm = any(variant(s.variant).needs_model for s in specs)
     if llm and model is None:
         check_model(cfg.policy, cfg.resources)
-    if cfg.policy.distilled:  # mf-distilled's, loaded by the shards
-        check_model(PolicyConfig(model=cfg.policy.distilled), cfg.resources)
+    if cfg.policy.distilled:  # mf-distilled's, loaded by the shards: read once here
+        load_distilled(cfg.policy.distilled)
     rounds = max(w.rounds for w in run_waves)
     fits = any(variant(s.variant).needs_fit for s in specs)
     say(f"{len(specs)} simulations of {rounds} rounds at most"

@@ -120,10 +120,9 @@ class AgentShard(Placed):
     @functools.cached_property
     def _distilled(self) -> Any:
         """The distilled policy, loaded on first use: a few MB, scored in this process."""
-        from mfray.config import PolicyConfig
-        from mfray.llm.build import build_model
+        from mfray.llm.distill import load_distilled
 
-        return build_model(PolicyConfig(model=self.distilled))
+        return load_distilled(self.distilled)
 
     def _prompt(self, sim: ShardSim, view: SimView, pos: int, d: int) -> str:
         """The choice-mode policy prompt of the agent at ``pos`` for dimension ``d``."""

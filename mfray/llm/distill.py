@@ -293,9 +293,12 @@ class DistilledModel(ClassifierModel):
 
 
 def load_distilled(path: str | Path) -> DistilledModel:
+    """The distilled policy in ``path``: its ``distilled.json``, or the directory holding it
+    (``mfray distill RUN --out DIR``); a :class:`~mfray.llm.base.ModelError` otherwise."""
     from mfray.llm.base import ModelError
 
     path = Path(path)
+    path = path / DISTILLED_FILE if path.is_dir() else path
     try:
         d = json.loads(path.read_text())
         if d.get("kind") != KIND:
