@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from mfray.config import PolicyConfig, ResourcesConfig, RunConfig, SimConfig
 from mfray.data.schema import read_dataset
+from mfray.data.synthetic import WorldParams
 from mfray.errors import MfrayError
 
 OPTIONS = ("support", "deny", "query", "comment")  # the synthetic world's stance
@@ -107,7 +108,9 @@ def bench_scripted(simulations: int = 1000, agents: int = 160, warmup: int = 50,
                     PolicyConfig(distilled=model),
                     resources=ResourcesConfig(num_shards=shards, wave_agents=wave_agents))
     ds = read_dataset(data)
-    if ds.events.num_rows != simulations or ds.posts.num_rows != simulations * (agents + 4):
+    sources = WorldParams().threads_per_event  # what `mfray data synth` writes per event
+    if ds.events.num_rows != simulations or \
+            ds.posts.num_rows != simulations * (agents + sources):
         raise MfrayError(f"bench: {data} is not a world of {simulations} events of {agents} "
                          "agents (mfray data synth --events N --min-agents A --max-agents A)")
     with PeakMemory() as mem:

@@ -49,7 +49,7 @@ def population_text(name: str, *, meanfield: NumericMeanField,
     is the text mean field; the numeric one is written in ``meanfield_form``, with
     ``tally_size`` reactions for ``tally``."""
     traits = variant(name)
-    if traits.kind not in ("llm", "distilled"):
+    if not traits.shows_population:
         raise ConfigError(f"variant {name!r} has no population block")
     blocks = []
     for shown in traits.shows:

@@ -57,6 +57,16 @@ class Variant:
         return self.kind in ("llm", "training", "distilled")
 
     @property
+    def needs_distilled(self) -> bool:
+        """A distilled policy (``policy.distilled``) decides it, in the shards."""
+        return self.kind == "distilled"
+
+    @property
+    def shows_population(self) -> bool:
+        """A simulation of it has a population block in its prompt."""
+        return self.kind in ("llm", "distilled")
+
+    @property
     def simulated(self) -> bool:
         """``sim.variants`` may name it."""
         return self.kind != "training"

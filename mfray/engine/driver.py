@@ -18,7 +18,7 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from mfray.engine.placement import (
 )
 from mfray.engine.population import Population
 from mfray.engine.ray_env import ensure_ray
-from mfray.engine.resume import open_store, resume_point, resumed, stored_run_config
+from mfray.engine.resume import open_store, resume_point, resumed
 from mfray.engine.shard import AgentShard
 from mfray.errors import MfrayError
 from mfray.llm import LanguageModel
@@ -125,11 +125,11 @@ def _simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, lock: RunLock, r
               ) -> RunStore:
     say = _status if progress else (lambda message: None)
     # a resumed run is checked before anything slow: its config, and that the data is its own
-    stored = resumed(cfg, ds, run_dir) if resume else None
+    stored, then = resumed(cfg, ds, run_dir) if resume else (None, cfg)
     if stored:
         lock.acquire()
     # a resumed run keeps its waves (their steps are its files)
-    wave_agents = (stored_run_config(stored).resources if stored else cfg.resources).wave_agents
+    wave_agents = then.resources.wave_agents
     specs, llm, run_waves = _layout(cfg, ds, model, say, wave_agents)
     total = run_waves[-1].steps.stop
     say("starting Ray" if cfg.resources.address is None else
@@ -149,15 +149,20 @@ def _simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, lock: RunLock, r
         run_id = stored.run_id if stored else uuid.uuid4().hex[:12]
         # the first wave's actors start while the model loads and are placed with it, so a run
         # with no room for them stops after resources.placement_timeout_s
-        first = _wave_actors(cfg, ds, todo[0][0], run_id, inference, say) if todo else None
+        if todo:
+            inputs, references = _wave_inputs(cfg, ds, todo[0][0])
+            first = _wave_actors(cfg, ds, run_id, inputs, inference, say)
         model_id = _get(inference[0].model_id.remote()) if inference else "none"
         store = open_store(cfg, ds, run_dir, stored, model_id, len(specs), run_id)
         if not lock.held:
             lock.acquire()
         for wave, steps in todo:
+            if wave is not todo[0][0]:
+                first = None
+                inputs, references = _wave_inputs(cfg, ds, wave)
+            store.add_references(references)
             inference = _run_wave(cfg, ds, store, wave, len(run_waves), steps, inference,
-                                  (run_dir, model), progress, say,
-                                  first if wave is todo[0][0] else None)
+                                  (run_dir, model), progress, say, inputs, first)
     finally:
         _kill([*(first.state if first else []), *inference])
     if stop == total:
@@ -165,13 +170,21 @@ def _simulate(cfg: RunConfig, ds: Dataset, run_dir: str | Path, lock: RunLock, r
     return store
 
 
+def _wave_inputs(cfg: RunConfig, ds: Dataset, wave: Wave
+                 ) -> tuple[tuple[Any, ...], list[dict[str, Any]]]:
+    """The wave's agents laid out on the shards and put in the object store (so that lost
+    actors can be rebuilt from them), and its references' fits."""
+    import ray
+
+    per_shard, metas, world, references = shard_sims(wave.specs, ds, cfg,
+                                                     cfg.resources.num_shards)
+    return (ray.put(metas), [ray.put(sims) for sims in per_shard], ray.put(world)), references
+
+
 @dataclass(frozen=True)
 class WaveActors:
-    """A wave's inputs in the object store, its references' fits, and its state actors
-    (placed), with where each runs."""
+    """A wave's state actors, placed, and where each runs."""
 
-    inputs: tuple[Any, ...]
-    references: list[dict[str, Any]]
     population: Any
     shards: list[Any]
     where: list[dict[str, Any]]
@@ -181,43 +194,30 @@ class WaveActors:
         return [self.population, *self.shards]
 
 
-def _wave_actors(cfg: RunConfig, ds: Dataset, wave: Wave, run_id: str, inference: list[Any],
-                 say: Any, inputs: tuple[Any, ...] | None = None,
-                 references: list[dict[str, Any]] | None = None) -> WaveActors:
-    """The wave's state actors, fresh, on the wave's ``inputs`` (laid out and put in the
-    object store here when not given, so that lost actors can be rebuilt from them)."""
-    import ray
-
-    if inputs is None:
-        per_shard, metas, world, references = shard_sims(wave.specs, ds, cfg,
-                                                         cfg.resources.num_shards)
-        inputs = (ray.put(metas), [ray.put(sims) for sims in per_shard], ray.put(world))
-        del per_shard, metas
+def _wave_actors(cfg: RunConfig, ds: Dataset, run_id: str, inputs: tuple[Any, ...],
+                 inference: list[Any], say: Any) -> WaveActors:
+    """Fresh state actors on a wave's ``inputs``, placed where the cluster has room (a lost
+    node's share too)."""
     population, shards = _state_actors(cfg, ds, run_id, inputs)
-    actors = WaveActors(inputs, references or [], population, shards, [])
-    try:  # rebuilt where the cluster has room (a lost node's share too)
-        return replace(actors, where=_place(cfg, population, shards, inference, say))
+    try:
+        return WaveActors(population, shards, _place(cfg, population, shards, inference, say))
     except BaseException:
-        _kill(actors.state)
+        _kill([population, *shards])
         raise
 
 
 def _run_wave(cfg: RunConfig, ds: Dataset, store: RunStore, wave: Wave, n_waves: int,
               steps: range, inference: list[Any], source: tuple[str | Path, Any],
-              progress: bool, say: Any, actors: WaveActors | None) -> list[Any]:
-    """Simulate ``steps`` of one wave on its state actors (``actors``, or fresh ones), rebuilt
-    from the store after a lost actor (at most :data:`MAX_RECOVERIES` times); returns the model
-    actors (replaced where lost)."""
+              progress: bool, say: Any, inputs: tuple[Any, ...],
+              actors: WaveActors | None) -> list[Any]:
+    """Simulate ``steps`` of one wave on its state actors (``actors``, or fresh ones on
+    ``inputs``), rebuilt after a lost actor (at most :data:`MAX_RECOVERIES` times); returns
+    the model actors (replaced where lost)."""
     desc = "rounds" if n_waves == 1 else f"wave {wave.index + 1}/{n_waves}"
-    inputs, references = (actors.inputs, actors.references) if actors else (None, None)
     try:
         for attempt in range(MAX_RECOVERIES + 1):
             try:
-                if actors is None:
-                    actors = _wave_actors(cfg, ds, wave, store.run_id, inference, say, inputs,
-                                          references)
-                    inputs, references = actors.inputs, actors.references
-                store.add_references(actors.references)  # once each, however often
+                actors = actors or _wave_actors(cfg, ds, store.run_id, inputs, inference, say)
                 store.record_placement(attempt, [row | ({"wave": wave.index} if n_waves > 1
                                                         else {}) for row in actors.where])
                 start = max(resume_point(store), wave.first_step) if attempt else steps.start

@@ -51,7 +51,7 @@ def plan(cfg: RunConfig, ds: Dataset) -> list[SimSpec]:
     in a stable order."""
     for iv in cfg.sim.interventions:
         iv.check(ds.label_space)
-    distilled = [v for v in cfg.sim.variants if variant(v).kind == "distilled"]
+    distilled = [v for v in cfg.sim.variants if variant(v).needs_distilled]
     if distilled and (not cfg.policy.distilled or cfg.policy.mode != "choice"):
         raise ConfigError(f"variant {distilled[0]!r} decides with a distilled policy: name its "
                           "directory (mfray distill) in policy.distilled, in policy.mode = "

@@ -73,7 +73,7 @@ class Population(Placed):
         for sim_id, meta in self.sims.items():
             mf = self.mf[sim_id]
             text = None
-            if variant(meta.variant).reads_prompt:
+            if variant(meta.variant).shows_population:
                 text = population_text(
                     meta.variant, meanfield=mf, history=list(self.history[sim_id]),
                     label_space=self.space, recent_k=self.cfg.recent_k,

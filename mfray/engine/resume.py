@@ -43,12 +43,13 @@ def open_store(cfg: RunConfig, ds: Dataset, run_dir: str | Path, store: RunStore
     store.mark("running")
     return store
 
-def resumed(cfg: RunConfig, ds: Dataset, run_dir: str | Path) -> RunStore:
-    """The run to resume, once its config is checked against ``cfg`` (``resources`` may
-    differ: they do not change results) and its data against ``ds``."""
+def resumed(cfg: RunConfig, ds: Dataset, run_dir: str | Path) -> tuple[RunStore, RunConfig]:
+    """The run to resume and the config it was started with, once that is checked against
+    ``cfg`` (``resources`` may differ: they do not change results) and its data against
+    ``ds``."""
     store = RunStore.open(run_dir)
     store.check_writable()
-    then = stored_run_config(store)
+    then = stored_config(RunConfig, store.config(), store.run_dir / "config.json")
     if replace(then, resources=cfg.resources) != cfg:
         raise StoreError(f"{run_dir}: the stored config differs from this one; resume with the "
                          "same config (see config.json in the run directory)")
@@ -60,8 +61,4 @@ def resumed(cfg: RunConfig, ds: Dataset, run_dir: str | Path) -> RunStore:
         raise StoreError(f"{run_dir}: this is not the data the run began with "
                          f"({known.get('path') or known.get('name')}): " + "; ".join(diff)
                          + ". Resume on that data, or start a new run")
-    return store
-
-def stored_run_config(store: RunStore) -> RunConfig:
-    """The config a run was started with."""
-    return stored_config(RunConfig, store.config(), store.run_dir / "config.json")
+    return store, then

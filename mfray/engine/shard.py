@@ -191,7 +191,7 @@ class AgentShard(Placed):
 
     def _model_free(self, sim: ShardSim, positions: range, view: SimView
                     ) -> dict[str, np.ndarray] | None:
-        if variant(sim.variant).kind == "distilled":  # the prompts an LLM's agents get
+        if variant(sim.variant).needs_distilled:  # the prompts an LLM's agents get
             return {dim: choice_distribution(self._distilled.score(
                 [self._prompt(sim, view, pos, d) for pos in positions], self.space[dim]))
                 for d, dim in enumerate(self.dims)}

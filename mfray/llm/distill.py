@@ -38,8 +38,13 @@ _SHARE = re.compile(r"\b([a-z][\w-]*) (\d{1,3})%")
 
 def shares(prompt: str, options: Sequence[str]) -> np.ndarray:
     """Each option's share in ``prompt``'s mean-field line (0 where it shows none)."""
-    found = {name: int(pct) / 100 for name, pct in _SHARE.findall(prompt.lower())}
+    found = _shown(prompt.lower())
     return np.array([found.get(o, 0.0) for o in options])
+
+
+def _shown(lowered: str) -> dict[str, float]:
+    """Every ``name NN%`` of a lowercased text, as name -> share (a later one wins)."""
+    return {name: int(pct) / 100 for name, pct in _SHARE.findall(lowered)}
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,7 @@ class PartScorer:
             row, first, end, found, share_row = self._part(part)
             out.append(row)
             if last is not None and first is not None:
-                out.append(self._key(self.pairs, f"{last} {first}", lambda g: [g]))
+                out.append(self._pair(f"{last} {first}"))
             last = end if end is not None else last
             if found:
                 shown.append((found, share_row))
@@ -165,17 +170,17 @@ class PartScorer:
             lowered = self.lower(part)
             words = self.tokens(lowered)
             grams = words + [f"{a} {b}" for a, b in pairwise(words)]
-            found = {name: int(pct) / 100 for name, pct in _SHARE.findall(lowered)}
+            found = _shown(lowered)
             hit = self.cache[part] = (self._add(self._weights(grams)),
                                       words[0] if words else None,
                                       words[-1] if words else None, found,
                                       self._add(self._share_logits(found)) if found else 0)
         return hit
 
-    def _key(self, cache: dict[str, int], key: str, grams: Any) -> int:
-        hit = cache.get(key)
+    def _pair(self, pair: str) -> int:
+        hit = self.pairs.get(pair)
         if hit is None:
-            hit = cache[key] = self._add(self._weights(grams(key)))
+            hit = self.pairs[pair] = self._add(self._weights([pair]))
         return hit
 
     def _add(self, row: np.ndarray) -> int:
